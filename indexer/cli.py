@@ -1,0 +1,187 @@
+"""The `neuroscope` command line. Domain errors become one-line messages here and nowhere else.
+
+Heavy modules are imported inside the commands that need them, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from indexer.config import IndexConfig
+from indexer.errors import NeuroscopeError
+
+DEMO_DIR = Path("out/demo")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per IndexConfig field; the field's help is the option's help."""
+    hints = typing.get_type_hints(IndexConfig)
+    for f in dataclasses.fields(IndexConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif f.name == "corpus":
+            parser.add_argument(flag, action="append", default=[], metavar="[NAME=]SPEC", help=help_text)
+        else:
+            base = int if kind in (int, int | None) else str
+            default = f.default if f.default is not dataclasses.MISSING else None
+            parser.add_argument(flag, type=base, default=default, help=f"{help_text} (default: {default})")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from indexer.engine import index
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexConfig)}
+    out = index(IndexConfig(**values), progress=not args.quiet)
+    print(f"index written to {out}")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from indexer.queries import format_result, run_sql
+
+    df, truncated = run_sql(args.dir, args.query, limit=args.limit, timeout_s=args.timeout)
+    print(format_result(df, args.format))
+    if truncated:
+        print(f"(truncated at {args.limit} rows; use --limit)", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from indexer.merge import merge
+
+    out = merge(args.shards, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"merged index written to {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from indexer.bench import bench
+
+    print(json.dumps(bench(args.model, tokens=args.tokens, batch_size=args.batch_size, dtype=args.dtype), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from indexer.engine import index
+
+    out = Path(args.out)
+    config = IndexConfig(
+        model="toy-1l", corpus=["code", "prose"], out=str(out), tokens=args.tokens, overwrite=out.exists()
+    )
+    index(config, progress=True)
+    print(f"demo index written to {out}")
+    if args.no_view:
+        return 0
+    return _view(out, args.host, args.port)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    return _view(Path(args.dir), args.host, args.port)
+
+
+def _view(index_dir: Path, host: str, port: int) -> int:
+    from indexer.queries import open_index
+
+    open_index(index_dir).close()  # a clear error now rather than in the browser
+    try:
+        from viewer.launch import launch
+    except ImportError:
+        raise NeuroscopeError("the viewer is not built yet; query the index with `neuroscope sql`") from None
+    return launch(index_dir, host=host, port=port)
+
+
+def _later(what: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise NeuroscopeError(f"`neuroscope {what}` is not available yet in this version")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuroscope", description="Index, query and browse what neurons and heads do.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", help="index a model over corpora (top-k, quantile samples, stats)")
+    _add_config_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_index)
+
+    p = sub.add_parser("merge", help="combine shard indexes into one")
+    p.add_argument("shards", nargs="+", metavar="SHARD_DIR")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an index")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_merge)
+
+    p = sub.add_parser("analyze", help="minimal examples, regex, trigram, flags, logit effects")
+    p.add_argument("dir")
+    p.add_argument("--only", default="minimal,regex,trigram,flags,logits")
+    p.set_defaults(run=_later("analyze"))
+
+    p = sub.add_parser("regex", help="how well a regex explains a neuron (JSON metrics)")
+    p.add_argument("dir")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--neuron", type=int, required=True)
+    p.add_argument("--pattern", required=True)
+    p.set_defaults(run=_later("regex"))
+
+    p = sub.add_parser("sql", help="run a read-only SQL query (or a canned query name) on an index")
+    p.add_argument("dir")
+    p.add_argument("query", help="SQL, or a canned query name such as dead-neurons")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--limit", type=int, default=1000, help="row cap (default: 1000)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before the query is stopped")
+    p.set_defaults(run=cmd_sql)
+
+    p = sub.add_parser("view", help="browse an index in the Streamlit viewer")
+    p.add_argument("dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(run=cmd_view)
+
+    p = sub.add_parser("export-html", help="write a static site, one page per neuron and head")
+    p.add_argument("dir")
+    p.add_argument("out")
+    p.set_defaults(run=_later("export-html"))
+
+    p = sub.add_parser("demo", help="index the embedded toy-1l over the embedded corpora, then view it")
+    p.add_argument("--out", default=str(DEMO_DIR))
+    p.add_argument("--tokens", type=int, default=1_000_000)
+    p.add_argument("--no-view", action="store_true", help="stop after indexing")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("bench", help="indexing throughput vs the bare forward pass and a naive indexer (JSON)")
+    p.add_argument("--model", default="toy-1l", help="model spec, or 'gelu-1l-random' for a random gelu-1l-shaped model")
+    p.add_argument("--tokens", type=int, default=200_000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except NeuroscopeError as e:
+        print(f"neuroscope: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("neuroscope: interrupted (an index run keeps its last checkpoint: rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
