@@ -88,11 +88,20 @@ def parse_corpus_spec(text: str) -> CorpusSpec:
     path = Path(spec).expanduser()
     if path.suffix not in FILE_SUFFIXES:
         raise CorpusError(f"{spec}: unsupported corpus file type; expected one of {', '.join(FILE_SUFFIXES)}")
+    if path.is_dir():
+        raise CorpusError(f"corpus file {spec} is a directory, not a file")
     if not path.is_file():
         raise CorpusError(f"corpus file {spec} does not exist")
     if not os.access(path, os.R_OK):
         raise CorpusError(f"corpus file {spec} is not readable")
-    return CorpusSpec(name or path.stem, "file", str(path))
+    return CorpusSpec(_checked_name(name or path.stem, text), "file", str(path))
+
+
+def _checked_name(name: str, text: str) -> str:
+    """Corpus names end up in folder names (contexts/corpus=NAME): keep them plain."""
+    if not _NAME.match(name):
+        raise CorpusError(f"{text!r}: corpus name {name!r} may hold only letters, digits and _.-; label it NAME=SPEC")
+    return name
 
 
 def iter_documents(

@@ -23,7 +23,8 @@ from indexer.corpus import iter_documents, parse_corpus_spec, CorpusCounters
 from indexer.errors import ConfigError
 from indexer.models import LoadedModel, load_model
 from indexer.recording import SiteRecorders, load_states, save_states
-from indexer.rundir import CHECKPOINT, atomic_write, from_json_array, json_array, prepare_out_dir
+from indexer.rundir import CHECKPOINT, from_json_array, json_array, prepare_out_dir
+from indexer.storage import atomic_write_bytes
 from indexer.sites import Site, plan_sites
 
 # Fields that may differ between a run and its resumption.
@@ -46,6 +47,7 @@ class Run:
     batches_done: int = 0
     seconds: float = 0.0
     corpus_tokens: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # extra manifest entries
     recorders: list[SiteRecorders] = field(default_factory=list)
 
 
@@ -167,7 +169,7 @@ def write_checkpoint(run: Run) -> None:
         "batches_done": run.batches_done, "seconds": run.seconds, "corpus_tokens": run.corpus_tokens,
     }
     extra = {"config": json_array(run.cfg.to_dict()), "progress": json_array(progress)}
-    atomic_write(run.out / CHECKPOINT, save_states(run.recorders, extra))
+    atomic_write_bytes(run.out / CHECKPOINT, save_states(run.recorders, extra))
 
 
 def _read_checkpoint(cfg: IndexConfig) -> bytes:

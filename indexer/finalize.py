@@ -30,7 +30,8 @@ def finalize(run: "Run", progress: bool = True) -> Path:
     from indexer.contexts import batches
     from indexer.forward import SiteForward, make_batch
     from indexer.manifest import build_manifest
-    from indexer.rundir import FINAL_STATE, atomic_write
+    from indexer.rundir import FINAL_STATE
+    from indexer.storage import atomic_write_bytes
     from indexer.recording import save_states
 
     started = time.perf_counter()
@@ -56,8 +57,8 @@ def finalize(run: "Run", progress: bool = True) -> Path:
         _write_site(writer, rec, example_set, vocab, run.model.tokenizer)
     if any(site.name == "heads" for site in run.plan):
         _write_head_scores(writer, run)
-    atomic_write(run.out / FINAL_STATE, save_states(run.recorders, {}))
-    manifest = build_manifest(run, finalize_seconds=time.perf_counter() - started)
+    atomic_write_bytes(run.out / FINAL_STATE, save_states(run.recorders, {}))
+    manifest = build_manifest(run, finalize_seconds=time.perf_counter() - started, extra=run.notes)
     writer.write_manifest(manifest)
     return run.out
 

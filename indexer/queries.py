@@ -70,7 +70,7 @@ def view_sql(table: type[Table], root: str) -> str:
 
 def _lock_down(conn: duckdb.DuckDBPyConnection, root: str) -> None:
     for statement in (
-        "SET temp_directory = ''",  # else DuckDB allows ./.tmp next to the index as well
+        "SET temp_directory = ''",  # else DuckDB also allows ./.tmp (spill files) of the cwd
         f"SET allowed_directories = [{_literal(root + os.sep)}]",
         "SET enable_external_access = false",
         "SET autoinstall_known_extensions = false",
@@ -137,7 +137,7 @@ def run_sql(
 def _run(conn, sql: str, params: Params, limit: int | None, timeout_s: float | None) -> tuple[pd.DataFrame, bool]:
     cursor = conn.cursor()  # its own cursor: interruptible alone, and safe across threads
     try:
-        if cursor.sql("SELECT current_setting('lock_configuration')").fetchone()[0] is not True:
+        if cursor.sql("SELECT current_setting('lock_configuration')").fetchall() != [(True,)]:
             raise QueryError("refusing to run user SQL on a connection not made by open_index")
         table = _with_timeout(lambda: _fetch(cursor, sql, params, limit), cursor, timeout_s)
     except duckdb.Error as e:
@@ -220,9 +220,10 @@ def format_result(df: pd.DataFrame, fmt: str = "table", max_width: int = 40) -> 
 
 def _table_text(df: pd.DataFrame, max_width: int) -> str:
     headers = [str(c) for c in df.columns]
-    columns = [[_cell(v, max_width) for v in df[c]] for c in df.columns]
+    series = [df.iloc[:, i] for i in range(df.shape[1])]  # by position: names may repeat
+    columns = [[_cell(v, max_width) for v in s] for s in series]
     widths = [max([len(h)] + [len(x) for x in col]) for h, col in zip(headers, columns)]
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) for s in series]
 
     def line(values: list[str]) -> str:
         cells = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric))

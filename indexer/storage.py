@@ -179,10 +179,10 @@ def _check_names(table_cls: type[Table], given: Mapping[str, Any]) -> None:
     missing = sorted(required - set(given))
     extra = sorted(set(given) - set(table_cls.columns()))
     if missing or extra:
+        parts = (("missing", missing), ("unexpected", extra))
+        found = ", ".join(f"{what} columns {cols}" for what, cols in parts if cols)
         expected = ", ".join(f"{f.name}: {f.type}" for f in table_cls.schema())
-        raise ValueError(
-            f"{table_cls.NAME}: missing columns {missing}, unexpected columns {extra}; expected {expected}"
-        )
+        raise ValueError(f"{table_cls.NAME}: {found}; expected {expected}")
 
 
 def _array(table_cls: type[Table], field: pa.Field, values: Any) -> pa.Array:
