@@ -93,7 +93,7 @@ def collect_examples(rec: Any) -> ExampleSet:
 
 def _sample_arrays(sampler: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     samples = sampler.samples()
-    return (np.asarray(samples["values"]), np.asarray(samples["ctx_ids"]), np.asarray(samples["pos"]))
+    return (np.asarray(samples["value"]), np.asarray(samples["ctx_id"]), np.asarray(samples["pos"]))
 
 
 def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from indexer.recorders import hist_edges
 from indexer.examples import ExampleSet, collect_examples, window_columns
 from indexer.schema import Contexts, Examples, HeadExamples, Heads, Neurons, Vocab
 from indexer.sites import HEAD_METRICS, Site
@@ -30,7 +31,7 @@ def finalize(run: "Run", progress: bool = True) -> Path:
     from indexer.contexts import batches
     from indexer.forward import SiteForward, make_batch
     from indexer.manifest import build_manifest
-    from indexer.rundir import FINAL_STATE
+    from indexer.rundir import CHECKPOINT, FINAL_STATE
     from indexer.storage import atomic_write_bytes
     from indexer.recording import save_states
 
@@ -60,6 +61,7 @@ def finalize(run: "Run", progress: bool = True) -> Path:
     atomic_write_bytes(run.out / FINAL_STATE, save_states(run.recorders, {}))
     manifest = build_manifest(run, finalize_seconds=time.perf_counter() - started, extra=run.notes)
     writer.write_manifest(manifest)
+    (run.out / CHECKPOINT).unlink(missing_ok=True)  # state.npz and the manifest now say it all
     return run.out
 
 
@@ -81,7 +83,7 @@ def _write_site(writer: IndexWriter, rec: Any, examples: ExampleSet, vocab: np.n
         "hist": list(stats["hist"]),
         "quantile_edges": list(np.asarray(rec.samples.edges, dtype=np.float32)),
         "bin_counts": list(rec.samples.counts()),
-        "hist_edges": [rec.stats.hist_edges().astype(np.float32)] * n,
+        "hist_edges": [hist_edges().astype(np.float32)] * n,
     }
     rows = window_columns(examples, vocab, tokenizer)
     if site.name == "heads":

@@ -7,6 +7,7 @@ import datetime as dt
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from indexer.recorders import hist_edges
 from indexer.sites import HEAD_METRICS, HEAD_METRIC_HELP
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ def build_manifest(run: "Run", finalize_seconds: float, extra: dict[str, Any] | 
          **counters.get(spec.name, _empty()).to_dict()}
         for spec in run.stream.specs
     ]
-    stats = run.recorders[0].stats.summary() if run.recorders else None
     return {
         "format": "neuroscope-index",
         "format_version": FORMAT_VERSION,
@@ -46,7 +46,7 @@ def build_manifest(run: "Run", finalize_seconds: float, extra: dict[str, Any] | 
         "sites": [{"name": s.name, "layer": s.layer, "n_features": s.n_features} for s in run.plan],
         "head_metrics": {name: HEAD_METRIC_HELP[name] for name in HEAD_METRICS},
         "quantiles": run.cfg.quantile_list(),
-        "hist_edges": run.recorders[0].stats.hist_edges().tolist() if stats is not None else [],
+        "hist_edges": hist_edges().tolist(),
         "counts": {"tokens": run.tokens_done, "contexts": run.position, "batches": run.batches_done},
         "timing": {
             "stream_seconds": round(run.seconds, 3),

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--out", default=str(ROOT / "data" / "models"))
+    p.add_argument("--cache-dir", default="/tmp/neuroscope_token_cache",
+                   help="cache of the tokenized corpora (keyed by file hashes)")
+    p.add_argument("--no-cache", action="store_true")
     return p.parse_args(argv)
 
 
@@ -86,8 +89,37 @@ def is_heldout(corpus: str, doc_index: int) -> bool:
     return int.from_bytes(h[:8], "big") % HOLDOUT_MOD == 0
 
 
-def load_corpus_tokens(corpus: str, tokenizer) -> list[np.ndarray]:
-    """Token ids of every document (no special tokens), in row order."""
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_corpus_tokens(corpus: str, tokenizer, cache_dir: Path | None) -> list[np.ndarray]:
+    """Token ids of every document (no special tokens), in row order. Cached (keyed by the
+    sha256 of the corpus file and of tokenizer.json) so consecutive runs skip tokenizing."""
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha256(
+            (sha256_file(CORPORA_DIR / f"{corpus}.parquet") + sha256_file(TOKENIZER_DIR / "tokenizer.json")).encode()
+        ).hexdigest()[:24]
+        cache = cache_dir / f"{corpus}-{key}.npz"
+        if cache.is_file():
+            z = np.load(cache)
+            return np.split(z["ids"], z["offsets"][1:-1])
+    out = _tokenize(corpus, tokenizer)
+    if cache is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        offsets = np.concatenate([[0], np.cumsum([len(d) for d in out])]).astype(np.int64)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, ids=np.concatenate(out).astype(np.int32), offsets=offsets)
+        os.replace(tmp, cache)
+    return out
+
+
+def _tokenize(corpus: str, tokenizer) -> list[np.ndarray]:
     import pyarrow.parquet as pq
 
     texts = pq.read_table(CORPORA_DIR / f"{corpus}.parquet", columns=["text"]).column("text")
@@ -117,12 +149,14 @@ def chunk_documents(
 
 
 def make_batch(chunks: list[np.ndarray], bos: int):
-    """tokens [B, T] (BOS + chunk, right-padded with BOS id) and targets [B, T-1] (pad = IGNORE)."""
+    """tokens [B, T] (BOS + chunk, right-padded with the BOS id) and targets [B, T]: the next
+    token at each position, IGNORE at padding and at the last real position (there is no next
+    token), so the loss is taken on the full logits without slicing them."""
     import torch
 
     T = 1 + max(len(c) for c in chunks)
     tokens = np.full((len(chunks), T), bos, dtype=np.int64)
-    targets = np.full((len(chunks), T - 1), IGNORE, dtype=np.int64)
+    targets = np.full((len(chunks), T), IGNORE, dtype=np.int64)
     for i, c in enumerate(chunks):
         tokens[i, 1 : 1 + len(c)] = c
         targets[i, : len(c)] = c
@@ -241,7 +275,7 @@ def evaluate(bridge, eval_sets: dict, batch_size: int, bos: int) -> dict[str, fl
             total, n = 0.0, 0
             for i in range(0, len(chunks), batch_size):
                 tokens, targets = make_batch(chunks[i : i + batch_size], bos)
-                logits = bridge(tokens)[:, :-1].float()
+                logits = bridge(tokens).float()
                 loss = F.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                     ignore_index=IGNORE, reduction="sum",
@@ -292,6 +326,8 @@ def save_outputs(out_dir: Path, bridge, config: dict, log_data: dict, args) -> N
         raise RuntimeError(f"saved model differs from the trained one (max |dlogit| = {diff})")
     log(f"self-check: reloaded weights (strict) give the same logits (max |diff| = {diff:.2e})")
 
+    for f in tmp.iterdir():
+        f.chmod(0o644)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -384,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     assert bos == 0, f"expected BOS id 0, got {bos}"
     d_vocab = len(tokenizer)
     config = model_config(args, d_vocab)
+    prov_path = CORPORA_DIR / "provenance.json"
+    if prov_path.is_file():
+        want = json.loads(prov_path.read_text()).get("tokenizer_sha256")
+        have = sha256_file(TOKENIZER_DIR / "tokenizer.json")
+        if want and want != have:
+            log(f"WARNING: data/tokenizer/tokenizer.json (sha256 {have[:12]}) is not the tokenizer "
+                f"provenance.json was computed with ({want[:12]})")
 
     # ---- data
     docs: dict[str, list[np.ndarray]] = {}
@@ -392,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     data_info: dict[str, dict] = {}
     for corpus in CORPORA:
         t0 = time.time()
-        all_docs = load_corpus_tokens(corpus, tokenizer)
+        all_docs = load_corpus_tokens(corpus, tokenizer, None if args.no_cache else Path(args.cache_dir))
         held = [i for i in range(len(all_docs)) if is_heldout(corpus, i)]
         held_set = set(held)
         train_docs = [d for i, d in enumerate(all_docs) if i not in held_set]
@@ -471,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     t_train = time.time()
     t_window, tok_window = time.time(), 0
 
+    eval_seconds = 0.0
+
     def run_eval(step: int) -> dict:
+        nonlocal eval_seconds
         t0 = time.time()
         r = evaluate(bridge, eval_sets, args.batch_size, bos)
         r["mix"] = sum(weights[c] * r[c] for c in CORPORA)
@@ -479,9 +525,12 @@ def main(argv: list[str] | None = None) -> int:
                             "code": r["code"], "prose": r["prose"]})
         log(f"held-out @ step {step}: mix {r['mix']:.4f} code {r['code']:.4f} "
             f"prose {r['prose']:.4f} ({time.time() - t0:.1f}s)")
+        eval_seconds += time.time() - t0
         return r
 
     run_eval(0)
+    eval_seconds = 0.0
+    t_train = t_window = time.time()
     for step in range(total_steps):
         lr = lr_at(step, total_steps, warmup, args.lr, args.min_lr_frac)
         for g in opt.param_groups:
@@ -491,9 +540,10 @@ def main(argv: list[str] | None = None) -> int:
         chunks = [streams[n].next() for n in names]
         tokens, targets = make_batch(chunks, bos)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
-            logits = bridge(tokens)[:, :-1]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                   targets.reshape(-1), ignore_index=IGNORE)
+            # autocast runs cross_entropy in fp32
+            logits = bridge(tokens)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
+                                   ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(bridge.parameters(), args.grad_clip)
@@ -514,8 +564,11 @@ def main(argv: list[str] | None = None) -> int:
         if done % args.log_every == 0 or done == total_steps:
             now = time.time()
             rate = tok_window / (now - t_window)
-            avg_rate = tokens_seen / (now - t_train)
-            eta = (total_steps - done) * (now - t_train) / done
+            busy = now - t_train - eval_seconds
+            avg_rate = tokens_seen / busy
+            n_evals_left = (total_steps - 1) // args.eval_every - done // args.eval_every + 1
+            eval_each = eval_seconds / max(1, len(heldout_log) - 1) if len(heldout_log) > 1 else 8.0
+            eta = (total_steps - done) * busy / done + n_evals_left * eval_each
             train_log.append({"step": done, "tokens": tokens_seen,
                               "train_loss": window_loss / window_n, "lr": lr})
             log(f"step {done}/{total_steps} tokens {tokens_seen:,} loss {window_loss / window_n:.4f} "
@@ -528,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             run_eval(done)
             t_window += time.time() - t_e  # keep eval time out of the throughput figure
 
-    train_seconds = time.time() - t_train
+    train_seconds = time.time() - t_train - eval_seconds  # optimisation steps only
     final = run_eval(total_steps)
     wall = time.time() - t_start
 
@@ -559,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunks_seen_by_corpus": chunks_by_corpus,
         "epochs_by_corpus": {c: round(streams[c].epochs, 3) for c in CORPORA},
         "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(eval_seconds, 1),
         "wall_seconds": round(wall, 1),
         "tokens_per_second": round(tokens_seen / train_seconds, 1),
         "train_loss": train_log,
@@ -569,6 +623,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"big-endian); eval = up to {args.eval_chunks // 2} chunks per corpus "
                         f"sampled with seed {EVAL_SEED}",
         "data": data_info,
+        "inputs_sha256": {
+            "tokenizer.json": sha256_file(TOKENIZER_DIR / "tokenizer.json"),
+            **{f"{c}.parquet": sha256_file(CORPORA_DIR / f"{c}.parquet") for c in CORPORA},
+        },
         "unigram_entropy": unigram,
         "versions": versions,
         "python": platform.python_version(),

@@ -1,0 +1,27 @@
+"""Per-site recorders: exact top-k, quantile-bin samples and statistics of every feature.
+
+Each recorder takes batches `update(acts [batch, pos, feat], lengths [batch], ctx_ids
+[batch])`, merges exactly with `merge(other)`, and round-trips through `state()` /
+`from_state()`. Backends: "numba" (CPU, neuron-major kernels) and "torch" (any device);
+both give identical results except for floating sums.
+"""
+
+from indexer.recorders.common import RecorderError, default_backend
+from indexer.recorders.edges import estimate_edges
+from indexer.recorders.fused import NeuronRecorders
+from indexer.recorders.histogram import N_BINS, hist_edges
+from indexer.recorders.quantiles import QuantileSampler
+from indexer.recorders.stats import Stats
+from indexer.recorders.topk import TopK
+
+__all__ = [
+    "N_BINS",
+    "NeuronRecorders",
+    "QuantileSampler",
+    "RecorderError",
+    "Stats",
+    "TopK",
+    "default_backend",
+    "estimate_edges",
+    "hist_edges",
+]

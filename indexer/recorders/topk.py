@@ -1,0 +1,99 @@
+"""TopK: per feature, the k contexts with the largest activation, one example per context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from indexer.recorders.common import Recorder, RecorderError, feature_chunk, valid_tokens
+from indexer.recorders.topk_kernels import topk_merge, topk_update
+
+_NO_CTX = torch.iinfo(torch.int64).max  # sort key of an empty slot: after every context
+
+
+class TopK(Recorder):
+    """Exact per-feature top-k over contexts.
+
+    A context's example is its maximum over the recorded positions (the first position on
+    ties). Lists are sorted by value descending, then ctx_id ascending; a context appears
+    at most once. Empty slots: value -inf, ctx_id -1, pos -1.
+
+    Attributes:
+        vals: float32 [feat, k].  ctxs: int64 [feat, k].  poss: int32 [feat, k].
+    """
+
+    kind = "topk"
+    arrays = ("vals", "ctxs", "poss")
+
+    def __init__(self, n_features: int, k: int = 20, backend: str | None = None, device="cpu"):
+        super().__init__(backend, device)
+        if k < 1:
+            raise RecorderError(f"k={k} but expected k >= 1")
+        self.n_features, self.k = int(n_features), int(k)
+        self.vals = self._array(np.full((self.n_features, self.k), -np.inf, np.float32))
+        self.ctxs = self._array(np.full((self.n_features, self.k), -1, np.int64))
+        self.poss = self._array(np.full((self.n_features, self.k), -1, np.int32))
+
+    def config(self) -> dict[str, Any]:
+        return {"n_features": self.n_features, "k": self.k}
+
+    @classmethod
+    def _config_from_state(cls, state):
+        return {"n_features": int(state["n_features"]), "k": int(state["k"])}
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values float32, ctx_ids int64, pos int32), each [feat, k], best first."""
+        return self._numpy("vals"), self._numpy("ctxs"), self._numpy("poss")
+
+    def _update_numba(self, acts, lengths, ctx_ids) -> None:
+        topk_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
+                    self.vals, self.ctxs, self.poss)
+
+    def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
+        topk_merge(self.vals, self.ctxs, self.poss, other["vals"], other["ctxs"], other["poss"])
+
+    def _update_torch(self, acts, lengths, ctx_ids) -> None:
+        n_batch, n_pos, _ = acts.shape
+        valid = valid_tokens(lengths, n_pos)[..., None]  # [batch, pos, 1]
+        masked = acts.masked_fill(~valid, float("-inf"))  # [batch, pos, feat]
+        best = masked.amax(dim=1)  # [batch, feat]
+        first = ((masked == best[:, None, :]) & valid).to(torch.uint8).argmax(dim=1)
+        has = (lengths > 1)[:, None]
+        vals = torch.where(has, best, float("-inf")).T  # [feat, batch]
+        ctxs = torch.where(has, ctx_ids[:, None], -1).expand(-1, self.n_features).T
+        poss = torch.where(has, first, -1).to(torch.int32).T
+        self._keep_best(vals, ctxs, poss)
+
+    def _merge_torch(self, other: dict[str, torch.Tensor]) -> None:
+        self._keep_best(other["vals"], other["ctxs"], other["poss"])
+
+    def _keep_best(self, vals, ctxs, poss) -> None:
+        """Replace the lists by the top k of lists + candidates [feat, m]."""
+        v = torch.cat([self.vals, vals], dim=1)
+        c = torch.cat([self.ctxs, ctxs], dim=1)
+        p = torch.cat([self.poss, poss], dim=1)
+        # 1) order by (ctx, value desc) and blank all but the best entry of each context
+        v, c, p = _take(_lexsort(-v, _ctx_key(c)), v, c, p)
+        key = _ctx_key(c)
+        dup = torch.zeros_like(c, dtype=torch.bool)
+        dup[:, 1:] = (key[:, 1:] == key[:, :-1]) & (c[:, 1:] >= 0)
+        v, c, p = v.masked_fill(dup, float("-inf")), c.masked_fill(dup, -1), p.masked_fill(dup, -1)
+        # 2) order by (value desc, ctx) and keep k
+        v, c, p = _take(_lexsort(_ctx_key(c), -v), v, c, p)
+        self.vals, self.ctxs, self.poss = (a[:, :self.k].contiguous() for a in (v, c, p))
+
+
+def _ctx_key(c: torch.Tensor) -> torch.Tensor:
+    return torch.where(c < 0, _NO_CTX, c)
+
+
+def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:
+    """Row-wise indices sorting by (major, minor) ascending."""
+    order = torch.sort(minor, dim=1, stable=True).indices
+    return order.gather(1, torch.sort(major.gather(1, order), dim=1, stable=True).indices)
+
+
+def _take(order: torch.Tensor, *arrays: torch.Tensor):
+    return tuple(a.gather(1, order) for a in arrays)
