@@ -23,7 +23,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(IndexConfig)
     for f in dataclasses.fields(IndexConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"]
+        help_text = f.metadata["help"].replace("%", "%%")
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=help_text)

@@ -23,7 +23,7 @@ from indexer.corpus import iter_documents, parse_corpus_spec, CorpusCounters
 from indexer.errors import ConfigError
 from indexer.models import LoadedModel, load_model
 from indexer.recording import SiteRecorders, load_states, save_states
-from indexer.rundir import CHECKPOINT, from_json_array, json_array, prepare_out_dir
+from indexer.rundir import CHECKPOINT, MANIFEST, from_json_array, json_array, prepare_out_dir
 from indexer.storage import atomic_write_bytes
 from indexer.sites import Site, plan_sites
 
@@ -176,6 +176,8 @@ def _read_checkpoint(cfg: IndexConfig) -> bytes:
     from indexer.errors import IndexDirError
 
     path = Path(cfg.out).expanduser() / CHECKPOINT
+    if not path.is_file() and (path.parent / MANIFEST).is_file():
+        raise IndexDirError(f"--resume: the index in {cfg.out} is already complete; nothing to resume")
     if not path.is_file():
         raise IndexDirError(f"--resume: no checkpoint in {cfg.out} (nothing to resume; drop --resume to start)")
     return path.read_bytes()

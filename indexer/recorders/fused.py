@@ -98,7 +98,7 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
         best = np.empty(n, np.float32)
         best_pos = np.empty(n, np.int32)
         scratch = np.empty(n, np.int32)
-        e, k, filt, above = quantile_begin(f0, n, edges, keys, prio)
+        e, k, thr, hashes, hit, above = quantile_begin(f0, n, edges, keys, prio)
         tv, sv, lv, hv, av, histv = stats_views(f0, n, total, total_sq, lo, hi, n_active, hist)
         for b in range(n_batch):
             if lengths[b] <= 1:
@@ -109,7 +109,7 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                 x = acts[b, t, f0:f1]
                 topk_row(x, t, best, best_pos)
                 stats_row(x, bits[b, t, f0:f1], tv, sv, lv, hv, av, histv, scratch)
-                quantile_row(x, t, f0, ctx_ids[b], token_hash_nb(ch, t), e, k, filt, above,
-                             prio, s_vals, s_ctxs, s_poss)
+                quantile_row(x, t, f0, ctx_ids[b], token_hash_nb(ch, t), e, k, thr, hashes, hit,
+                             above, prio, s_vals, s_ctxs, s_poss)
             topk_end(f0, n, ctx_ids[b], best, best_pos, tk_vals, tk_ctxs, tk_poss)
         quantile_end(f0, n, n_tokens, above, counts)

@@ -1,9 +1,9 @@
 """Numba kernels for QuantileSampler. Neuron-major: thread i owns features [f0, f0 + n).
 
-Per token and feature the fast path costs Q compares (bin counts kept as "at or above
-edge q" counters, vectorised) and one hash compared against the feature's largest kept
-priority over its bins. Only tokens passing that filter find their bin and meet the
-sorted per-bin list. Slots are sorted by (priority, ctx_id, pos) ascending.
+Per token and feature the vectorised fast path costs one hash and, per edge, a compare
+(bin counts are kept as "at or above edge q" counters) and a test of the hash against
+the threshold (largest kept priority) of the bin above. Only tokens under their bin's
+threshold, rare once the bins are full, meet the sorted per-bin list. Slots are sorted by (priority, ctx_id, pos) ascending.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
 from indexer.recorders.hashing import context_hash_nb, fmix32_nb, token_hash_nb
+
+BLOCK = 64  # features per hit check
 
 
 @njit(**NJIT_OPTIONS)
@@ -43,49 +45,63 @@ def sample_insert(prio, vals, ctxs, poss, f, q, p, v, c, t):
 
 
 @njit(**NJIT_OPTIONS)
-def loosest(prio, f):
-    """uint32 filter for feature f: its largest kept priority over bins (max if a bin is open)."""
-    m = np.int64(0)
-    for q in range(prio.shape[1]):
-        m = max(m, prio[f, q, prio.shape[2] - 1])
-    return np.uint32(min(m, np.int64(0xFFFFFFFF)))
+def threshold(prio, f, q):
+    """uint32 filter of bin q of feature f: its largest kept priority (max while not full)."""
+    return np.uint32(min(prio[f, q, prio.shape[2] - 1], np.int64(0xFFFFFFFF)))
 
 
 @njit(**NJIT_OPTIONS)
 def quantile_begin(f0, n, edges, keys, prio):
-    """Per-chunk scratch: edges [Q, n], keys [n], filter [n], at-or-above counters [Q, n]."""
+    """Per-chunk scratch: edges [Q, n], keys [n], thresholds [Q+1, n], hashes [n],
+    hit flags [n], at-or-above-edge counters [Q, n]."""
     n_edges = edges.shape[1]
     e = np.empty((n_edges, n), np.float32)
-    for q in range(n_edges):
-        for j in range(n):
-            e[q, j] = edges[f0 + j, q]
-    filt = np.empty(n, np.uint32)
+    thr = np.empty((n_edges + 1, n), np.uint32)
     for j in range(n):
-        filt[j] = loosest(prio, f0 + j)
-    return e, keys[f0:f0 + n].copy(), filt, np.zeros((n_edges, n), np.int32)
+        for q in range(n_edges):
+            e[q, j] = edges[f0 + j, q]
+        for q in range(n_edges + 1):
+            thr[q, j] = threshold(prio, f0 + j, q)
+    above = np.zeros((n_edges, n), np.int32)
+    return e, keys[f0:f0 + n].copy(), thr, np.empty(n, np.uint32), np.empty(n, np.int32), above
 
 
 @njit(**NJIT_OPTIONS)
-def quantile_row(x, t, f0, ctx, tok_hash, e, keys, filt, above, prio, vals, ctxs, poss):
-    """Fold row chunk x float32 [n] (token (ctx, t), features f0..) into counters and samples."""
+def quantile_row(x, t, f0, ctx, tok_hash, e, keys, thr, hashes, hit, above,
+                 prio, vals, ctxs, poss):
+    """Fold row chunk x float32 [n] (token (ctx, t), features f0..) into counters and samples.
+
+    Branch-free over the bins: as x passes edge q the candidate test switches to bin q+1's
+    threshold (edges are non-decreasing), so no gather is needed. Only candidates, rare
+    once the bins are full, reach the scalar insert.
+    """
     n, n_edges = x.shape[0], e.shape[0]
-    for q in range(n_edges):
-        eq, aq = e[q], above[q]
-        for j in range(n):
-            aq[j] += x[j] >= eq[j]
-    hits = 0
-    for j in range(n):
-        hits += fmix32_nb(np.uint32(tok_hash ^ keys[j])) <= filt[j]
-    if hits == 0:
-        return
+    t0 = thr[0]
     for j in range(n):
         h = fmix32_nb(np.uint32(tok_hash ^ keys[j]))
-        if h <= filt[j]:
-            q = 0
-            for i in range(n_edges):
-                q += x[j] >= e[i, j]
-            if sample_insert(prio, vals, ctxs, poss, f0 + j, q, np.int64(h), x[j], ctx, t):
-                filt[j] = loosest(prio, f0 + j)
+        hashes[j] = h
+        hit[j] = np.int32(1) if h <= t0[j] else np.int32(0)
+    for q in range(n_edges):
+        eq, aq, tq = e[q], above[q], thr[q + 1]
+        for j in range(n):
+            ge = x[j] >= eq[j]
+            aq[j] += np.int32(1) if ge else np.int32(0)
+            under = np.int32(1) if hashes[j] <= tq[j] else np.int32(0)
+            hit[j] = under if ge else hit[j]
+    for j0 in range(0, n, BLOCK):  # a rare hit costs a scalar scan of one block only
+        j1 = min(n, j0 + BLOCK)
+        hits = 0
+        for j in range(j0, j1):
+            hits += hit[j]
+        if hits == 0:
+            continue
+        for j in range(j0, j1):
+            if hit[j]:
+                q = 0
+                for i in range(n_edges):
+                    q += x[j] >= e[i, j]
+                if sample_insert(prio, vals, ctxs, poss, f0 + j, q, np.int64(hashes[j]), x[j], ctx, t):
+                    thr[q, j] = threshold(prio, f0 + j, q)
 
 
 @njit(**NJIT_OPTIONS)
@@ -111,12 +127,12 @@ def quantile_update(acts, lengths, ctx_ids, chunk, seed, keys, edges,
     for c in prange((n_feat + chunk - 1) // chunk):
         f0 = c * chunk
         n = min(chunk, n_feat - f0)
-        e, k, filt, above = quantile_begin(f0, n, edges, keys, prio)
+        e, k, thr, hashes, hit, above = quantile_begin(f0, n, edges, keys, prio)
         for b in range(n_batch):
             ch = context_hash_nb(seed, ctx_ids[b])
             for t in range(1, lengths[b]):
                 quantile_row(acts[b, t, f0:f0 + n], t, f0, ctx_ids[b], token_hash_nb(ch, t),
-                             e, k, filt, above, prio, vals, ctxs, poss)
+                             e, k, thr, hashes, hit, above, prio, vals, ctxs, poss)
         quantile_end(f0, n, n_tokens, above, counts)
 
 
