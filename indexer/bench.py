@@ -55,7 +55,7 @@ def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str)
     with tempfile.TemporaryDirectory() as out:
         run = open_run(cfg, Path(out))
         bos = run.model.info.bos_token_id
-        prepared = [make_batch(group, bos, run.device) for group in batches(iter(run.stream), batch_size)]
+        prepared = [make_batch(group, bos, run.device, run.ctx_len) for group in batches(iter(run.stream), batch_size)]
         n_tokens = sum(b.n_text_tokens for b in prepared)
         recorders = new_recorders(run)  # warm-up estimates edges; also compiles the kernels
 

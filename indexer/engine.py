@@ -114,7 +114,7 @@ def estimate_edges(run: Run) -> dict[Site, np.ndarray]:
     samples: dict[Site, list] = {site: [] for site in run.plan}
     seen = 0
     for contexts in batches(iter(stream), run.cfg.batch_size):
-        batch = make_batch(contexts, run.model.info.bos_token_id, run.device)
+        batch = make_batch(contexts, run.model.info.bos_token_id, run.device, run.ctx_len)
         for site, acts in forward(batch).items():
             for row, ctx in enumerate(contexts):
                 samples[site].append(acts[row, 1 : len(ctx.token_ids)])  # BOS is never recorded
@@ -139,7 +139,7 @@ def _stream(run: Run, progress: bool) -> None:
     contexts = islice(run.stream.contexts(), run.position, None)
     started = time.perf_counter() - run.seconds
     for group in batches(contexts, run.cfg.batch_size):
-        batch = make_batch(group, run.model.info.bos_token_id, run.device)
+        batch = make_batch(group, run.model.info.bos_token_id, run.device, run.ctx_len)
         features = forward(batch)
         for rec in run.recorders:
             rec.update(features[rec.site], batch.lengths, batch.ctx_ids)

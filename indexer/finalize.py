@@ -49,7 +49,7 @@ def finalize(run: "Run", progress: bool = True) -> Path:
         needed = [c for c in group if c.ctx_id in kept]
         if not needed:
             continue
-        batch = make_batch(needed, run.model.info.bos_token_id, run.device)
+        batch = make_batch(needed, run.model.info.bos_token_id, run.device, run.ctx_len)
         features = forward(batch)
         for example_set in sets:
             example_set.fill_windows(batch, features[example_set.site], run.cfg.window_before, run.cfg.window_after)

@@ -1,8 +1,11 @@
 """One forward pass over a batch of contexts, returning the features of every planned site.
 
 The pass stops after the last hook it needs (no later layers, no unembedding) and runs under
-bf16 autocast when asked. Contexts are right-padded with BOS; causal attention keeps padding
-from touching real positions, and recorders ignore positions ``>= length``.
+bf16 autocast when asked. Contexts are right-padded with BOS to the full context length:
+causal attention keeps padding from touching real positions, recorders ignore positions
+``>= length``, and the fixed shape makes a context's activations bit-identical whatever else
+is in its batch (narrow batches take other float kernels), so a sharded or resumed run and
+finalize's re-run see exactly the values of a single run.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ class Batch:
         return sum(c.n_text_tokens for c in self.contexts)
 
 
-def make_batch(contexts: list[Context], pad_id: int, device: str) -> Batch:
-    width = max(len(c.token_ids) for c in contexts)
+def make_batch(contexts: list[Context], pad_id: int, device: str, width: int) -> Batch:
+    """Contexts right-padded with ``pad_id`` to ``width`` (the run's context length)."""
     tokens = np.full((len(contexts), width), pad_id, dtype=np.int64)
     for row, ctx in enumerate(contexts):
         tokens[row, : len(ctx.token_ids)] = ctx.token_ids

@@ -55,7 +55,7 @@ def reference(cfg: IndexConfig) -> Reference:
     ref = Reference([], [], {site.key: [] for site in plan}, plan)
     names = sorted({n for site in plan for n in site.hook_names()})
     for group in batches(iter(stream), cfg.batch_size):
-        batch = make_batch(group, model.info.bos_token_id, "cpu")
+        batch = make_batch(group, model.info.bos_token_id, "cpu", ctx_len)
         with torch.inference_mode():
             _, cache = model.bridge.run_with_cache(batch.tokens, names_filter=names)
         for row, ctx in enumerate(group):

@@ -85,8 +85,11 @@ def test_merge_refuses_incomplete_or_mismatched_shards(model_dir, single_run, tm
     index(cfg, progress=False)
     with pytest.raises(IndexDirError, match="not exactly the shards"):
         merge([cfg.out], str(tmp_path / "m"), progress=False)
+    other = base_config(model_dir, str(tmp_path / "s1"), shard="1/2", seed=1)
+    index(other, progress=False)
     with pytest.raises(IndexDirError, match="other options"):
-        merge([cfg.out, single_run], str(tmp_path / "m2"), progress=False)
+        merge([cfg.out, other.out], str(tmp_path / "m2"), progress=False)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
 
 
 def test_resume_after_kill_equals_uninterrupted_run(model_dir, tmp_path):

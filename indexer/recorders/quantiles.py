@@ -12,6 +12,8 @@ from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, priority_t, 
 from indexer.recorders.quantile_kernels import quantile_merge, quantile_update
 
 ELEMENTS_PER_STEP = 1 << 22  # torch backend: tokens x features per step, bounds the temporaries
+ROWS_PER_STEP = 1 << 21  # and tokens per step: priority * ROWS_PER_STEP + row fits int64
+_NO_KEY = 1 << 62
 
 
 class QuantileSampler(Recorder):
@@ -84,20 +86,31 @@ class QuantileSampler(Recorder):
                        other["prio"], other["vals"], other["ctxs"], other["poss"])
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
-        valid = valid_tokens(lengths, acts.shape[1])
-        b, t = valid.nonzero(as_tuple=True)
+        b, t = valid_tokens(lengths, acts.shape[1]).nonzero(as_tuple=True)  # [tokens]
+        order = torch.sort(ctx_ids[b], stable=True).indices  # tokens by (ctx, pos)
+        b, t = b[order], t[order]
         n_feat, n_bins = self.bin_counts.shape
         feat = torch.arange(n_feat, device=acts.device)
-        step = max(1, ELEMENTS_PER_STEP // max(1, n_feat))
+        step = max(1, min(ROWS_PER_STEP, ELEMENTS_PER_STEP // max(1, n_feat)))
+        found = []
         for r in range(0, b.numel(), step):
             x = acts[b[r:r + step], t[r:r + step]]  # [tokens, feat]
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
-            group = feat * n_bins + (x[:, :, None] >= self._edges).sum(dim=2)  # [tokens, feat]
-            self.bin_counts += torch.bincount(group.flatten(), minlength=self.bin_counts.numel()).view_as(
-                self.bin_counts)
+            bins = (x[:, :, None] >= self._edges).sum(dim=2)  # [tokens, feat]
+            self.bin_counts += torch.bincount((feat * n_bins + bins).flatten(),
+                                              minlength=self.bin_counts.numel()).view_as(self.bin_counts)
             prio = priority_t(token_hash_t(self.seed, ctx, pos), self.keys)  # [tokens, feat]
-            hit = (prio <= self.prio.view(-1, self.per_bin)[:, -1][group]).nonzero(as_tuple=True)
-            self._keep_best(group[hit], prio[hit], x[hit], ctx[hit[0]], pos[hit[0]])
+            # rows are in (ctx, pos) order, so the row index breaks priority ties exactly
+            key = prio * ROWS_PER_STEP + torch.arange(x.shape[0], device=x.device)[:, None]
+            for q in range(n_bins):
+                best = torch.topk(torch.where(bins == q, key, _NO_KEY), min(self.per_bin, x.shape[0]),
+                                  dim=0, largest=False)  # [per_bin, feat]
+                row, f = best.indices, feat.expand_as(best.indices)
+                ok = best.values != _NO_KEY
+                row, f = row[ok], f[ok]
+                found.append((f * n_bins + q, prio[row, f], x[row, f], ctx[row], pos[row]))
+        if found:
+            self._keep_best(*(torch.cat(cols) for cols in zip(*found)))
 
     def _merge_torch(self, other: dict[str, torch.Tensor]) -> None:
         self.bin_counts += other["bin_counts"]

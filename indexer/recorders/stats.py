@@ -84,8 +84,9 @@ class Stats(Recorder):
         """n_tokens, mean, std (population), min, max, frac_active, hist [feat, N_BINS]."""
         n = self._numpy("count")
         safe = np.maximum(n, 1)
-        mean = self._numpy("total") / safe
-        var = np.maximum(self._numpy("total_sq") / safe - mean**2, 0.0)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf activations give nan
+            mean = self._numpy("total") / safe
+            var = np.maximum(self._numpy("total_sq") / safe - mean**2, 0.0)
         empty = n == 0
         nan = np.where(empty, np.nan, 1.0)
         return {
