@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 import typing
 from pathlib import Path
@@ -79,10 +80,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model="toy-1l", corpus=["code", "prose"], out=str(out), tokens=args.tokens, overwrite=out.exists()
     )
     index(config, progress=True)
-    print(f"demo index written to {out}")
+    print(f"demo index written to {out}\n")
+    _print_demo_summary(out)
     if args.no_view:
         return 0
+    if importlib.util.find_spec("viewer.launch") is None:
+        print("(the viewer is not part of this version yet: explore with `neuroscope sql` or indexer.api.Index)")
+        return 0
     return _view(out, args.host, args.port)
+
+
+def _print_demo_summary(out: Path) -> None:
+    from indexer.queries import format_result, run_sql
+
+    queries = {
+        "Neurons with the highest activations": "top-neurons",
+        "Their best examples": (
+            "SELECT e.layer, e.neuron, e.activation, e.corpus, e.token_str, e.context_text "
+            "FROM examples e JOIN (SELECT layer, neuron FROM neurons ORDER BY max DESC LIMIT 5) t "
+            "USING (layer, neuron) WHERE e.kind = 'top' AND e.rank = 0 ORDER BY e.activation DESC"
+        ),
+        "Heads most like induction heads": "induction-heads",
+    }
+    for title, query in queries.items():
+        df, _ = run_sql(out, query, limit=5)
+        print(f"{title}:\n{format_result(df, 'table')}\n")
+    print(f"Try: neuroscope sql {out} \"SELECT * FROM examples WHERE layer = 0 AND neuron = 7 ORDER BY kind, bin, rank\"")
 
 
 def cmd_view(args: argparse.Namespace) -> int:

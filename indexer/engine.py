@@ -130,6 +130,10 @@ def _stream(run: Run, progress: bool) -> None:
 
     from indexer.forward import SiteForward, make_batch
 
+    from indexer.recorders import default_backend, warm_up
+
+    if default_backend(run.device) == "numba":
+        warm_up()  # compile or load the kernels now, not inside the first timed batch
     forward = SiteForward(run.model, run.plan, run.cfg.dtype)
     total = _expected_tokens(run)
     bar = tqdm(

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.recorders import QuantileSampler, Stats, TopK, default_backend
+from indexer.recorders import NeuronRecorders, QuantileSampler, Stats, TopK, default_backend
 from indexer.sites import Site
 
 RECORDERS = {"topk": TopK, "samples": QuantileSampler, "stats": Stats}
@@ -31,6 +31,8 @@ class SiteRecorders:
         self.topk: TopK = parts["topk"]
         self.samples: QuantileSampler = parts["samples"]
         self.stats: Stats = parts["stats"]
+        # One pass (one parallel region) over each batch for all three; shares their state.
+        self._fused = NeuronRecorders(self.topk, self.samples, self.stats)
 
     @classmethod
     def new(cls, site: Site, edges: np.ndarray, top_k: int, per_bin: int, seed: int, device: str) -> "SiteRecorders":
@@ -51,8 +53,7 @@ class SiteRecorders:
 
     def update(self, acts: Any, lengths: Any, ctx_ids: Any) -> None:
         """acts: [batch, pos, feat] float32; lengths, ctx_ids: [batch] int64."""
-        for recorder in self.parts().values():
-            recorder.update(acts, lengths, ctx_ids)
+        self._fused.update(acts, lengths, ctx_ids)
 
     def merge(self, other: "SiteRecorders") -> None:
         for name, recorder in self.parts().items():

@@ -4,8 +4,10 @@
 
 Activations are GELU of Gaussians. Each recorder first sees `--warmup` batches (so the
 samplers are past their filling phase; the first batch is reported separately), then the
-timed batches; min and median over `--reps`. numba compilation happens before any timing.
-`np.max` over the same batch is printed as a machine-speed reference: the box may be shared.
+timed batches; each timing is [min wall, median wall, min CPU (all threads)] ms over
+`--reps`. numba compilation happens before any timing. `np.max` over the same batch is
+printed as a machine-speed reference: the box may be shared. For per-thread cost run with
+NUMBA_NUM_THREADS=1.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numba
 import numpy as np
 import torch
 
-from indexer.recorders import NeuronRecorders, QuantileSampler, Stats, TopK, estimate_edges
+from indexer.recorders import NeuronRecorders, QuantileSampler, Stats, TopK, estimate_edges, warm_up
 
 
 def batches(shape, n, seed=0):
@@ -35,12 +37,14 @@ def batches(shape, n, seed=0):
 
 
 def timed(fn, reps):
-    ts = []
+    """[min, median] wall ms and min CPU ms (all threads): CPU time is robust to a busy box."""
+    wall, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         fn()
-        ts.append(time.perf_counter() - t0)
-    return round(min(ts) * 1e3, 2), round(float(np.median(ts)) * 1e3, 2)
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return [round(min(wall) * 1e3, 2), round(float(np.median(wall)) * 1e3, 2), round(min(cpu) * 1e3, 2)]
 
 
 def bench_shape(shape, backend, reps, warmup):
@@ -64,13 +68,13 @@ def bench_shape(shape, backend, reps, warmup):
             acts, lengths, ctx = data[i % len(data)]
             rec.update(acts, lengths, ctx + (i // len(data)) * 10**6)
 
-        row[f"{name}_first_ms"] = timed(step, 1)[0]
+        row[f"{name}_first_ms"] = timed(step, 1)[0]  # the bins are still filling
         for _ in range(warmup):
             step()
         row[f"{name}_ms"] = timed(step, reps)
     row["sum_of_three_ms"] = round(sum(row[f"{n}_ms"][0] for n in ("topk", "quantiles", "stats")), 2)
     acts = data[0][0].numpy()
-    row["np_max_ms"] = timed(lambda: acts.max(), reps)
+    row["np_max_ms"] = timed(lambda: acts.max(), reps)[:2]
     return row
 
 
@@ -81,8 +85,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=20)
     args = ap.parse_args()
-    # compile (or load from cache) every kernel outside the timings
-    bench_shape((2, 8, 32), "numba", 1, 1)
+    warm_up()  # compile (or load from numba's cache) every kernel outside the timings
     print(json.dumps({"numba_threads": numba.get_num_threads(),
                       "threading_layer": numba.threading_layer(),
                       "torch_threads": torch.get_num_threads()}))

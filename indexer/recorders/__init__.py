@@ -8,7 +8,7 @@ both give identical results except for floating sums.
 
 from indexer.recorders.common import RecorderError, default_backend
 from indexer.recorders.edges import estimate_edges
-from indexer.recorders.fused import NeuronRecorders
+from indexer.recorders.fused import NeuronRecorders, warm_up
 from indexer.recorders.histogram import N_BINS, hist_edges
 from indexer.recorders.quantiles import QuantileSampler
 from indexer.recorders.stats import Stats
@@ -24,4 +24,5 @@ __all__ = [
     "default_backend",
     "estimate_edges",
     "hist_edges",
+    "warm_up",
 ]

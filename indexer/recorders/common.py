@@ -9,6 +9,7 @@ Position 0 (BOS) and positions >= lengths[b] are never recorded.
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 import numba
@@ -26,7 +27,12 @@ class RecorderError(NeuroscopeError):
 
 
 def default_backend(device: str | torch.device = "cpu") -> str:
-    """'numba' for CPU, 'torch' for any accelerator."""
+    """'numba' for CPU, 'torch' for any accelerator; NEUROSCOPE_RECORDER_BACKEND overrides."""
+    forced = os.environ.get("NEUROSCOPE_RECORDER_BACKEND")
+    if forced:
+        if forced not in BACKENDS:
+            raise RecorderError(f"NEUROSCOPE_RECORDER_BACKEND={forced!r} but expected one of {BACKENDS}")
+        return forced
     return "numba" if torch.device(device).type == "cpu" else "torch"
 
 

@@ -96,7 +96,9 @@ class QuantileSampler(Recorder):
         for r in range(0, b.numel(), step):
             x = acts[b[r:r + step], t[r:r + step]]  # [tokens, feat]
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
-            bins = (x[:, :, None] >= self._edges).sum(dim=2)  # [tokens, feat]
+            bins = torch.zeros(x.shape, dtype=torch.int64, device=x.device)  # [tokens, feat]
+            for q in range(n_bins - 1):
+                bins += x >= self._edges[:, q]
             self.bin_counts += torch.bincount((feat * n_bins + bins).flatten(),
                                               minlength=self.bin_counts.numel()).view_as(self.bin_counts)
             prio = priority_t(token_hash_t(self.seed, ctx, pos), self.keys)  # [tokens, feat]
