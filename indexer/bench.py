@@ -148,21 +148,10 @@ def _peak_rss_mb(spec: str, tokens: int, batch_size: int, dtype: str, out: Path)
 
 
 def _random_gelu_1l(folder: Path) -> str:
-    """A randomly initialised model shaped like the field's gelu-1l, in neuroscope's folder format."""
-    import shutil
+    """A randomly initialised model shaped like the field's gelu-1l, in neuroscope's folder format.
 
-    import torch
-    from safetensors.torch import save_file
+    It gets the embedded tokenizer: its ids (< 8192) are valid gelu-1l inputs, and throughput
+    does not depend on which ids are fed."""
+    from indexer.models import save_native_model
 
-    from indexer.models import MODELS_DIR, NATIVE_CONFIG, NATIVE_WEIGHTS, build_native_bridge
-
-    path = folder / RANDOM_GELU_1L
-    path.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    bridge = build_native_bridge(GELU_1L_SHAPE)
-    (path / NATIVE_CONFIG).write_text(json.dumps(GELU_1L_SHAPE))
-    save_file({k: v.contiguous() for k, v in bridge.state_dict().items()}, str(path / NATIVE_WEIGHTS))
-    tokenizer_dir = MODELS_DIR.parent / "tokenizer"  # ids < 8192 are valid gelu-1l inputs too
-    for f in tokenizer_dir.glob("*.json"):
-        shutil.copy(f, path / f.name)
-    return str(path)
+    return str(save_native_model(folder / RANDOM_GELU_1L, GELU_1L_SHAPE))

@@ -8,6 +8,7 @@ feature's value at every window token. The manifest is written last.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ CONTEXT_ROWS_PER_FILE = 8192
 
 def finalize(run: "Run", progress: bool = True) -> Path:
     """Write every table of the index for a run whose streaming pass has finished."""
+    from tqdm import tqdm
+
     from indexer.contexts import batches
     from indexer.forward import SiteForward, make_batch
     from indexer.manifest import build_manifest
@@ -44,16 +47,19 @@ def finalize(run: "Run", progress: bool = True) -> Path:
     wanted = None if run.cfg.store_contexts == "all" else kept
     forward = SiteForward(run.model, run.plan, run.cfg.dtype)
     contexts = _ContextWriter(writer)
+    bar = tqdm(total=len(kept), unit="ctx", desc="finalizing", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for group in batches(run.stream.contexts(wanted=wanted), run.cfg.batch_size):
         contexts.add(group)
         needed = [c for c in group if c.ctx_id in kept]
         if not needed:
             continue
+        bar.update(len(needed))
         batch = make_batch(needed, run.model.info.bos_token_id, run.device, run.ctx_len)
         features = forward(batch)
         for example_set in sets:
             example_set.fill_windows(batch, features[example_set.site], run.cfg.window_before, run.cfg.window_after)
     contexts.close()
+    bar.close()
     for rec, example_set in zip(run.recorders, sets):
         _write_site(writer, rec, example_set, vocab, run.model.tokenizer)
     if any(site.name == "heads" for site in run.plan):

@@ -22,6 +22,7 @@ from typing import Any
 from indexer.errors import ModelSpecError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+TOKENIZER_DIR = MODELS_DIR.parent / "tokenizer"
 NATIVE_CONFIG = "bridge_config.json"
 NATIVE_WEIGHTS = "model.safetensors"
 
@@ -81,6 +82,25 @@ def build_native_bridge(config: dict[str, Any], device: str = "cpu", dtype: Any 
 
     cfg = TransformerBridgeConfig(**config)
     return TransformerBridge.boot_native(cfg, device=device, dtype=dtype)
+
+
+def save_native_model(folder: Path, config: dict[str, Any], bridge: Any = None) -> Path:
+    """Write a model in neuroscope's folder format (a random one if ``bridge`` is None),
+    with the embedded tokenizer: what tests and the bench use as small stand-in models."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    if bridge is None:
+        torch.manual_seed(int(config.get("seed", 0)))
+        bridge = build_native_bridge(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / NATIVE_CONFIG).write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in bridge.state_dict().items()}, str(folder / NATIVE_WEIGHTS))
+    for f in TOKENIZER_DIR.glob("*.json"):
+        shutil.copy(f, folder / f.name)
+    return folder
 
 
 def load_tokenizer(folder: Path) -> Any:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,20 +19,9 @@ TINY_CONFIG = dict(
 
 def write_native_model(folder: Path, **overrides) -> Path:
     """A random TL-native model in neuroscope's folder format (what data/models/ holds)."""
-    import torch
-    from safetensors.torch import save_file
+    from indexer.models import save_native_model
 
-    from indexer.models import NATIVE_CONFIG, NATIVE_WEIGHTS, build_native_bridge
-
-    config = {**TINY_CONFIG, **overrides}
-    torch.manual_seed(config["seed"])
-    bridge = build_native_bridge(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / NATIVE_CONFIG).write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in bridge.state_dict().items()}, str(folder / NATIVE_WEIGHTS))
-    for f in TOKENIZER_DIR.glob("*.json"):
-        shutil.copy(f, folder / f.name)
-    return folder
+    return save_native_model(folder, {**TINY_CONFIG, **overrides})
 
 
 @pytest.fixture(scope="session")
