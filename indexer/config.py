@@ -72,6 +72,8 @@ class IndexConfig:
         for name in ("batch_size", "top_k", "per_bin", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.window_before < 1 or self.window_after < 0:
+            raise ConfigError("--window-before must be at least 1 and --window-after at least 0")
         if self.tokens is not None and self.tokens < 1:
             raise ConfigError("--tokens must be at least 1")
         if self.dtype not in ("float32", "bfloat16"):

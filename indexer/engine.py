@@ -124,7 +124,7 @@ def estimate_edges(run: Run) -> dict[Site, np.ndarray]:
     quantiles = run.cfg.quantile_list()
     # Sorting 4M values at a time bounds the transient memory of the estimate (~100 MB).
     return {
-        site: quantile_edges(torch.cat(rows)[: run.cfg.warmup_tokens], quantiles, max_elements=1 << 22)
+        site: quantile_edges(torch.cat(rows)[: run.cfg.warmup_tokens], quantiles, max_elements=1 << 22).cpu().numpy()
         for site, rows in samples.items()
     }
 
