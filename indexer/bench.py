@@ -6,8 +6,8 @@
   ``torch.topk`` over every token, merged per batch);
 - peak RSS of a whole ``neuroscope index`` run at N and 4N tokens (it must not grow).
 
-Each configuration is timed twice in alternation (forward, index, naive, forward, index,
-naive) and the faster time of each is kept, so a burst of load elsewhere hurts all equally.
+Each configuration is timed three times in alternation (forward, index, naive, forward, ...)
+and the fastest time of each is kept, so a burst of load elsewhere hurts all equally.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str)
     from indexer.contexts import batches
     from indexer.engine import _stream, new_recorders, open_run
     from indexer.forward import bare_forward, make_batch
+    from indexer.recorders import warm_up
 
     cfg = IndexConfig(model=spec, corpus=["code", "prose"], out="", tokens=tokens, batch_size=batch_size,
                       dtype=dtype, sites=sites, checkpoint_every=10**9)
@@ -57,7 +58,8 @@ def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str)
         bos = run.model.info.bos_token_id
         prepared = [make_batch(group, bos, run.device, run.ctx_len) for group in batches(iter(run.stream), batch_size)]
         n_tokens = sum(b.n_text_tokens for b in prepared)
-        recorders = new_recorders(run)  # warm-up estimates edges; also compiles the kernels
+        recorders = new_recorders(run)  # estimates the quantile edges once
+        warm_up()
 
         def forward() -> None:
             for batch in prepared:
@@ -86,7 +88,7 @@ def new_recorders_like(recorders: list, run: Any) -> list:
     return [SiteRecorders.new(r.site, r.samples.edges, cfg.top_k, cfg.per_bin, cfg.seed, run.device) for r in recorders]
 
 
-def _alternate(runs: dict[str, Callable[[], None]], rounds: int = 2) -> dict[str, float]:
+def _alternate(runs: dict[str, Callable[[], None]], rounds: int = 3) -> dict[str, float]:
     best = {name: float("inf") for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():

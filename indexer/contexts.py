@@ -19,7 +19,7 @@ import numpy as np
 
 from indexer.corpus import CorpusCounters, CorpusSpec, iter_documents
 
-DOCS_PER_ENCODE = 32
+DOCS_PER_ENCODE = 8  # small: a token budget then tokenizes little past its end
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from indexer.contexts import ContextStream, batches
 from indexer.corpus import iter_documents, parse_corpus_spec, CorpusCounters
 from indexer.errors import ConfigError
 from indexer.models import LoadedModel, load_model
+from indexer.recorders import default_backend, warm_up
 from indexer.recording import SiteRecorders, load_states, save_states
 from indexer.rundir import CHECKPOINT, MANIFEST, from_json_array, json_array, prepare_out_dir
 from indexer.storage import atomic_write_bytes
@@ -67,6 +68,8 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
         _restore(run, checkpoint)
     else:
         run.recorders = new_recorders(run)
+    if default_backend(run.device) == "numba":
+        warm_up()  # compile or load the kernels now, not inside the first batches
     _stream(run, progress)
     return finalize(run, progress=progress)
 
@@ -134,10 +137,6 @@ def _stream(run: Run, progress: bool) -> None:
 
     from indexer.forward import SiteForward, make_batch
 
-    from indexer.recorders import default_backend, warm_up
-
-    if default_backend(run.device) == "numba":
-        warm_up()  # compile or load the kernels now, not inside the first timed batch
     forward = SiteForward(run.model, run.plan, run.cfg.dtype)
     total = _expected_tokens(run)
     bar = tqdm(
