@@ -102,11 +102,14 @@ class HeadMetrics:
 
         pattern = pattern.float()
         max_attn = pattern[..., 1:].amax(dim=-1) if pattern.shape[-1] > 1 else torch.zeros_like(pattern[..., 0])
-        entropy = -torch.special.xlogy(pattern, pattern).sum(dim=-1)  # [batch, head, q]
+        # Each [batch, head, q, k] temporary is as big as the pattern: make one and reuse it.
+        scratch = torch.special.xlogy(pattern, pattern)
+        entropy = -scratch.sum(dim=-1)  # [batch, head, q]
         v_norm = v.float().norm(dim=-1).transpose(1, 2)  # [batch, head, k]
-        value_weighted = (pattern * v_norm[:, :, None, :]).amax(dim=-1)  # [batch, head, q]
+        value_weighted = torch.mul(pattern, v_norm[:, :, None, :], out=scratch).amax(dim=-1)  # [batch, head, q]
         z = z.float()
-        out_sq = torch.einsum("bphd,hde,bphe->bph", z, self.gram.to(z.device), z)
+        z_gram = torch.einsum("bphd,hde->bphe", z, self.gram.to(z.device))  # [batch, pos, head, d_head]
+        out_sq = (z_gram * z).sum(dim=-1)  # [batch, pos, head]
         out_norm = out_sq.clamp_min(0).sqrt().transpose(1, 2)  # [batch, head, pos]
         metrics = torch.stack([max_attn, entropy, out_norm, value_weighted], dim=-1)  # [batch, head, pos, 4]
         return metrics.permute(0, 2, 1, 3).reshape(pattern.shape[0], pattern.shape[2], -1).contiguous()

@@ -18,7 +18,7 @@ from indexer.config import IndexConfig
 from indexer.engine import index
 from indexer.sites import HEAD_METRICS
 
-MODELS = ["tiny-2l", "tiny-solu", "toy-1l", "toy-1l-solu", "toy-2l"]
+MODELS = ["tiny-2l", "tiny-solu", "hf-gpt2", "toy-1l", "toy-1l-solu", "toy-2l"]
 HEAD_TOL = dict(rtol=1e-4, atol=1e-5)  # head metrics: the engine uses a Gram-matrix shortcut
 
 
@@ -32,8 +32,9 @@ def base_config(model: str, out: str, **overrides) -> IndexConfig:
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def indexed(request, tmp_path_factory, tiny_model_dir, tiny_solu_dir):
-    model = {"tiny-2l": str(tiny_model_dir), "tiny-solu": str(tiny_solu_dir)}.get(request.param, request.param)
+def indexed(request, tmp_path_factory, tiny_model_dir, tiny_solu_dir, hf_model_dir):
+    local = {"tiny-2l": tiny_model_dir, "tiny-solu": tiny_solu_dir, "hf-gpt2": hf_model_dir}
+    model = str(local.get(request.param, request.param))
     cfg = base_config(model, str(tmp_path_factory.mktemp("idx") / request.param))
     index(cfg, progress=False)
     return cfg, Index.open(cfg.out), reference(cfg)
