@@ -125,3 +125,14 @@ def test_index_then_sql_in_every_format(index_args, tmp_path):
     assert_one_line_error(neuroscope("sql", out, "DROP VIEW examples"), "read-only")
     assert_one_line_error(neuroscope("sql", out, "SELECT * FROM read_csv('/etc/passwd')"))
     assert_one_line_error(neuroscope("sql", str(tmp_path), "SELECT 1"), "not a neuroscope index")
+
+
+def test_demo_indexes_the_embedded_default_and_summarises(tmp_path):
+    out = tmp_path / "demo"
+    done = neuroscope("demo", "--tokens", "3000", "--no-view", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Neurons with the highest activations" in done.stdout and "induction" in done.stdout.lower()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "toy-1l" and [c["name"] for c in manifest["corpora"]] == ["code", "prose"]
+    again = neuroscope("demo", "--tokens", "3000", "--no-view", "--out", str(out))  # reruns replace the demo index
+    assert again.returncode == 0, again.stderr[-2000:]
