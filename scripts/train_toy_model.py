@@ -24,29 +24,22 @@ training_log.json, loss.png, README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import platform
-import shutil
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from toy_model_data import (
+    CORPORA, CORPORA_DIR, HOLDOUT_MOD, IGNORE, ROOT, TOKENIZER_DIR, ChunkStream, chunk_documents, is_heldout,
+    load_corpus_tokens, log, make_batch, provenance_entropies, sha256_file, unigram_entropy_nats,
+)
+from toy_model_outputs import save_outputs
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-CORPORA_DIR = ROOT / "data" / "corpora"
-TOKENIZER_DIR = ROOT / "data" / "tokenizer"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-CORPORA = ("code", "prose")
-HOLDOUT_MOD = 50  # 1 in 50 documents = 2% held out
 EVAL_SEED = 1234  # the held-out evaluation chunks do not depend on --seed
-IGNORE = -100
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,152 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cache of the tokenized corpora (keyed by file hashes)")
     p.add_argument("--no-cache", action="store_true")
     return p.parse_args(argv)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def is_heldout(corpus: str, doc_index: int) -> bool:
-    h = hashlib.sha256(f"{corpus}:{doc_index}".encode()).digest()
-    return int.from_bytes(h[:8], "big") % HOLDOUT_MOD == 0
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_corpus_tokens(corpus: str, tokenizer, cache_dir: Path | None) -> list[np.ndarray]:
-    """Token ids of every document (no special tokens), in row order. Cached (keyed by the
-    sha256 of the corpus file and of tokenizer.json) so consecutive runs skip tokenizing."""
-    cache = None
-    if cache_dir is not None:
-        key = hashlib.sha256(
-            (sha256_file(CORPORA_DIR / f"{corpus}.parquet") + sha256_file(TOKENIZER_DIR / "tokenizer.json")).encode()
-        ).hexdigest()[:24]
-        cache = cache_dir / f"{corpus}-{key}.npz"
-        if cache.is_file():
-            z = np.load(cache)
-            return np.split(z["ids"], z["offsets"][1:-1])
-    out = _tokenize(corpus, tokenizer)
-    if cache is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        offsets = np.concatenate([[0], np.cumsum([len(d) for d in out])]).astype(np.int64)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, ids=np.concatenate(out).astype(np.int32), offsets=offsets)
-        os.replace(tmp, cache)
-    return out
-
-
-def _tokenize(corpus: str, tokenizer) -> list[np.ndarray]:
-    import pyarrow.parquet as pq
-
-    texts = pq.read_table(CORPORA_DIR / f"{corpus}.parquet", columns=["text"]).column("text")
-    texts = texts.to_pylist()
-    fast = tokenizer.backend_tokenizer  # the `tokenizers.Tokenizer` behind the HF tokenizer
-    out: list[np.ndarray] = []
-    step = 64
-    for i in range(0, len(texts), step):
-        encs = fast.encode_batch(texts[i : i + step], add_special_tokens=False)
-        out.extend(np.asarray(e.ids, dtype=np.int32) for e in encs)
-    return out
-
-
-def chunk_documents(
-    docs: list[np.ndarray], ctx_len: int, min_chunk: int
-) -> tuple[list[np.ndarray], list[int]]:
-    """Consecutive chunks of ctx_len-1 document tokens (BOS is added at batch time)."""
-    body = ctx_len - 1
-    chunks, doc_ids = [], []
-    for d, ids in enumerate(docs):
-        for s in range(0, len(ids), body):
-            c = ids[s : s + body]
-            if len(c) >= min_chunk:
-                chunks.append(c)
-                doc_ids.append(d)
-    return chunks, doc_ids
-
-
-def make_batch(chunks: list[np.ndarray], bos: int):
-    """tokens [B, T] (BOS + chunk, right-padded with the BOS id) and targets [B, T]: the next
-    token at each position, IGNORE at padding and at the last real position (there is no next
-    token), so the loss is taken on the full logits without slicing them."""
-    import torch
-
-    T = 1 + max(len(c) for c in chunks)
-    tokens = np.full((len(chunks), T), bos, dtype=np.int64)
-    targets = np.full((len(chunks), T), IGNORE, dtype=np.int64)
-    for i, c in enumerate(chunks):
-        tokens[i, 1 : 1 + len(c)] = c
-        targets[i, : len(c)] = c
-    return torch.from_numpy(tokens), torch.from_numpy(targets)
-
-
-class ChunkStream:
-    """Endless stream of training chunks of one corpus: shuffled, reshuffled every epoch."""
-
-    def __init__(self, chunks: list[np.ndarray], rng: np.random.Generator):
-        self.chunks, self.rng = chunks, rng
-        self.order = rng.permutation(len(chunks))
-        self.pos = 0
-        self.epochs_started = 1
-
-    def next(self) -> np.ndarray:
-        if self.pos >= len(self.order):
-            self.order = self.rng.permutation(len(self.chunks))
-            self.pos = 0
-            self.epochs_started += 1
-        c = self.chunks[self.order[self.pos]]
-        self.pos += 1
-        return c
-
-    @property
-    def epochs(self) -> float:
-        return self.epochs_started - 1 + self.pos / len(self.order)
-
-
-def unigram_entropy_nats(docs_by_corpus: dict[str, list[np.ndarray]], weights: dict[str, float],
-                         vocab: int) -> dict[str, float]:
-    """Unigram entropy (nats/token) of each corpus and of the weighted mixture of their
-    unigram distributions (document tokens only; BOS is never a target)."""
-    dists = {}
-    for name, docs in docs_by_corpus.items():
-        counts = np.bincount(np.concatenate(docs), minlength=vocab).astype(np.float64)
-        dists[name] = counts / counts.sum()
-
-    def H(p: np.ndarray) -> float:
-        p = p[p > 0]
-        return float(-(p * np.log(p)).sum())
-
-    out = {name: H(p) for name, p in dists.items()}
-    out["mix"] = H(sum(weights[n] * dists[n] for n in dists))
-    return out
-
-
-def provenance_entropies() -> dict:
-    """Unigram entropies (nats/token) from data/corpora/provenance.json: per corpus and of the
-    training mix (its `mix` entry, with the token weights it was computed for)."""
-    path = CORPORA_DIR / "provenance.json"
-    if not path.is_file():
-        return {}
-    prov = json.loads(path.read_text())
-    out: dict = {}
-    for c in CORPORA:
-        v = prov.get("corpora", {}).get(c, {}).get("unigram_entropy_nats")
-        if v is not None:
-            out[f"{c}_nats"] = float(v)
-    mix = prov.get("mix", {})
-    if "unigram_entropy_nats" in mix:
-        out["mix_nats"] = float(mix["unigram_entropy_nats"])
-        out["mix_weights"] = mix.get("weights")
-    return out
 
 
 # ----------------------------------------------------------------------------- model
@@ -288,116 +135,6 @@ def evaluate(bridge, eval_sets: dict, batch_size: int, bos: int) -> dict[str, fl
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def save_outputs(out_dir: Path, bridge, config: dict, log_data: dict, args) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-
-    state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in bridge.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "name": args.name})
-    (tmp / "bridge_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for f in TOKENIZER_FILES:
-        shutil.copy2(TOKENIZER_DIR / f, tmp / f)
-    (tmp / "training_log.json").write_text(json.dumps(log_data, indent=2) + "\n")
-    plot_loss(tmp / "loss.png", log_data)
-    (tmp / "README.md").write_text(model_card(config, log_data))
-
-    # Self-check: the saved weights load strictly into a fresh bridge built from the saved
-    # config and give the trained model's logits.
-    from safetensors.torch import load_file
-
-    from indexer.models import build_native_bridge
-
-    fresh = build_native_bridge(json.loads((tmp / "bridge_config.json").read_text()))
-    fresh.load_state_dict(load_file(str(tmp / "model.safetensors")), strict=True)
-    fresh.eval()
-    bridge.eval()
-    sample = torch.randint(1, config["d_vocab"], (2, 64), generator=torch.Generator().manual_seed(0))
-    sample[:, 0] = 0
-    with torch.no_grad():
-        diff = (fresh(sample) - bridge(sample)).abs().max().item()
-    if diff > 1e-5:
-        raise RuntimeError(f"saved model differs from the trained one (max |dlogit| = {diff})")
-    log(f"self-check: reloaded weights (strict) give the same logits (max |diff| = {diff:.2e})")
-
-    for f in tmp.iterdir():
-        f.chmod(0o644)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-
-
-def plot_loss(path: Path, log_data: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    tr = log_data["train_loss"]
-    ax.plot([r["tokens"] for r in tr], [r["train_loss"] for r in tr], lw=1, label="train (mix)")
-    ho = log_data["heldout_loss"]
-    ax.plot([r["tokens"] for r in ho], [r["heldout_loss"] for r in ho], "o-", ms=3,
-            label="held-out (mix)")
-    for key, style in (("code", ":"), ("prose", "--")):
-        pts = [(r["tokens"], r[key]) for r in ho if key in r]
-        if pts:
-            ax.plot(*zip(*pts), style, lw=1, label=f"held-out {key}")
-    h = log_data["unigram_entropy"]["mix_nats"]
-    ax.axhline(h, color="gray", lw=1, ls="-.", label=f"unigram entropy of the mix ({h:.2f})")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_ylim(0, max(10.0, h + 1))
-    ax.set_title(f"{log_data['name']}: {log_data['config']['n_layers']}L "
-                 f"{log_data['config']['act_fn']}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def model_card(config: dict, ld: dict) -> str:
-    f = ld["final_heldout_loss"]
-    h = ld["unigram_entropy"]
-    n_params = ld["n_params"]
-    return f"""# {ld['name']}
-
-A toy transformer language model embedded in neuroscope for demos, tests and examples.
-Trained from scratch on the embedded corpora with `scripts/train_toy_model.py`.
-
-| | |
-|---|---|
-| layers | {config['n_layers']} |
-| d_model / heads x d_head / d_mlp | {config['d_model']} / {config['n_heads']} x {config['d_head']} / {config['d_mlp']} |
-| activation | `{config['act_fn']}`{' (x * softmax(x), then a LayerNorm inside the MLP)' if config['act_fn'] == 'solu_ln' else ''} |
-| normalization | LayerNorm (pre-LN), learned positional embeddings, untied unembedding |
-| context | {config['n_ctx']} tokens, BOS (`<|endoftext|>`, id 0) at position 0 |
-| vocabulary | {config['d_vocab']} (byte-level BPE, `data/tokenizer`) |
-| parameters | {n_params:,} |
-| training tokens | {ld['tokens_seen']:,} ({ld['steps']} steps x {ld['batch_size']} contexts) |
-| seed | {ld['seed']} |
-| data | ~{round(100 * ld['code_frac'])}% of contexts from `code` (CPython stdlib), ~{round(100 * (1 - ld['code_frac']))}% from `prose` (Python docs + Shakespeare) |
-| held-out loss (nats/token) | code {f['code']:.3f}, prose {f['prose']:.3f}, mix {f['mix']:.3f} |
-| unigram entropy (nats/token) | code {h['code_nats']:.3f}, prose {h['prose_nats']:.3f}, mix {h['mix_nats']:.3f} |
-
-Every training context is `[BOS] + up to {config['n_ctx'] - 1} tokens of one document` (the form
-the indexer feeds); nothing is packed across documents. 2% of the documents of each corpus
-(sha256 of `"<corpus>:<row index>"` mod {HOLDOUT_MOD} == 0) were held out and never trained on.
-
-Load it with `indexer.models.load_model("{ld['name']}")` (a `TransformerBridge` built with
-`TransformerBridge.boot_native` from `bridge_config.json`, weights from `model.safetensors`).
-The training curve is in `loss.png`, the full record in `training_log.json`.
-
-This is a toy: a few million tokens on one CPU; its neurons are for exercising the indexer,
-not for research conclusions.
-"""
 
 
 # ----------------------------------------------------------------------------- main

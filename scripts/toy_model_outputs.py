@@ -1,0 +1,121 @@
+"""What a trained toy model leaves in data/models/<name>/: weights, config, tokenizer,
+training log, loss curve and model card. Used by scripts/train_toy_model.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from toy_model_data import HOLDOUT_MOD, TOKENIZER_DIR, TOKENIZER_FILES, log
+
+
+def save_outputs(out_dir: Path, bridge, config: dict, log_data: dict, args) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in bridge.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "name": args.name})
+    (tmp / "bridge_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for f in TOKENIZER_FILES:
+        shutil.copy2(TOKENIZER_DIR / f, tmp / f)
+    (tmp / "training_log.json").write_text(json.dumps(log_data, indent=2) + "\n")
+    plot_loss(tmp / "loss.png", log_data)
+    (tmp / "README.md").write_text(model_card(config, log_data))
+
+    # Self-check: the saved weights load strictly into a fresh bridge built from the saved
+    # config and give the trained model's logits.
+    from safetensors.torch import load_file
+
+    from indexer.models import build_native_bridge
+
+    fresh = build_native_bridge(json.loads((tmp / "bridge_config.json").read_text()))
+    fresh.load_state_dict(load_file(str(tmp / "model.safetensors")), strict=True)
+    fresh.eval()
+    bridge.eval()
+    sample = torch.randint(1, config["d_vocab"], (2, 64), generator=torch.Generator().manual_seed(0))
+    sample[:, 0] = 0
+    with torch.no_grad():
+        diff = (fresh(sample) - bridge(sample)).abs().max().item()
+    if diff > 1e-5:
+        raise RuntimeError(f"saved model differs from the trained one (max |dlogit| = {diff})")
+    log(f"self-check: reloaded weights (strict) give the same logits (max |diff| = {diff:.2e})")
+
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def plot_loss(path: Path, log_data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    tr = log_data["train_loss"]
+    ax.plot([r["tokens"] for r in tr], [r["train_loss"] for r in tr], lw=1, label="train (mix)")
+    ho = log_data["heldout_loss"]
+    ax.plot([r["tokens"] for r in ho], [r["heldout_loss"] for r in ho], "o-", ms=3,
+            label="held-out (mix)")
+    for key, style in (("code", ":"), ("prose", "--")):
+        pts = [(r["tokens"], r[key]) for r in ho if key in r]
+        if pts:
+            ax.plot(*zip(*pts), style, lw=1, label=f"held-out {key}")
+    h = log_data["unigram_entropy"]["mix_nats"]
+    ax.axhline(h, color="gray", lw=1, ls="-.", label=f"unigram entropy of the mix ({h:.2f})")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylim(0, max(10.0, h + 1))
+    ax.set_title(f"{log_data['name']}: {log_data['config']['n_layers']}L "
+                 f"{log_data['config']['act_fn']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def model_card(config: dict, ld: dict) -> str:
+    f = ld["final_heldout_loss"]
+    h = ld["unigram_entropy"]
+    n_params = ld["n_params"]
+    return f"""# {ld['name']}
+
+A toy transformer language model embedded in neuroscope for demos, tests and examples.
+Trained from scratch on the embedded corpora with `scripts/train_toy_model.py`.
+
+| | |
+|---|---|
+| layers | {config['n_layers']} |
+| d_model / heads x d_head / d_mlp | {config['d_model']} / {config['n_heads']} x {config['d_head']} / {config['d_mlp']} |
+| activation | `{config['act_fn']}`{' (x * softmax(x), then a LayerNorm inside the MLP)' if config['act_fn'] == 'solu_ln' else ''} |
+| normalization | LayerNorm (pre-LN), learned positional embeddings, untied unembedding |
+| context | {config['n_ctx']} tokens, BOS (`<|endoftext|>`, id 0) at position 0 |
+| vocabulary | {config['d_vocab']} (byte-level BPE, `data/tokenizer`) |
+| parameters | {n_params:,} |
+| training tokens | {ld['tokens_seen']:,} ({ld['steps']} steps x {ld['batch_size']} contexts) |
+| seed | {ld['seed']} |
+| data | ~{round(100 * ld['code_frac'])}% of contexts from `code` (CPython stdlib), ~{round(100 * (1 - ld['code_frac']))}% from `prose` (Python docs + Shakespeare) |
+| held-out loss (nats/token) | code {f['code']:.3f}, prose {f['prose']:.3f}, mix {f['mix']:.3f} |
+| unigram entropy (nats/token) | code {h['code_nats']:.3f}, prose {h['prose_nats']:.3f}, mix {h['mix_nats']:.3f} |
+
+Every training context is `[BOS] + up to {config['n_ctx'] - 1} tokens of one document` (the form
+the indexer feeds); nothing is packed across documents. 2% of the documents of each corpus
+(sha256 of `"<corpus>:<row index>"` mod {HOLDOUT_MOD} == 0) were held out and never trained on.
+
+Load it with `indexer.models.load_model("{ld['name']}")` (a `TransformerBridge` built with
+`TransformerBridge.boot_native` from `bridge_config.json`, weights from `model.safetensors`).
+The training curve is in `loss.png`, the full record in `training_log.json`.
+
+This is a toy: a few million tokens on one CPU; its neurons are for exercising the indexer,
+not for research conclusions.
+"""
