@@ -39,7 +39,11 @@ def test_local_hugging_face_folder(hf_model_dir):
     assert (model.info.n_layers, model.info.d_model, model.info.n_heads, model.info.n_ctx) == (2, 32, 4, 64)
     assert model.info.d_mlp == 128
     seen = {}
-    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", lambda t, hook: seen.setdefault("post", t.shape))]):
+
+    def record(tensor, hook):  # returns None: the activation is left as it is
+        seen["post"] = tensor.shape
+
+    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", record)]):
         model.bridge(torch.tensor([[0, 5, 6, 7]]))
     assert seen["post"] == (1, 4, 128)
 
