@@ -1,10 +1,10 @@
 """The Python API: ``Index.open(DIR)`` hands back pandas DataFrames.
 
->>> idx = Index.open("out/gelu-1l")                              # doctest: +SKIP
->>> idx.neuron(0, 123).top[["activation", "context_text"]]     # doctest: +SKIP
+    idx = Index.open("out/demo")
+    idx.neuron(layer=0, neuron=123).top[["activation", "context_text"]]
 
 Every method goes through the same locked-down connection and query path as ``neuroscope
-sql`` (see indexer.queries); values are always bound as ``?`` parameters.
+sql`` (see indexer.store.query); values are always bound as ``?`` parameters.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import duckdb
 import pandas as pd
 
 from indexer.errors import QueryError
-from indexer.queries import Params, open_index, run_sql
-from indexer.schema import BY_NAME
-from indexer.storage import read_manifest
+from indexer.store.query import Params, open_index, run_sql
+from indexer.store.schema import BY_NAME
+from indexer.store.manifest import read_manifest
 
 
 @dataclass(frozen=True)

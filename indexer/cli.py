@@ -30,6 +30,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", help=help_text)
         elif f.name == "corpus":
             parser.add_argument(flag, action="append", default=[], metavar="[NAME=]SPEC", help=help_text)
+        elif f.metadata["parse"] is not None:  # a list or a choice: parsed by IndexConfig.parse
+            default = f.metadata["cli"] or f.default
+            parser.add_argument(flag, type=str, default=default, help=f"{help_text} (default: {default})")
         else:
             base = int if kind in (int, int | None) else str
             default = f.default if f.default is not dataclasses.MISSING else None
@@ -37,16 +40,16 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from indexer.engine import index
+    from indexer.run.engine import index
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexConfig)}
-    out = index(IndexConfig(**values), progress=not args.quiet)
+    out = index(IndexConfig.parse(values), progress=not args.quiet)
     print(f"index written to {out}")
     return 0
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from indexer.queries import format_result, run_sql
+    from indexer.store.query import format_result, run_sql
 
     df, truncated = run_sql(args.dir, args.query, limit=args.limit, timeout_s=args.timeout)
     print(format_result(df, args.format))
@@ -56,7 +59,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from indexer.merge import merge
+    from indexer.run.merge import merge
 
     out = merge(args.shards, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(f"merged index written to {out}")
@@ -66,14 +69,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from indexer.bench import bench
+    from indexer.run.bench import bench
 
     print(json.dumps(bench(args.model, tokens=args.tokens, batch_size=args.batch_size, dtype=args.dtype), indent=2))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from indexer.engine import index
+    from indexer.run.engine import index
 
     out = Path(args.out)
     config = IndexConfig(
@@ -91,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_demo_summary(out: Path) -> None:
-    from indexer.queries import format_result, run_sql
+    from indexer.store.query import format_result, run_sql
 
     queries = {
         "Neurons with the highest activations": "top-neurons",
@@ -113,7 +116,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def _view(index_dir: Path, host: str, port: int) -> int:
-    from indexer.queries import open_index
+    from indexer.store.query import open_index
 
     open_index(index_dir).close()  # a clear error now rather than in the browser
     try:

@@ -1,23 +1,99 @@
-"""The configuration of one indexing run.
+"""The configuration of one indexing run, typed.
 
-Each field's ``help`` is also its command-line help, and the resolved config is written into
-``manifest.json``, so a run can always be reproduced from its index.
+Options that are lists or choices arrive as text (the command line) or JSON (a manifest or a
+checkpoint) and are parsed once, at that edge, by ``IndexConfig.parse``; inside the program
+they are tuples and ``Literal`` values. Each field's ``help`` is also its command-line help,
+and the resolved config is written into ``manifest.json``, so a run can always be reproduced
+from its index.
+
+Layer rule: imports only ``indexer.errors``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Callable, Literal, get_args
 
 from indexer.errors import ConfigError
 
-SITES = ("mlp_post", "mlp_pre_ln", "heads")
+SiteName = Literal["mlp_post", "mlp_pre_ln", "heads"]
+SITES: tuple[str, ...] = get_args(SiteName)
+DType = Literal["float32", "bfloat16"]
+StoreContexts = Literal["kept", "all"]
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
+def parse_quantiles(text: str) -> tuple[float, ...]:
+    """'0.5,0.9' -> (0.5, 0.9): increasing values strictly between 0 and 1.
+
+    >>> parse_quantiles("0.5, 0.9,0.99")
+    (0.5, 0.9, 0.99)
+    """
+    try:
+        values = tuple(float(q) for q in str(text).split(",") if q.strip())
+    except ValueError:
+        raise ConfigError(f"--quantiles {text!r}: expected numbers like 0.5,0.9,0.99") from None
+    if not values or any(not 0 < q < 1 for q in values) or list(values) != sorted(set(values)):
+        raise ConfigError(f"--quantiles {text!r}: expected increasing values strictly between 0 and 1")
+    return values
+
+
+def parse_sites(text: str) -> tuple[str, ...] | None:
+    """'all' -> None (every site of the model); 'heads,mlp_post' -> ('heads', 'mlp_post').
+
+    >>> parse_sites("all") is None, parse_sites("mlp_post, heads")
+    (True, ('mlp_post', 'heads'))
+    """
+    if str(text).strip() == "all":
+        return None
+    names = tuple(dict.fromkeys(s.strip() for s in str(text).split(",") if s.strip()))
+    if not names:
+        raise ConfigError(f"--sites {text!r}: name at least one site ({', '.join(SITES)}) or 'all'")
+    unknown = [n for n in names if n not in SITES]
+    if unknown:
+        raise ConfigError(f"--sites: unknown {', '.join(unknown)}; expected {', '.join(SITES)} or 'all'")
+    return names
+
+
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """'all' -> None; '1,0' -> (0, 1)."""
+    if str(text).strip() == "all":
+        return None
+    try:
+        layers = tuple(sorted({int(x) for x in str(text).split(",") if x.strip()}))
+    except ValueError:
+        raise ConfigError(f"--layers {text!r}: expected a comma list of integers or 'all'") from None
+    if not layers or min(layers) < 0:
+        raise ConfigError(f"--layers {text!r}: expected non-negative layer numbers or 'all'")
+    return layers
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'1/4' -> (1, 4), with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ConfigError(f"--{name} {text!r}: expected {' or '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _opt(default: Any, help: str, parse: Callable[[str], Any] | None = None, cli: str | None = None) -> Any:
+    """A config field: its default, its help (also the CLI help), and the parser of its text form."""
+    meta = {"help": help, "parse": parse, "cli": cli}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -31,68 +107,93 @@ class IndexConfig:
     ctx_len: int | None = _opt(None, "tokens per context as the model sees them, BOS included (default: model context, at most 1024)")
     batch_size: int = _opt(8, "contexts per forward pass")
     top_k: int = _opt(20, "top examples kept per feature (at most one per context)")
-    quantiles: str = _opt("0.5,0.9,0.99,0.999", "quantile edges of the sampling bins")
+    quantiles: tuple[float, ...] = _opt((0.5, 0.9, 0.99, 0.999), "quantile edges of the sampling bins", parse_quantiles, "0.5,0.9,0.99,0.999")
     per_bin: int = _opt(5, "random examples kept per quantile bin")
     warmup_tokens: int = _opt(16384, "tokens from the start of the stream used to estimate the quantile edges")
-    sites: str = _opt("all", "comma list of sites: mlp_post, mlp_pre_ln (SoLU models), heads; or 'all'")
-    layers: str = _opt("all", "comma list of layers to index, or 'all'")
+    sites: tuple[SiteName, ...] | None = _opt(None, "comma list of sites: mlp_post, mlp_pre_ln (SoLU models), heads; or 'all'", parse_sites, "all")
+    layers: tuple[int, ...] | None = _opt(None, "comma list of layers to index, or 'all'", parse_layers, "all")
     window_before: int = _opt(48, "tokens kept before each example's position")
     window_after: int = _opt(8, "tokens kept after each example's position")
-    device: str = _opt("auto", "auto, cpu or cuda")
-    dtype: str = _opt("float32", "float32 or bfloat16 (bf16 autocast: ~2x faster on recent CPUs)")
+    device: str = _opt("auto", "auto, cpu or cuda[:N]")
+    dtype: DType = _opt("float32", "float32 or bfloat16 (bf16 autocast: ~2x faster on recent CPUs)", _choice("dtype", get_args(DType)))
     seed: int = _opt(0, "seed of the random example sampling")
-    store_contexts: str = _opt("kept", "kept: only contexts some example uses; all: every context")
+    store_contexts: StoreContexts = _opt("kept", "kept: only contexts some example uses; all: every context", _choice("store-contexts", get_args(StoreContexts)))
     skip_bad_records: bool = _opt(False, "skip malformed corpus records (and report how many) instead of failing")
     checkpoint_every: int = _opt(50, "batches between checkpoints")
     resume: bool = _opt(False, "continue from the checkpoint in --out")
-    overwrite: bool = _opt(False, "delete what is in --out first")
-    shard: str = _opt("0/1", "I/N: index only contexts with ctx_id % N == I (combine with `neuroscope merge`)")
+    overwrite: bool = _opt(False, "delete the index in --out first (only an index: its manifest or checkpoint must be there)")
+    shard: tuple[int, int] = _opt((0, 1), "I/N: index only contexts with ctx_id % N == I (combine with `neuroscope merge`)", parse_shard, "0/1")
     dask: str | None = _opt(None, "local[:N] or tcp://HOST:PORT: spread shards over a Dask cluster")
 
-    def quantile_list(self) -> list[float]:
-        try:
-            values = [float(q) for q in self.quantiles.split(",") if q.strip()]
-        except ValueError:
-            raise ConfigError(f"--quantiles {self.quantiles!r}: expected numbers like 0.5,0.9,0.99") from None
-        if not values or any(not 0 < q < 1 for q in values) or values != sorted(set(values)):
-            raise ConfigError(f"--quantiles {self.quantiles!r}: expected increasing values strictly between 0 and 1")
-        return values
-
-    def shard_pair(self) -> tuple[int, int]:
-        try:
-            i, n = (int(x) for x in self.shard.split("/"))
-        except ValueError:
-            raise ConfigError(f"--shard {self.shard!r}: expected I/N, e.g. 0/4") from None
-        if not (n >= 1 and 0 <= i < n):
-            raise ConfigError(f"--shard {self.shard!r}: need 0 <= I < N")
-        return i, n
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> "IndexConfig":
+        """A config from text (command line) or JSON values (manifest, checkpoint): the edge
+        where list and choice options are parsed; unknown keys are ignored."""
+        known = {f.name: f for f in fields(cls)}
+        typed = {}
+        for name, value in values.items():
+            if name not in known:
+                continue
+            parse = known[name].metadata["parse"]
+            if parse is not None and isinstance(value, str):
+                value = parse(value)
+            elif isinstance(value, list) and name != "corpus":
+                value = tuple(value)
+            typed[name] = value
+        return cls(**typed)
 
     def validate(self) -> None:
         """Checks that need no model; the engine checks the rest against the model."""
-        for name in ("batch_size", "top_k", "per_bin", "checkpoint_every"):
+        for name in ("batch_size", "top_k", "per_bin", "checkpoint_every", "warmup_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.window_before < 1 or self.window_after < 0:
             raise ConfigError("--window-before must be at least 1 and --window-after at least 0")
         if self.tokens is not None and self.tokens < 1:
             raise ConfigError("--tokens must be at least 1")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"--dtype {self.dtype!r}: expected float32 or bfloat16")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device {self.device!r}: expected auto, cpu or cuda")
-        if self.store_contexts not in ("kept", "all"):
-            raise ConfigError(f"--store-contexts {self.store_contexts!r}: expected kept or all")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other")
         if not self.corpus:
             raise ConfigError("give at least one --corpus")
-        self.quantile_list()
-        self.shard_pair()
+        if any(not (isinstance(q, float) and math.isfinite(q)) for q in self.quantiles):
+            raise ConfigError(f"--quantiles {self.quantiles!r}: expected numbers")
+        parse_quantiles(",".join(map(str, self.quantiles)))
+        parse_shard("/".join(map(str, self.shard)))
+        _choice("dtype", get_args(DType))(self.dtype)
+        _choice("store-contexts", get_args(StoreContexts))(self.store_contexts)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able values (tuples become lists); ``parse`` reads them back."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "IndexConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls.parse(data)
+
+    def to_argv(self) -> list[str]:
+        """The `neuroscope index` options that give this config (defaults left out).
+
+        >>> IndexConfig(model="toy-1l", corpus=["code"], quantiles=(0.5, 0.9), shard=(1, 2)).to_argv()
+        ['--model', 'toy-1l', '--corpus', 'code', '--quantiles', '0.5,0.9', '--shard', '1/2']
+        """
+        argv: list[str] = []
+        default = IndexConfig()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == getattr(default, f.name):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv += [flag] if value else []
+            elif f.name == "corpus":
+                for item in value:
+                    argv += [flag, item]
+            elif f.name == "shard":
+                argv += [flag, f"{value[0]}/{value[1]}"]
+            elif isinstance(value, tuple):
+                argv += [flag, ",".join(map(str, value))]
+            else:
+                argv += [flag, str(value)]
+        return argv

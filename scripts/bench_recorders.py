@@ -20,7 +20,7 @@ import numba
 import numpy as np
 import torch
 
-from indexer.recorders import NeuronRecorders, QuantileSampler, Stats, TopK, estimate_edges, warm_up
+from indexer.recorders import FeatureRecorders, QuantileSampler, Stats, TopK, estimate_edges, warm_up
 
 
 def batches(shape, n, seed=0):
@@ -56,7 +56,7 @@ def bench_shape(shape, backend, reps, warmup):
         "topk": lambda: TopK(n_feat, 20, backend),
         "quantiles": lambda: QuantileSampler(n_feat, edges, 5, 0, backend),
         "stats": lambda: Stats(n_feat, backend),
-        "fused": lambda: NeuronRecorders.create(n_feat, edges, 20, 5, 0, backend),
+        "fused": lambda: FeatureRecorders.create(n_feat, edges, 20, 5, 0, backend),
     }
     row = {}
     for name, make in makers.items():

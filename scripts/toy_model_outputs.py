@@ -33,7 +33,7 @@ def save_outputs(out_dir: Path, bridge, config: dict, log_data: dict, args) -> N
     # config and give the trained model's logits.
     from safetensors.torch import load_file
 
-    from indexer.models import build_native_bridge
+    from indexer.inputs.models import build_native_bridge
 
     fresh = build_native_bridge(json.loads((tmp / "bridge_config.json").read_text()))
     fresh.load_state_dict(load_file(str(tmp / "model.safetensors")), strict=True)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
     from transformers import AutoTokenizer
 
-    from indexer.models import build_native_bridge
+    from indexer.inputs.models import build_native_bridge
 
     torch.set_num_threads(args.threads)
     t_start = time.time()

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random models written to disk in both supported folder formats."""
+"""Shared fixtures: tiny random models written to disk in both supported folder formats.
+
+Test tiers are folders: ``unit/`` (no model loaded, seconds), ``integration/`` (tiny and
+embedded models against brute force), ``e2e/`` (the CLI in subprocesses, the browser).
+Shared helpers live in ``helpers/``; test files never import each other."""
 
 from __future__ import annotations
 
@@ -9,19 +13,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = ROOT / "data" / "tokenizer"
-TINY_CONFIG = dict(
-    d_model=32, d_head=8, n_heads=4, n_layers=2, n_ctx=64, d_vocab=8192, d_mlp=64,
-    act_fn="gelu", normalization_type="LN", seed=0,
-)
-
-
-def write_native_model(folder: Path, **overrides) -> Path:
-    """A random TL-native model in neuroscope's folder format (what data/models/ holds)."""
-    from indexer.models import save_native_model
-
-    return save_native_model(folder, {**TINY_CONFIG, **overrides})
+from helpers.models import write_native_model  # noqa: E402
+from helpers.paths import TOKENIZER_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,7 @@
-"""Per-site recorders: exact top-k, quantile-bin samples and statistics of every feature.
+"""Recorders: exact top-k, quantile-bin samples and statistics of every feature of a site.
+
+Layer rule: imports only ``indexer.errors`` (and numpy, numba, torch); it knows nothing of
+models, sites or files. ``FeatureRecorders`` (bundle.py) holds one site's three recorders.
 
 Each recorder takes batches `update(acts [batch, pos, feat], lengths [batch], ctx_ids
 [batch])`, merges exactly with `merge(other)`, and round-trips through `state()` /
@@ -8,15 +11,15 @@ both give identical results except for floating sums.
 
 from indexer.recorders.common import RecorderError, default_backend
 from indexer.recorders.edges import estimate_edges
-from indexer.recorders.fused import NeuronRecorders, warm_up
+from indexer.recorders.bundle import FeatureRecorders, warm_up
 from indexer.recorders.histogram import N_BINS, hist_edges
 from indexer.recorders.quantiles import QuantileSampler
 from indexer.recorders.stats import Stats
 from indexer.recorders.topk import TopK
 
 __all__ = [
+    "FeatureRecorders",
     "N_BINS",
-    "NeuronRecorders",
     "QuantileSampler",
     "RecorderError",
     "Stats",

@@ -46,7 +46,7 @@ class QuantileSampler(Recorder):
         self.n_features, self.per_bin, self.salt = int(n_features), int(per_bin), int(salt)
         self.seed = seed_of(self.salt)
         self.edges = edges  # numpy, the config
-        self._edges = self._array(edges)
+        self.device_edges = self._array(edges)  # the edges as the backend reads them
         self.keys = self._array(feature_keys(self.n_features))
         if self.backend == "torch":
             self.keys = self.keys.to(torch.int64)
@@ -77,7 +77,7 @@ class QuantileSampler(Recorder):
 
     def _update_numba(self, acts, lengths, ctx_ids) -> None:
         quantile_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
-                        np.uint32(self.seed), self.keys, self._edges, self.bin_counts,
+                        np.uint32(self.seed), self.keys, self.device_edges, self.bin_counts,
                         self.prio, self.vals, self.ctxs, self.poss)
 
     def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
@@ -98,7 +98,7 @@ class QuantileSampler(Recorder):
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
             bins = torch.zeros(x.shape, dtype=torch.int64, device=x.device)  # [tokens, feat]
             for q in range(n_bins - 1):
-                bins += x >= self._edges[:, q]
+                bins += x >= self.device_edges[:, q]
             self.bin_counts += torch.bincount((feat * n_bins + bins).flatten(),
                                               minlength=self.bin_counts.numel()).view_as(self.bin_counts)
             prio = priority_t(token_hash_t(self.seed, ctx, pos), self.keys)  # [tokens, feat]

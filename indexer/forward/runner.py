@@ -1,0 +1,103 @@
+"""One forward pass over a batch of contexts, returning the features of every planned site.
+
+The pass stops after the last hook it needs (no later layers, no unembedding) and runs under
+bf16 autocast when asked. Contexts are right-padded with BOS to the full context length:
+causal attention keeps padding from touching real positions, recorders ignore positions
+``>= length``, and the fixed shape makes a context's activations bit-identical whatever else
+is in its batch (narrow batches take other float kernels), so a sharded or resumed run and
+finalize's re-run see exactly the values of a single run.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from indexer.inputs.contexts import Context
+from indexer.inputs.models import LoadedModel
+from indexer.forward.hooks import Stop, site_hooks
+from indexer.forward.sites import Site
+
+
+@dataclass
+class Batch:
+    """A padded batch: tokens [batch, pos], lengths and ctx_ids [batch], on the model's device."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    ctx_ids: torch.Tensor
+    contexts: list[Context]
+
+    @property
+    def n_text_tokens(self) -> int:
+        return sum(c.n_text_tokens for c in self.contexts)
+
+
+def make_batch(contexts: list[Context], pad_id: int, device: str, width: int) -> Batch:
+    """Contexts right-padded with ``pad_id`` to ``width`` (the run's context length)."""
+    tokens = np.full((len(contexts), width), pad_id, dtype=np.int64)
+    for row, ctx in enumerate(contexts):
+        tokens[row, : len(ctx.token_ids)] = ctx.token_ids
+    return Batch(
+        tokens=torch.from_numpy(tokens).to(device),
+        lengths=torch.tensor([len(c.token_ids) for c in contexts], dtype=torch.int64, device=device),
+        ctx_ids=torch.tensor([c.ctx_id for c in contexts], dtype=torch.int64, device=device),
+        contexts=contexts,
+    )
+
+
+class SiteForward:
+    """Runs the model up to the last planned site and collects each site's features."""
+
+    def __init__(self, model: LoadedModel, plan: list[Site], dtype: str = "float32"):
+        self.model = model
+        self.plan = plan
+        self.device = str(next(model.bridge.parameters()).device)
+        self.autocast = dtype == "bfloat16"
+        self._out: dict[Site, torch.Tensor] = {}
+        self._hooks = site_hooks(model.bridge, plan, self._out.__setitem__)
+
+    def __call__(self, batch: Batch) -> dict[Site, torch.Tensor]:
+        """Features per site, each [batch, pos, feat] float32 on the model's device."""
+        self._out.clear()
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        amp = torch.autocast(device_type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+        with torch.inference_mode(), amp, self.model.bridge.hooks(fwd_hooks=self._hooks):
+            try:
+                self.model.bridge(batch.tokens)
+            except Stop:
+                pass
+        missing = [site.key for site in self.plan if site not in self._out]
+        if missing:
+            raise RuntimeError(f"hooks did not fire for {missing}")
+        return dict(self._out)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from indexer.errors import ConfigError
+
+        raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    return device
+
+
+def bare_forward(model: LoadedModel, plan: list[Site], batch: Batch, dtype: str = "float32") -> None:
+    """The forward pass alone, stopped where ``SiteForward`` stops: the bench's physical limit."""
+
+    def stop(tensor: Any, hook: Any) -> None:
+        raise Stop
+
+    device_type = "cuda" if str(batch.tokens.device).startswith("cuda") else "cpu"
+    amp = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    last_hook = plan[-1].hook_names()[-1]
+    with torch.inference_mode(), amp, model.bridge.hooks(fwd_hooks=[(last_hook, stop)]):
+        try:
+            model.bridge(batch.tokens)
+        except Stop:
+            pass

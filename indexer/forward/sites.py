@@ -1,0 +1,81 @@
+"""Sites: which activations are indexed, and the hook points that read them.
+
+A site is one layer's worth of features that share recorders:
+- ``mlp_post``: the MLP neurons, ``blocks.L.mlp.hook_post``            # [batch, pos, d_mlp]
+- ``mlp_pre_ln``: for SoLU models, the activation before the mid-MLP LayerNorm,
+  ``blocks.L.mlp.ln.hook_in``                                           # [batch, pos, d_mlp]
+- ``heads``: per-token metrics of every head, feature ``head * N_METRICS + metric``
+                                                                        # [batch, pos, n_heads * 4]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from indexer.config import SITES
+from indexer.errors import ConfigError
+from indexer.inputs.models import ModelInfo
+
+HEAD_METRICS = ("max_attn", "entropy", "out_norm", "value_weighted")
+HEAD_METRIC_HELP = {
+    "max_attn": "largest attention paid to a non-BOS source",
+    "entropy": "entropy of the attention pattern (nats)",
+    "out_norm": "norm of the head's output written to the residual stream (z · W_O)",
+    "value_weighted": "max over sources of attention × ‖value‖",
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One indexed site of one layer."""
+
+    name: str
+    layer: int
+    n_features: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.layer}"
+
+    def hook_names(self) -> tuple[str, ...]:
+        """The hook points read, in the order the forward pass fires them."""
+        prefix = f"blocks.{self.layer}"
+        if self.name == "mlp_post":
+            return (f"{prefix}.mlp.hook_post",)
+        if self.name == "mlp_pre_ln":
+            return (f"{prefix}.mlp.ln.hook_in",)
+        return (f"{prefix}.attn.hook_v", f"{prefix}.attn.hook_pattern", f"{prefix}.attn.hook_z")
+
+
+def plan_sites(info: ModelInfo, sites: tuple[str, ...] | None = None, layers: tuple[int, ...] | None = None) -> list[Site]:
+    """The sites to index (None: the model's default sites / every layer), ordered by layer and
+    then by firing order."""
+    names = _choose_sites(info, sites)
+    chosen_layers = _choose_layers(info, layers)
+    plan = []
+    for layer in chosen_layers:
+        for name in ("heads", "mlp_pre_ln", "mlp_post"):  # the order they fire in a block
+            if name in names:
+                width = info.n_heads * len(HEAD_METRICS) if name == "heads" else info.d_mlp
+                plan.append(Site(name, layer, width))
+    return plan
+
+
+def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
+    if sites is None:
+        return {"mlp_post", "heads"} | ({"mlp_pre_ln"} if info.is_solu else set())
+    unknown = set(sites) - set(SITES)
+    if unknown or not sites:
+        raise ConfigError(f"--sites: unknown {', '.join(sorted(unknown))}; expected {', '.join(SITES)}")
+    if "mlp_pre_ln" in sites and not info.is_solu:
+        raise ConfigError(f"--sites mlp_pre_ln needs a SoLU model; {info.name} uses {info.act_fn}")
+    return set(sites)
+
+
+def _choose_layers(info: ModelInfo, layers: tuple[int, ...] | None) -> list[int]:
+    if layers is None:
+        return list(range(info.n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < info.n_layers]
+    if bad or not layers:
+        raise ConfigError(f"--layers {','.join(map(str, layers))}: {info.name} has layers 0..{info.n_layers - 1}")
+    return sorted(set(layers))

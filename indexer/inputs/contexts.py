@@ -1,0 +1,140 @@
+"""Documents -> token contexts, as the model sees them.
+
+A context is BOS followed by at most ``ctx_len - 1`` tokens of one document; a longer
+document continues in the next context. Several corpora are interleaved round-robin, one
+context at a time, so that any prefix of the stream holds every corpus in proportion.
+``ctx_id`` is the context's index in that interleaved stream: deterministic, whatever the
+shard, resume point or batch size.
+
+The token budget counts the tokens of text (BOS excluded), split evenly across corpora, and
+stops the stream exactly: the last context of a corpus is cut to fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents
+
+DOCS_PER_ENCODE = 8  # small: a token budget then tokenizes little past its end
+
+
+@dataclass(frozen=True)
+class Context:
+    """One context: ``token_ids[0]`` is BOS."""
+
+    ctx_id: int
+    corpus: str
+    doc_id: int
+    token_ids: np.ndarray  # [n_tokens] int32
+
+    @property
+    def n_text_tokens(self) -> int:
+        return len(self.token_ids) - 1
+
+
+@dataclass
+class ContextStream:
+    """A deterministic, re-iterable stream of contexts over several corpora.
+
+    Attributes:
+        specs: the corpora, in the order given.
+        tokenizer: a Hugging Face tokenizer (only ``__call__`` with a list of texts is used).
+        bos_id: the token put at position 0.
+        ctx_len: the context length the model sees, BOS included.
+        max_tokens: budget of text tokens over all corpora (None: everything).
+        skip_bad_records: count malformed records instead of failing.
+        shard: ``(i, n)``: keep the contexts with ``ctx_id % n == i``.
+    """
+
+    specs: Sequence[CorpusSpec]
+    tokenizer: Any
+    bos_id: int
+    ctx_len: int
+    max_tokens: int | None = None
+    skip_bad_records: bool = False
+    shard: tuple[int, int] = (0, 1)
+    counters: dict[str, CorpusCounters] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Context]:
+        return self.contexts()
+
+    def contexts(self, wanted: set[int] | None = None) -> Iterator[Context]:
+        """Every context of this shard in stream order (only ``wanted`` ids if given)."""
+        self.counters = {spec.name: CorpusCounters() for spec in self.specs}
+        sources = [self._corpus_contexts(spec, budget) for spec, budget in zip(self.specs, self._budgets())]
+        index, n = self.shard
+        for ctx_id, (corpus, doc_id, tokens) in enumerate(_round_robin(sources)):
+            if ctx_id % n != index or (wanted is not None and ctx_id not in wanted):
+                continue
+            yield Context(ctx_id, corpus, doc_id, tokens)
+
+    def _budgets(self) -> list[int | None]:
+        if self.max_tokens is None:
+            return [None] * len(self.specs)
+        share, extra = divmod(self.max_tokens, len(self.specs))
+        return [share + (i < extra) for i in range(len(self.specs))]
+
+    def _corpus_contexts(self, spec: CorpusSpec, budget: int | None) -> Iterator[tuple[str, int, np.ndarray]]:
+        counters = self.counters[spec.name]
+        docs = iter_documents(spec, counters, self.skip_bad_records)
+        room = self.ctx_len - 1
+        left = budget
+        for doc_id, ids in self._encoded(docs):
+            for start in range(0, len(ids), room):
+                if left is not None and left <= 0:
+                    return
+                chunk = ids[start : start + room]
+                if left is not None:
+                    chunk = chunk[:left]
+                    left -= len(chunk)
+                tokens = np.empty(len(chunk) + 1, dtype=np.int32)
+                tokens[0] = self.bos_id
+                tokens[1:] = chunk
+                yield spec.name, doc_id, tokens
+
+    def _encoded(self, docs: Iterator[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
+        """Tokenize documents a few at a time (fast tokenizers parallelise a batch)."""
+        batch: list[tuple[int, str]] = []
+        for doc in docs:
+            batch.append(doc)
+            if len(batch) == DOCS_PER_ENCODE:
+                yield from self._encode(batch)
+                batch = []
+        if batch:
+            yield from self._encode(batch)
+
+    def _encode(self, batch: list[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
+        texts = [text for _, text in batch]
+        encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        for (doc_id, _), ids in zip(batch, encoded):
+            if ids:
+                yield doc_id, ids
+
+
+def _round_robin(sources: list[Iterator]) -> Iterator:
+    """One item from each live source in turn, until all are exhausted."""
+    live = list(sources)
+    while live:
+        still = []
+        for source in live:
+            item = next(source, None)
+            if item is not None:
+                still.append(source)
+                yield item
+        live = still
+
+
+def batches(contexts: Iterator[Context], batch_size: int) -> Iterator[list[Context]]:
+    """Group contexts into lists of ``batch_size`` (the last may be shorter)."""
+    batch: list[Context] = []
+    for ctx in contexts:
+        batch.append(ctx)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,96 @@
+"""FeatureRecorders: the top-k, quantile samples and stats of one site's features, as one.
+
+One object, one vocabulary: ``topk``, ``samples`` and ``stats`` are the parts, and update,
+merge, state and from_state act on all three. With the numba backend one fused kernel
+(``indexer.recorders.fused``) updates the three in a single pass over each batch; the torch
+backend updates them one after another, with identical results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from indexer.recorders.common import RecorderError, check_batch, default_backend, feature_chunk, numpy_batch
+from indexer.recorders.fused import fused_update
+from indexer.recorders.quantiles import QuantileSampler
+from indexer.recorders.stats import Stats
+from indexer.recorders.topk import TopK
+
+PARTS: dict[str, type] = {"topk": TopK, "samples": QuantileSampler, "stats": Stats}
+
+
+class FeatureRecorders:
+    """The three recorders of one site's features, sharing one pass over each batch.
+
+    Attributes:
+        topk: TopK.  samples: QuantileSampler.  stats: Stats.  (Same n_features, backend.)
+    """
+
+    def __init__(self, topk: TopK, samples: QuantileSampler, stats: Stats):
+        sizes = {topk.n_features, samples.n_features, stats.n_features}
+        backends = {(r.backend, r.device) for r in (topk, samples, stats)}
+        if len(sizes) != 1 or len(backends) != 1:
+            raise RecorderError(f"parts disagree: n_features={sizes}, backend/device={backends}")
+        self.topk, self.samples, self.stats = topk, samples, stats
+        self.n_features = topk.n_features
+        self.backend, self.device = topk.backend, topk.device
+
+    @classmethod
+    def create(cls, n_features: int, edges: Any, k: int = 20, per_bin: int = 5, salt: int = 0,
+               backend: str | None = None, device: Any = "cpu") -> "FeatureRecorders":
+        """Fresh recorders; edges float32 [feat, Q] as from `estimate_edges`."""
+        backend = backend or default_backend(device)
+        return cls(TopK(n_features, k, backend, device),
+                   QuantileSampler(n_features, edges, per_bin, salt, backend, device),
+                   Stats(n_features, backend, device))
+
+    def parts(self) -> dict[str, Any]:
+        return {"topk": self.topk, "samples": self.samples, "stats": self.stats}
+
+    def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor) -> None:
+        """Record one batch: acts [batch, pos, feat], lengths [batch], ctx_ids [batch]."""
+        if self.backend != "numba":
+            for part in self.parts().values():
+                part.update(acts, lengths, ctx_ids)
+            return
+        check_batch(acts, lengths, ctx_ids, self.n_features)
+        acts, lengths, ctx_ids = numpy_batch(acts, lengths, ctx_ids)
+        tk, qs, st = self.topk, self.samples, self.stats
+        st.count += int(np.maximum(lengths - 1, 0).sum())
+        fused_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
+                     tk.vals, tk.ctxs, tk.poss,
+                     np.uint32(qs.seed), qs.keys, qs.device_edges, qs.bin_counts,
+                     qs.prio, qs.vals, qs.ctxs, qs.poss,
+                     st.total, st.total_sq, st.lo, st.hi, st.n_active, st.hist)
+
+    def merge(self, other: "FeatureRecorders") -> None:
+        for name, part in self.parts().items():
+            part.merge(other.parts()[name])
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The parts' states, keys prefixed 'topk/', 'samples/', 'stats/'."""
+        return {f"{name}/{k}": v for name, part in self.parts().items() for k, v in part.state().items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], backend: str | None = None,
+                   device: Any = "cpu") -> "FeatureRecorders":
+        parts = {}
+        for name, kind in PARTS.items():
+            prefix = name + "/"
+            parts[name] = kind.from_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                                          backend, device)
+        return cls(**parts)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every numba kernel, e.g. before a progress bar."""
+    acts = torch.zeros(1, 2, 1)
+    lengths, ctx_ids = torch.tensor([2]), torch.tensor([0])
+    fused = FeatureRecorders.create(1, np.zeros((1, 1), np.float32), 1, 1, 0, "numba")
+    fused.update(acts, lengths, ctx_ids)
+    for rec in fused.parts().values():
+        rec.update(acts, lengths, ctx_ids)
+        rec.merge(rec)

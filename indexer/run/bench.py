@@ -1,0 +1,149 @@
+"""`neuroscope bench`: indexing throughput as ratios measured side by side in one run.
+
+- ``vs_forward``: the engine's streaming pass (tokenize, forward, record) over the bare
+  forward pass stopped at the same hook, on the same contexts, batch and dtype;
+- ``vs_naive``: the same over a naive indexer (``run_with_cache`` on the full model, then
+  ``torch.topk`` over every token, merged per batch);
+- peak RSS of a whole ``neuroscope index`` run at N and 4N tokens (it must not grow).
+
+Each configuration is timed three times in alternation (forward, index, naive, forward, ...)
+and the fastest time of each is kept, so a burst of load elsewhere hurts all equally.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+GELU_1L_SHAPE = dict(
+    d_model=512, d_head=64, n_heads=8, n_layers=1, n_ctx=1024, d_vocab=50257, d_mlp=2048,
+    act_fn="gelu", normalization_type="LN", seed=0,
+)
+RANDOM_GELU_1L = "gelu-1l-random"
+
+
+def bench(model: str = "toy-1l", tokens: int = 200_000, batch_size: int = 8, dtype: str = "float32",
+          memory: bool = True) -> dict[str, Any]:
+    """All the figures for one model, as a JSON-able dict."""
+    with tempfile.TemporaryDirectory(prefix="neuroscope-bench-") as tmp:
+        spec = _random_gelu_1l(Path(tmp)) if model == RANDOM_GELU_1L else model
+        result: dict[str, Any] = {"model": model, "tokens": tokens, "batch_size": batch_size, "dtype": dtype}
+        for sites in ("mlp_post", "all"):
+            result["mlp" if sites == "mlp_post" else "mlp+heads"] = _throughput(spec, sites, tokens, batch_size, dtype)
+        if memory:
+            result["peak_rss_mb"] = {
+                str(n): _peak_rss_mb(spec, n, batch_size, dtype, Path(tmp) / f"mem{n}") for n in (tokens, 4 * tokens)
+            }
+            small, large = result["peak_rss_mb"].values()
+            result["peak_rss_growth"] = round(large / small - 1, 4)
+    return result
+
+
+def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str) -> dict[str, float]:
+    from indexer.config import IndexConfig
+    from indexer.inputs.contexts import batches
+    from indexer.forward.runner import bare_forward, make_batch
+    from indexer.recorders import warm_up
+    from indexer.run.engine import Run
+
+    cfg = IndexConfig.parse(dict(model=spec, corpus=["code", "prose"], out="", tokens=tokens, batch_size=batch_size,
+                                 dtype=dtype, sites=sites, checkpoint_every=10**9))
+    with tempfile.TemporaryDirectory() as out:
+        run = Run.open(cfg, Path(out))
+        bos = run.model.info.bos_token_id
+        prepared = [make_batch(group, bos, run.device, run.ctx_len) for group in batches(iter(run.contexts), batch_size)]
+        n_tokens = sum(b.n_text_tokens for b in prepared)
+        run.start()  # estimates the quantile edges once
+        warm_up()
+
+        def forward() -> None:
+            for batch in prepared:
+                bare_forward(run.model, run.plan, batch, dtype)
+
+        def index() -> None:
+            run.reset()  # empty recorders with the same edges, so each timed pass starts alike
+            run.stream(progress=False)
+
+        naive = _naive_indexer(run, prepared)
+        times = _alternate({"forward": forward, "index": index, "naive": naive})
+    return {
+        "tokens_per_s": {name: round(n_tokens / t, 1) for name, t in times.items()},
+        "vs_forward": round(times["forward"] / times["index"], 3),
+        "vs_naive": round(times["naive"] / times["index"], 3),
+    }
+
+
+def _alternate(runs: dict[str, Callable[[], None]], rounds: int = 3) -> dict[str, float]:
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            started = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
+def _naive_indexer(run: Any, prepared: list) -> Callable[[], None]:
+    """Full forward with run_with_cache, then torch.topk over all tokens, merged per batch."""
+    import torch
+
+    from indexer.forward.head_metrics import HeadMetrics
+
+    names = [name for site in run.plan for name in site.hook_names()]
+    metrics = {site.layer: HeadMetrics(run.model.bridge, site.layer) for site in run.plan if site.name == "heads"}
+    k = run.cfg.top_k
+
+    def features(cache: Any) -> list[torch.Tensor]:
+        out = []
+        for site in run.plan:
+            if site.name == "heads":
+                v, pattern, z = (cache[n] for n in site.hook_names())
+                out.append(metrics[site.layer](v, pattern, z))
+            else:
+                out.append(cache[site.hook_names()[0]].float())
+        return out
+
+    def naive() -> None:
+        best: list[torch.Tensor | None] = [None] * len(run.plan)
+        with torch.inference_mode():
+            for batch in prepared:
+                _, cache = run.model.bridge.run_with_cache(batch.tokens, names_filter=names)
+                for i, acts in enumerate(features(cache)):
+                    flat = acts.reshape(-1, acts.shape[-1])  # [batch * pos, feat]
+                    top = torch.topk(flat, min(k, flat.shape[0]), dim=0).values
+                    merged = top if best[i] is None else torch.cat([best[i], top])
+                    best[i] = torch.topk(merged, min(k, merged.shape[0]), dim=0).values
+
+    return naive
+
+
+def _peak_rss_mb(spec: str, tokens: int, batch_size: int, dtype: str, out: Path) -> float:
+    """Peak resident memory of a whole `neuroscope index` run, in a fresh process."""
+    code = (
+        "import json, resource, sys\n"
+        "from indexer.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(json.dumps({'code': code, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+    )
+    args = ["index", "--model", spec, "--corpus", "code", "--corpus", "prose", "--out", str(out),
+            "--tokens", str(tokens), "--batch-size", str(batch_size), "--dtype", dtype, "--quiet"]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"bench index run failed: {done.stderr.strip().splitlines()[-1:]}")
+    return round(json.loads(lines[-1])["maxrss_kb"] / 1024, 1)
+
+
+def _random_gelu_1l(folder: Path) -> str:
+    """A randomly initialised model shaped like the field's gelu-1l, in neuroscope's folder format.
+
+    It gets the embedded tokenizer: its ids (< 8192) are valid gelu-1l inputs, and throughput
+    does not depend on which ids are fed."""
+    from indexer.inputs.models import save_native_model
+
+    return str(save_native_model(folder / RANDOM_GELU_1L, GELU_1L_SHAPE))

@@ -1,0 +1,299 @@
+"""`neuroscope index`: the ``Run`` object streams contexts through the model, feeds the
+recorders, checkpoints, and finalizes.
+
+The run only loops; what is recorded lives in ``indexer.recorders``, what is written in
+``indexer.run.finalize``. Quantile edges are estimated once, before the main pass, from the
+first ``warmup_tokens`` tokens of the whole (unsharded) stream, so every shard bins with the
+same edges and shards merge exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from importlib import metadata
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.config import IndexConfig
+from indexer.errors import ConfigError, IndexDirError
+from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites
+from indexer.inputs.contexts import ContextStream, batches
+from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
+from indexer.inputs.models import LoadedModel, load_model
+from indexer.recorders import FeatureRecorders, default_backend, hist_edges, warm_up
+from indexer.run.checkpoint import CHECKPOINT, load_states, read_extra, save_states, site_salt
+from indexer.run.outdir import prepare_out_dir
+from indexer.store.manifest import FORMAT_VERSION, MANIFEST
+from indexer.store.writer import atomic_write_bytes
+
+# Fields that may differ between a run and its resumption.
+RESUME_FREE = {"resume", "overwrite", "checkpoint_every", "device"}
+
+
+def index(cfg: IndexConfig, progress: bool = True) -> Path:
+    """Run (or resume) an indexing job and write the finished index into ``cfg.out``."""
+    checkpoint = _read_checkpoint(cfg) if cfg.resume else None
+    if checkpoint is not None:
+        cfg = _resumed_config(cfg, checkpoint)
+    cfg.validate()
+    if cfg.dask:
+        raise ConfigError("--dask is not available yet; run shards with --shard I/N and combine them with `neuroscope merge`")
+    run = Run.open(cfg, prepare_out_dir(cfg.out, cfg.resume, cfg.overwrite))
+    if checkpoint is not None:
+        run.restore(checkpoint)
+    else:
+        run.start()
+    run.stream(progress)
+    return run.finalize(progress)
+
+
+class Run:
+    """One indexing run: its config, model, plan and stream, and the progress it owns.
+
+    Attributes:
+        position: contexts of this shard consumed so far.
+        tokens_done, batches_done, seconds: progress of the streaming pass.
+        corpus_tokens: text tokens indexed per corpus name.
+        recorders: one ``FeatureRecorders`` per planned site.
+        notes: extra manifest entries (e.g. the shards a merged run came from).
+    """
+
+    def __init__(self, cfg: IndexConfig, out: Path, model: LoadedModel, plan: list[Site], ctx_len: int,
+                 device: str, stream: ContextStream):
+        self.cfg, self.out, self.model, self.plan = cfg, out, model, plan
+        self.ctx_len, self.device, self.contexts = ctx_len, device, stream
+        self.position = 0
+        self.tokens_done = 0
+        self.batches_done = 0
+        self.seconds = 0.0
+        self.corpus_tokens: dict[str, int] = {}
+        self.notes: dict[str, Any] = {}
+        self.recorders: dict[Site, FeatureRecorders] = {}
+
+    @classmethod
+    def open(cls, cfg: IndexConfig, out: Path) -> "Run":
+        """Load the model and corpora of a run and check them against the config."""
+        from indexer.forward.runner import resolve_device
+
+        device = resolve_device(cfg.device)
+        specs = [parse_corpus_spec(c) for c in cfg.corpus]
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"two corpora share a name ({', '.join(names)}); label them NAME=SPEC")
+        for spec in specs:
+            _prescan(spec, cfg.skip_bad_records)
+        model = load_model(cfg.model, device=device)
+        ctx_len = _ctx_len(cfg, model)
+        plan = plan_sites(model.info, cfg.sites, cfg.layers)
+        stream = ContextStream(
+            specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens, cfg.skip_bad_records, cfg.shard
+        )
+        return cls(cfg, out, model, plan, ctx_len, device, stream)
+
+    # --- starting points -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fresh recorders, with quantile edges estimated from the start of the stream."""
+        self.recorders = self.new_recorders(self.estimate_edges())
+
+    def new_recorders(self, edges: dict[Site, np.ndarray]) -> dict[Site, FeatureRecorders]:
+        cfg = self.cfg
+        return {
+            site: FeatureRecorders.create(site.n_features, edges[site], cfg.top_k, cfg.per_bin,
+                                          site_salt(cfg.seed, site), default_backend(self.device), self.device)
+            for site in self.plan
+        }
+
+    def restore(self, checkpoint: bytes) -> None:
+        """Recorders and progress from a checkpoint's bytes."""
+        self.recorders, extra = load_states(checkpoint, self.plan, self.device)
+        progress = extra["progress"]
+        self.position = progress["position"]
+        self.tokens_done = progress["tokens_done"]
+        self.batches_done = progress["batches_done"]
+        self.seconds = progress["seconds"]
+        self.corpus_tokens = progress["corpus_tokens"]
+
+    def reset(self) -> None:
+        """Back to an empty stream position with empty recorders of the same edges (bench)."""
+        self.position = self.tokens_done = self.batches_done = 0
+        self.seconds = 0.0
+        self.corpus_tokens = {}
+        self.recorders = self.new_recorders({s: r.samples.edges for s, r in self.recorders.items()})
+
+    def estimate_edges(self) -> dict[Site, np.ndarray]:
+        """Per-feature quantile edges from the first ``warmup_tokens`` tokens of the global stream."""
+        import torch
+
+        from indexer.forward.runner import SiteForward, make_batch
+        from indexer.recorders import estimate_edges as quantile_edges
+
+        stream = ContextStream(
+            self.contexts.specs, self.model.tokenizer, self.model.info.bos_token_id, self.ctx_len,
+            self.cfg.tokens, self.cfg.skip_bad_records,
+        )
+        forward = SiteForward(self.model, self.plan, self.cfg.dtype)
+        samples: dict[Site, list] = {site: [] for site in self.plan}
+        seen = 0
+        for contexts in batches(iter(stream), self.cfg.batch_size):
+            batch = make_batch(contexts, self.model.info.bos_token_id, self.device, self.ctx_len)
+            for site, acts in forward(batch).items():
+                for row, ctx in enumerate(contexts):
+                    samples[site].append(acts[row, 1 : len(ctx.token_ids)])  # BOS is never recorded
+            seen += batch.n_text_tokens
+            if seen >= self.cfg.warmup_tokens:
+                break
+        # Sorting 4M values at a time bounds the transient memory of the estimate (~100 MB).
+        return {
+            site: quantile_edges(torch.cat(rows)[: self.cfg.warmup_tokens], self.cfg.quantiles, max_elements=1 << 22)
+            .cpu().numpy()
+            for site, rows in samples.items()
+        }
+
+    # --- the streaming pass ----------------------------------------------------------------
+
+    def stream(self, progress: bool = True) -> None:
+        """Feed every remaining context of the shard to the recorders, checkpointing as it goes."""
+        from tqdm import tqdm
+
+        from indexer.forward.runner import SiteForward, make_batch
+
+        if default_backend(self.device) == "numba":
+            warm_up()  # compile or load the kernels now, not inside the first batches
+        forward = SiteForward(self.model, self.plan, self.cfg.dtype)
+        bar = tqdm(
+            total=self.expected_tokens(), initial=self.tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True,
+            disable=not progress, file=sys.stderr, desc="indexing", smoothing=0.05,
+        )
+        contexts = islice(self.contexts.contexts(), self.position, None)
+        started = time.perf_counter() - self.seconds
+        for group in batches(contexts, self.cfg.batch_size):
+            batch = make_batch(group, self.model.info.bos_token_id, self.device, self.ctx_len)
+            features = forward(batch)
+            for site, rec in self.recorders.items():
+                rec.update(features[site], batch.lengths, batch.ctx_ids)
+            self.position += len(group)
+            self.tokens_done += batch.n_text_tokens
+            for ctx in group:
+                self.corpus_tokens[ctx.corpus] = self.corpus_tokens.get(ctx.corpus, 0) + ctx.n_text_tokens
+            self.batches_done += 1
+            self.seconds = time.perf_counter() - started
+            bar.update(batch.n_text_tokens)
+            if self.batches_done % self.cfg.checkpoint_every == 0:
+                self.checkpoint()
+        bar.close()
+        self.checkpoint()
+
+    def expected_tokens(self) -> int | None:
+        if self.cfg.tokens is None:
+            return None
+        _, n = self.cfg.shard
+        return self.cfg.tokens // n if n > 1 else self.cfg.tokens
+
+    def checkpoint(self) -> None:
+        """Write the recorder states and the stream position atomically to ``checkpoint.npz``."""
+        progress = {
+            "position": self.position, "tokens_done": self.tokens_done,
+            "batches_done": self.batches_done, "seconds": self.seconds, "corpus_tokens": self.corpus_tokens,
+        }
+        extra = {"config": self.cfg.to_dict(), "progress": progress}
+        atomic_write_bytes(self.out / CHECKPOINT, save_states(self.recorders, extra))
+
+    # --- the end ---------------------------------------------------------------------------
+
+    def finalize(self, progress: bool = True) -> Path:
+        """Write every table of the index and the manifest (last)."""
+        from indexer.run.finalize import write_index
+
+        return write_index(self, progress)
+
+    def manifest(self, finalize_seconds: float) -> dict[str, Any]:
+        """What the index holds and how it was made."""
+        counters = self.contexts.counters
+        corpora = [
+            {"name": spec.name, "spec": str(spec), "tokens": self.corpus_tokens.get(spec.name, 0),
+             **counters.get(spec.name, CorpusCounters()).to_dict()}
+            for spec in self.contexts.specs
+        ]
+        return {
+            "format": "neuroscope-index",
+            "format_version": FORMAT_VERSION,
+            "status": "complete",
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": self.model.info.to_dict(),
+            "corpora": corpora,
+            "config": self.cfg.to_dict(),
+            "ctx_len": self.ctx_len,
+            "device": self.device,
+            "sites": [{"name": s.name, "layer": s.layer, "n_features": s.n_features} for s in self.plan],
+            "head_metrics": {name: HEAD_METRIC_HELP[name] for name in HEAD_METRICS},
+            "quantiles": list(self.cfg.quantiles),
+            "hist_edges": hist_edges().tolist(),
+            "counts": {"tokens": self.tokens_done, "contexts": self.position, "batches": self.batches_done},
+            "timing": {
+                "stream_seconds": round(self.seconds, 3),
+                "finalize_seconds": round(finalize_seconds, 3),
+                "tokens_per_second": round(self.tokens_done / self.seconds, 1) if self.seconds else None,
+            },
+            "versions": versions(),
+            **self.notes,
+        }
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for package in ("neuroscope", "torch", "transformer-lens", "transformers", "numba", "pyarrow", "duckdb"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def _read_checkpoint(cfg: IndexConfig) -> bytes:
+    path = Path(cfg.out).expanduser() / CHECKPOINT
+    if not path.is_file() and (path.parent / MANIFEST).is_file():
+        raise IndexDirError(f"--resume: the index in {cfg.out} is already complete; nothing to resume")
+    if not path.is_file():
+        raise IndexDirError(f"--resume: no checkpoint in {cfg.out} (nothing to resume; drop --resume to start)")
+    return path.read_bytes()
+
+
+def _resumed_config(cfg: IndexConfig, checkpoint: bytes) -> IndexConfig:
+    """The checkpoint's config; options given now must agree with it."""
+    saved = IndexConfig.from_dict(read_extra(checkpoint, "config"))
+    defaults = IndexConfig().to_dict()
+    given = cfg.to_dict()
+    clashes = [
+        k for k, v in given.items()
+        if k not in RESUME_FREE | {"out"} and v != defaults[k] and v != saved.to_dict()[k]
+    ]
+    if clashes:
+        raise ConfigError(f"--resume: options differ from the checkpointed run: {', '.join(clashes)}")
+    for key in RESUME_FREE:
+        setattr(saved, key, getattr(cfg, key))
+    saved.out = cfg.out
+    return saved
+
+
+def _ctx_len(cfg: IndexConfig, model: LoadedModel) -> int:
+    n_ctx = model.info.n_ctx
+    if cfg.ctx_len is None:
+        return min(n_ctx, 1024)
+    if cfg.ctx_len > n_ctx:
+        raise ConfigError(f"--ctx-len {cfg.ctx_len} is larger than the model's context ({n_ctx})")
+    if cfg.ctx_len < 2:
+        raise ConfigError("--ctx-len must be at least 2 (BOS and one token)")
+    return cfg.ctx_len
+
+
+def _prescan(spec: CorpusSpec, skip_bad_records: bool) -> None:
+    """Read a local JSON corpus once up front, so a bad record fails before any compute."""
+    if spec.kind == "file" and spec.location.endswith((".jsonl", ".json")):
+        for _ in iter_documents(spec, CorpusCounters(), skip_bad_records):
+            pass

@@ -1,0 +1,131 @@
+"""The examples of one site: which (feature, context, position) they are, and their windows.
+
+An ``ExampleSet`` is flat: one entry per example, top-k first, then quantile samples. Its
+windows are filled batch by batch while finalize re-runs the kept contexts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+KINDS = np.array(["top", "quantile"])
+
+
+class ExampleSet:
+    """Flat arrays, one entry per example of one site."""
+
+    def __init__(self, site: Any, feature, kind, bin_, rank, value, ctx_id, pos):
+        self.site = site
+        self.feature = np.asarray(feature, np.int64)  # [example]
+        self.kind = np.asarray(kind, np.int8)  # 0 top, 1 quantile
+        self.bin = np.asarray(bin_, np.int32)
+        self.rank = np.asarray(rank, np.int32)
+        self.value = np.asarray(value, np.float32)
+        self.ctx_id = np.asarray(ctx_id, np.int64)
+        self.pos = np.asarray(pos, np.int64)
+        n = len(self.feature)
+        self.corpus = np.empty(n, dtype=object)
+        self.doc_id = np.full(n, -1, np.int64)
+        self.window_start = np.zeros(n, np.int64)
+        self.window_len = np.zeros(n, np.int64)
+        self.window_tokens: np.ndarray | None = None  # [example, width] int32
+        self.window_values: np.ndarray | None = None  # [example, width] float32
+        self._by_ctx: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.feature)
+
+    def ctx_ids(self) -> set[int]:
+        return set(self.ctx_id.tolist())
+
+    def fill_windows(self, batch: Any, acts: Any, before: int, after: int) -> None:
+        """Windows for the examples in ``batch``; acts: [batch, pos, feat] for this site."""
+        width = before + after + 1
+        if self.window_tokens is None:
+            self.window_tokens = np.zeros((len(self), width), np.int32)
+            self.window_values = np.zeros((len(self), width), np.float32)
+            order = np.argsort(self.ctx_id, kind="stable")
+            ids, starts = np.unique(self.ctx_id[order], return_index=True)
+            self._by_ctx = dict(zip(ids.tolist(), np.split(order, starts[1:])))
+        acts = acts.float().cpu().numpy()  # [batch, pos, feat]
+        tokens = batch.tokens.cpu().numpy()
+        for row, ctx in enumerate(batch.contexts):
+            idx = self._by_ctx.get(ctx.ctx_id)
+            if idx is None:
+                continue
+            length = len(ctx.token_ids)
+            start = np.maximum(self.pos[idx] - before, 0)
+            stop = np.minimum(self.pos[idx] + after + 1, length)
+            cols = np.clip(start[:, None] + np.arange(width), 0, length - 1)  # [example, width]
+            self.window_tokens[idx] = tokens[row, cols]
+            self.window_values[idx] = acts[row, cols, self.feature[idx, None]]
+            self.window_start[idx] = start
+            self.window_len[idx] = stop - start
+            self.corpus[idx] = ctx.corpus
+            self.doc_id[idx] = ctx.doc_id
+
+
+def collect_examples(site: Any, rec: Any) -> ExampleSet:
+    """The top-k and quantile-sample examples held by a site's recorders (empty slots dropped)."""
+    values, ctx_ids, pos = (np.asarray(a) for a in rec.topk.result())  # [feat, k]
+    n, k = values.shape
+    top = dict(
+        feature=np.repeat(np.arange(n), k), kind=np.zeros(n * k), bin_=np.full(n * k, -1),
+        rank=np.tile(np.arange(k), n), value=values.ravel(), ctx_id=ctx_ids.ravel(), pos=pos.ravel(),
+    )
+    s_values, s_ctx, s_pos = _sample_arrays(rec.samples)  # [feat, bin, per_bin]
+    # Within a bin, rank 0 is the highest value (the sample itself is uniform).
+    order = np.argsort(np.where(s_ctx >= 0, -s_values, np.inf), axis=-1, kind="stable")
+    s_values, s_ctx, s_pos = (np.take_along_axis(a, order, -1) for a in (s_values, s_ctx, s_pos))
+    _, n_bins, per_bin = s_values.shape
+    grid = np.indices(s_values.shape).reshape(3, -1)
+    quantile = dict(
+        feature=grid[0], kind=np.ones(grid.shape[1]), bin_=grid[1], rank=grid[2],
+        value=s_values.ravel(), ctx_id=s_ctx.ravel(), pos=s_pos.ravel(),
+    )
+    merged = {key: np.concatenate([top[key], quantile[key]]) for key in top}
+    keep = merged["ctx_id"] >= 0
+    return ExampleSet(site, **{key: value[keep] for key, value in merged.items()})
+
+
+def _sample_arrays(sampler: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    samples = sampler.samples()
+    return (np.asarray(samples["value"]), np.asarray(samples["ctx_id"]), np.asarray(samples["pos"]))
+
+
+def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> dict[str, Any]:
+    """Columns of the examples table (without the site/feature key columns, plus 'feature')."""
+    n = len(examples)
+    width = examples.window_tokens.shape[1] if examples.window_tokens is not None else 0
+    mask = np.arange(width)[None, :] < examples.window_len[:, None]  # [example, width]
+    offsets = np.concatenate([[0], np.cumsum(examples.window_len)]).astype(np.int32)
+    tokens = examples.window_tokens if examples.window_tokens is not None else np.zeros((n, 0), np.int32)
+    values = examples.window_values if examples.window_values is not None else np.zeros((n, 0), np.float32)
+    at = examples.pos - examples.window_start
+    token_id = tokens[np.arange(n), at] if n else np.zeros(0, np.int32)
+    prev_id = tokens[np.arange(n), np.maximum(at - 1, 0)] if n else np.zeros(0, np.int32)
+    texts = tokenizer.batch_decode(
+        [t[: length].tolist() for t, length in zip(tokens, examples.window_len)],
+        skip_special_tokens=True, clean_up_tokenization_spaces=False,
+    )
+    return {
+        "feature": examples.feature,
+        "kind": KINDS[examples.kind],
+        "bin": examples.bin,
+        "rank": examples.rank,
+        "activation": examples.value,
+        "corpus": examples.corpus.astype(str),
+        "ctx_id": examples.ctx_id,
+        "doc_id": examples.doc_id,
+        "pos": examples.pos.astype(np.int32),
+        "token_id": token_id.astype(np.int32),
+        "token_str": vocab[token_id],
+        "prev_token_str": np.where(examples.pos > 0, vocab[prev_id], ""),
+        "context_text": np.array(texts, dtype=object),
+        "window_start": examples.window_start.astype(np.int32),
+        "window_token_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(tokens[mask], pa.int32())),
+        "window_acts": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[mask], pa.float32())),
+    }

@@ -1,0 +1,145 @@
+"""Finalize a run: re-run only the kept contexts and write the index tables and manifest.
+
+The streaming pass keeps, per feature, only (value, ctx_id, pos) of each example. Here the
+contexts those examples point to are streamed again (the stream is deterministic), run
+through the model once more, and each example gets the window of tokens around it with the
+feature's value at every window token. The manifest is written last.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.forward.sites import HEAD_METRICS, Site
+from indexer.recorders import FeatureRecorders, hist_edges
+from indexer.run.checkpoint import CHECKPOINT, FINAL_STATE, save_states
+from indexer.run.examples import ExampleSet, collect_examples, window_columns
+from indexer.store.schema import Contexts, Examples, HeadExamples, HeadScores, Heads, Neurons, Vocab
+from indexer.store.writer import IndexWriter, atomic_write_bytes
+
+CONTEXT_ROWS_PER_FILE = 8192
+
+
+def write_index(run: Any, progress: bool = True) -> Path:
+    """Write every table of the index for a run (``indexer.run.engine.Run``) whose streaming
+    pass has finished; the manifest last."""
+    from tqdm import tqdm
+
+    from indexer.forward.runner import SiteForward, make_batch
+    from indexer.inputs.contexts import batches
+
+    started = time.perf_counter()
+    writer = IndexWriter(run.out)
+    vocab = vocab_strings(run.model.tokenizer, run.model.info.d_vocab)
+    writer.write(Vocab, {"token_id": np.arange(len(vocab), dtype=np.int32), "token_str": vocab})
+    sets = [collect_examples(site, rec) for site, rec in run.recorders.items()]
+    kept = set().union(*(s.ctx_ids() for s in sets)) if sets else set()
+    wanted = None if run.cfg.store_contexts == "all" else kept
+    forward = SiteForward(run.model, run.plan, run.cfg.dtype)
+    contexts = _ContextWriter(writer)
+    bar = tqdm(total=len(kept), unit="ctx", desc="finalizing", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for group in batches(run.contexts.contexts(wanted=wanted), run.cfg.batch_size):
+        contexts.add(group)
+        needed = [c for c in group if c.ctx_id in kept]
+        if not needed:
+            continue
+        bar.update(len(needed))
+        batch = make_batch(needed, run.model.info.bos_token_id, run.device, run.ctx_len)
+        features = forward(batch)
+        for example_set in sets:
+            example_set.fill_windows(batch, features[example_set.site], run.cfg.window_before, run.cfg.window_after)
+    contexts.close()
+    bar.close()
+    for (site, rec), example_set in zip(run.recorders.items(), sets):
+        _write_site(writer, site, rec, example_set, vocab, run.model.tokenizer)
+    if any(site.name == "heads" for site in run.plan):
+        _write_head_scores(writer, run)
+    atomic_write_bytes(run.out / FINAL_STATE, save_states(run.recorders))
+    writer.write_manifest(run.manifest(finalize_seconds=time.perf_counter() - started))
+    (run.out / CHECKPOINT).unlink(missing_ok=True)  # state.npz and the manifest now say it all
+    return run.out
+
+
+def _write_head_scores(writer: IndexWriter, run: Any) -> None:
+    from indexer.forward.head_scores import head_scores
+
+    writer.write(HeadScores, head_scores(run.model, [s.layer for s in run.plan if s.name == "heads"]))
+
+
+def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, examples: ExampleSet, vocab: np.ndarray,
+                tokenizer: Any) -> None:
+    stats = rec.stats.summary()
+    n = site.n_features
+    feature = np.arange(n, dtype=np.int32)
+    stat_columns = {
+        "n_tokens": stats["n_tokens"], "mean": stats["mean"], "std": stats["std"],
+        "min": stats["min"], "max": stats["max"], "frac_active": stats["frac_active"],
+        "hist": list(stats["hist"]),
+        "quantile_edges": list(np.asarray(rec.samples.edges, dtype=np.float32)),
+        "bin_counts": list(rec.samples.counts()),
+        "hist_edges": [hist_edges().astype(np.float32)] * n,
+    }
+    rows = window_columns(examples, vocab, tokenizer)
+    if site.name == "heads":
+        key = {"layer": np.full(n, site.layer, np.int32), "head": feature // len(HEAD_METRICS),
+               "metric": np.array(HEAD_METRICS)[feature % len(HEAD_METRICS)]}
+        writer.write(Heads, {**key, **stat_columns}, partition={"layer": site.layer})
+        f = rows.pop("feature")
+        ex_key = {"layer": np.full(len(f), site.layer, np.int32), "head": (f // len(HEAD_METRICS)).astype(np.int32),
+                  "metric": np.array(HEAD_METRICS)[f % len(HEAD_METRICS)]}
+        writer.write(HeadExamples, {**ex_key, **rows}, partition={"layer": site.layer})
+        return
+    key = {"site": np.full(n, site.name), "layer": np.full(n, site.layer, np.int32), "neuron": feature}
+    writer.write(Neurons, {**key, **stat_columns}, partition={"site": site.name, "layer": site.layer})
+    f = rows.pop("feature")
+    ex_key = {"site": np.full(len(f), site.name), "layer": np.full(len(f), site.layer, np.int32),
+              "neuron": f.astype(np.int32)}
+    writer.write(Examples, {**ex_key, **rows}, partition={"site": site.name, "layer": site.layer})
+
+
+class _ContextWriter:
+    """Writes the contexts table in part files of bounded size, per corpus."""
+
+    def __init__(self, writer: IndexWriter):
+        self.writer = writer
+        self.pending: dict[str, list] = {}
+        self.parts: dict[str, int] = {}
+
+    def add(self, contexts: list) -> None:
+        for ctx in contexts:
+            rows = self.pending.setdefault(ctx.corpus, [])
+            rows.append(ctx)
+            if len(rows) >= CONTEXT_ROWS_PER_FILE:
+                self._flush(ctx.corpus)
+
+    def close(self) -> None:
+        for corpus in list(self.pending):
+            self._flush(corpus)
+
+    def _flush(self, corpus: str) -> None:
+        rows = self.pending.pop(corpus, [])
+        if not rows:
+            return
+        part = self.parts.get(corpus, 0)
+        self.parts[corpus] = part + 1
+        columns = {
+            "ctx_id": np.array([c.ctx_id for c in rows], np.int64),
+            "corpus": [corpus] * len(rows),
+            "doc_id": np.array([c.doc_id for c in rows], np.int64),
+            "token_ids": [c.token_ids for c in rows],
+            "n_tokens": np.array([len(c.token_ids) for c in rows], np.int32),
+        }
+        self.writer.write(Contexts, columns, partition={"corpus": corpus}, part=f"part-{part:05d}")
+
+
+def vocab_strings(tokenizer: Any, d_vocab: int) -> np.ndarray:
+    """Each token id decoded on its own (the model's vocab may exceed the tokenizer's)."""
+    n = min(d_vocab, len(tokenizer))
+    strings = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+    strings += [f"<unused {i}>" for i in range(n, d_vocab)]
+    return np.array(strings, dtype=object)

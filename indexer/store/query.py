@@ -1,0 +1,258 @@
+"""Querying an index with DuckDB: one view per table of indexer.store.schema, and safe user SQL.
+
+User SQL (``run_sql``) is guarded three ways:
+- DuckDB's own parser must find exactly one statement of a read-only type (``check_read_only``);
+- the connection cannot reach files outside the index: after the views are made, external
+  access is switched off except for the index folder (``allowed_directories``) and the
+  configuration is locked, so no statement can switch it back on;
+- it runs in a worker thread that is interrupted after ``timeout_s``, and at most ``limit``
+  rows are fetched (one more tells whether the result was truncated).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from indexer.store.canned import CANNED
+from indexer.errors import IndexDirError, QueryError, QueryTimeout, one_line
+from indexer.store.schema import TABLES, Table
+from indexer.store.manifest import read_manifest
+
+T = TypeVar("T")
+Params = list | tuple | dict | None
+# Read-only PRAGMAs; the others change settings (and the configuration is locked anyway).
+SAFE_PRAGMAS = frozenset({"table_info", "show", "show_tables", "show_tables_expanded", "version", "database_size"})
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?(\([^)]*\)\s*)?", re.IGNORECASE)
+_PRAGMA_NAME = re.compile(r"^\s*PRAGMA\s+(\w+)", re.IGNORECASE)
+_FETCH_BATCH = 8192
+
+
+def open_index(index_dir: Path | str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per table, locked to ``index_dir``."""
+    read_manifest(index_dir)  # refuses a folder that is not a (finished or partial) index
+    root = os.path.realpath(index_dir)  # allowed_directories compares resolved paths
+    conn = duckdb.connect(":memory:")
+    try:
+        for table in TABLES:
+            conn.execute(view_sql(table, root))
+    except duckdb.Error as e:
+        conn.close()
+        raise IndexDirError(f"{index_dir}: cannot read the index: {one_line(e)}") from e
+    _lock_down(conn, root)
+    return conn
+
+
+def view_sql(table: type[Table], root: str) -> str:
+    """CREATE VIEW over the table's files, or an empty view with the right columns if none."""
+    types = table.duckdb_types()
+    files = table.files(root)
+    aliases = "".join(f", {_ident(stored)} AS {_ident(alias)}" for alias, stored in table.ALIASES.items())
+    if not files:
+        cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(c)}" for c, t in types.items())
+        return f"CREATE VIEW {table.NAME} AS SELECT *{aliases} FROM (SELECT {cols} WHERE false)"
+    paths = ", ".join(_literal(str(p)) for p in files)  # a list, not a glob: no escaping issues
+    options = "hive_partitioning = false"
+    if table.PARTITIONS:
+        hive = ", ".join(f"{_ident(c)}: {types[c]}" for c in table.PARTITIONS)
+        options = f"hive_partitioning = true, hive_types = {{{hive}}}"
+    cols = ", ".join(_ident(c) for c in types)
+    return f"CREATE VIEW {table.NAME} AS SELECT {cols}{aliases} FROM read_parquet([{paths}], {options})"
+
+
+def _lock_down(conn: duckdb.DuckDBPyConnection, root: str) -> None:
+    for statement in (
+        "SET temp_directory = ''",  # else DuckDB also allows ./.tmp (spill files) of the cwd
+        f"SET allowed_directories = [{_literal(root + os.sep)}]",
+        "SET enable_external_access = false",
+        "SET autoinstall_known_extensions = false",
+        "SET autoload_known_extensions = false",
+        "SET python_enable_replacements = false",  # no scanning of the caller's DataFrames
+        "SET lock_configuration = true",  # last: from here on no SET can undo the above
+    ):
+        conn.execute(statement)
+
+
+def check_read_only(query: str) -> str:
+    """The one read-only statement in ``query``, or QueryError saying why it was refused."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise QueryError(one_line(e)) from e
+    if len(statements) != 1:
+        raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
+    statement = statements[0]
+    kind = statement.type
+    if kind == duckdb.StatementType.SELECT:  # also WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE
+        return statement.query
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs its statement, so what it explains must be read-only too.
+        check_read_only(_EXPLAIN_PREFIX.sub("", statement.query, count=1))
+        return statement.query
+    if kind == duckdb.StatementType.PRAGMA:
+        match = _PRAGMA_NAME.match(statement.query)
+        if match and match.group(1).lower() in SAFE_PRAGMAS:
+            return statement.query
+    raise QueryError(
+        f"only read-only queries are allowed (SELECT, WITH, VALUES, DESCRIBE, SHOW, EXPLAIN, "
+        f"PRAGMA table_info), got {kind.name}"
+    )
+
+
+def resolve(query: str) -> str:
+    """The SQL of a canned query name, or ``query`` itself."""
+    canned = CANNED.get(query.strip())
+    return canned[1] if canned else query
+
+
+def run_sql(
+    dir_or_conn: Path | str | duckdb.DuckDBPyConnection,
+    query: str,
+    params: Params = None,
+    limit: int | None = 10_000,
+    timeout_s: float | None = 30,
+) -> tuple[pd.DataFrame, bool]:
+    """Run one read-only query (or a canned query name); returns (rows, truncated).
+
+    ``limit=None`` fetches every row; ``timeout_s=None`` waits as long as it takes.
+    """
+    sql = check_read_only(resolve(query))
+    if isinstance(dir_or_conn, duckdb.DuckDBPyConnection):
+        return _run(dir_or_conn, sql, params, limit, timeout_s)
+    conn = open_index(dir_or_conn)
+    try:
+        return _run(conn, sql, params, limit, timeout_s)
+    finally:
+        conn.close()
+
+
+def _run(conn, sql: str, params: Params, limit: int | None, timeout_s: float | None) -> tuple[pd.DataFrame, bool]:
+    cursor = conn.cursor()  # its own cursor: interruptible alone, and safe across threads
+    try:
+        if cursor.sql("SELECT current_setting('lock_configuration')").fetchall() != [(True,)]:
+            raise QueryError("refusing to run user SQL on a connection not made by open_index")
+        table = _with_timeout(lambda: _fetch(cursor, sql, params, limit), cursor, timeout_s, sql)
+    except duckdb.Error as e:
+        raise QueryError(one_line(e)) from e
+    finally:
+        cursor.close()
+    truncated = limit is not None and table.num_rows > limit
+    return (table.slice(0, limit) if truncated else table).to_pandas(), truncated
+
+
+def _fetch(cursor, sql: str, params: Params, limit: int | None) -> pa.Table:
+    # cursor.sql() streams a SELECT; cursor.execute() would materialise every row first.
+    relation = cursor.sql(sql, params=params) if params is not None else cursor.sql(sql)
+    if relation is None:
+        return pa.table({})
+    reader = relation.to_arrow_reader(_FETCH_BATCH if limit is None else min(limit + 1, _FETCH_BATCH))
+    if limit is None:
+        return reader.read_all()
+    batches, rows = [], 0
+    for batch in reader:
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows > limit:
+            break
+    return pa.Table.from_batches(batches, schema=reader.schema)
+
+
+def _with_timeout(work: Callable[[], T], cursor, timeout_s: float | None, sql: str = "") -> T:
+    if timeout_s is None:
+        return work()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as e:  # handed to the caller's thread below
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="neuroscope-sql", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        cursor.interrupt()
+        thread.join(5)  # an interrupted DuckDB query stops within milliseconds
+        raise QueryTimeout(sql, timeout_s)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+FORMATS = ("table", "csv", "json")
+_LIST_ITEMS = 8  # list cells show this many items in a table, then "…"
+
+
+def format_result(df: pd.DataFrame, fmt: str = "table", max_width: int = 40) -> str:
+    """Rows as text for the CLI: an aligned table (long cells cut to ``max_width``), or full
+    CSV / JSON (a list of objects; lists stay lists, NaN becomes null)."""
+    if fmt == "csv":
+        return _plain(df).to_csv(index=False)
+    if fmt == "json":
+        return df.to_json(orient="records", force_ascii=False) + "\n"
+    if fmt == "table":
+        return _table_text(df, max_width)
+    raise ValueError(f"format {fmt!r} but expected one of {FORMATS}")
+
+
+def _table_text(df: pd.DataFrame, max_width: int) -> str:
+    headers = [str(c) for c in df.columns]
+    series = [df.iloc[:, i] for i in range(df.shape[1])]  # by position: names may repeat
+    columns = [[_cell(v, max_width) for v in s] for s in series]
+    widths = [max([len(h)] + [len(x) for x in col]) for h, col in zip(headers, columns)]
+    numeric = [pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) for s in series]
+
+    def line(values: list[str]) -> str:
+        cells = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric))
+        return "  ".join(cells).rstrip()
+
+    lines = [line(headers), line(["-" * w for w in widths])]
+    lines += [line([col[i] for col in columns]) for i in range(len(df))]
+    lines.append(f"({len(df)} row{'' if len(df) == 1 else 's'})")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any, max_width: int) -> str:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+        shown = ", ".join(_scalar(x) for x in items[:_LIST_ITEMS])
+        text = f"[{shown}{', …' if len(items) > _LIST_ITEMS else ''}]"
+    else:
+        text = _scalar(value)
+    text = text.replace("\n", "\\n").replace("\t", "\\t")  # one row per line
+    return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+
+def _scalar(value: Any) -> str:
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and value != value):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose list cells are Python lists (numpy arrays print with no commas)."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = [v.tolist() if hasattr(v, "tolist") else v for v in out[c]]
+    return out

@@ -1,0 +1,143 @@
+"""Overnight-run behaviour: resume after a kill, shards + merge, backends, sql on a real index."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from indexer.api import Index
+from indexer.run.engine import index
+from indexer.run.merge import merge
+
+from helpers.configs import base_config
+
+EXAMPLE_KEY = ["site", "layer", "neuron", "kind", "bin", "rank"]
+HEAD_KEY = ["layer", "head", "metric", "kind", "bin", "rank"]
+
+
+def tables(out: str) -> dict[str, pd.DataFrame]:
+    """Every table of an index, in a canonical row order, for comparing whole indexes."""
+    ix = Index.open(out)
+    return {
+        "examples": ix.sql(f"SELECT * FROM examples ORDER BY {', '.join(EXAMPLE_KEY)}"),
+        "head_examples": ix.sql(f"SELECT * FROM head_examples ORDER BY {', '.join(HEAD_KEY)}"),
+        "neurons": ix.sql("SELECT * FROM neurons ORDER BY site, layer, neuron"),
+        "heads": ix.sql("SELECT * FROM heads ORDER BY layer, head, metric"),
+        "contexts": ix.sql("SELECT * FROM contexts ORDER BY ctx_id"),
+    }
+
+
+def assert_same_index(a: str, b: str, exact_floats: bool = True) -> None:
+    ta, tb = tables(a), tables(b)
+    for name in ta:
+        left, right = ta[name], tb[name]
+        assert list(left.columns) == list(right.columns) and len(left) == len(right), name
+        for column in left.columns:
+            x, y = left[column].to_list(), right[column].to_list()
+            if column in ("mean", "std") and not exact_floats:
+                np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9, err_msg=f"{name}.{column}")
+            else:
+                assert _plain(x) == _plain(y), f"{name}.{column} differs"
+
+
+def _plain(values: list) -> list:
+    return [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir) -> str:
+    return str(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def single_run(model_dir, tmp_path_factory) -> str:
+    cfg = base_config(model_dir, str(tmp_path_factory.mktemp("single") / "idx"))
+    index(cfg, progress=False)
+    return cfg.out
+
+
+def test_shards_merge_into_the_single_run(model_dir, single_run, tmp_path):
+    shards = []
+    for i in range(3):
+        cfg = base_config(model_dir, str(tmp_path / f"shard{i}"), shard=(i, 3))
+        index(cfg, progress=False)
+        shards.append(cfg.out)
+    assert Index.open(shards[1]).sql("SELECT count(*) AS n FROM contexts WHERE ctx_id % 3 != 1")["n"][0] == 0
+    merge(shards, str(tmp_path / "merged"), progress=False)
+    # Sums are added in another order across shards, so mean/std agree to rounding only.
+    assert_same_index(single_run, str(tmp_path / "merged"), exact_floats=False)
+    assert Index.open(str(tmp_path / "merged")).manifest["counts"]["tokens"] == 2500
+
+
+def test_merge_refuses_incomplete_or_mismatched_shards(model_dir, single_run, tmp_path):
+    from indexer.errors import IndexDirError
+
+    cfg = base_config(model_dir, str(tmp_path / "s0"), shard=(0, 2))
+    index(cfg, progress=False)
+    with pytest.raises(IndexDirError, match="not exactly the shards"):
+        merge([cfg.out], str(tmp_path / "m"), progress=False)
+    other = base_config(model_dir, str(tmp_path / "s1"), shard=(1, 2), seed=1)
+    index(other, progress=False)
+    with pytest.raises(IndexDirError, match="other options"):
+        merge([cfg.out, other.out], str(tmp_path / "m2"), progress=False)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
+
+
+def test_resume_after_kill_equals_uninterrupted_run(model_dir, tmp_path):
+    # Longer than the other runs, so that the kill lands mid-stream.
+    uninterrupted = base_config(model_dir, str(tmp_path / "whole"), tokens=8000, checkpoint_every=1)
+    index(uninterrupted, progress=False)
+    out = tmp_path / "killed"
+    cfg = replace(uninterrupted, out=str(out))
+    args = _cli_args(cfg)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = out / "checkpoint.npz"
+    deadline = time.time() + 300
+    first = None
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            first = first or checkpoint.stat().st_mtime_ns
+            if checkpoint.stat().st_mtime_ns != first:  # a few checkpoints in: kill mid-run
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    done = subprocess.run([sys.executable, "-m", "indexer.cli", *_cli_args(replace(cfg, resume=True))],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_index(uninterrupted.out, str(out))
+
+
+def test_resume_needs_a_checkpoint_and_out_must_be_empty(model_dir, single_run, tmp_path):
+    from indexer.errors import IndexDirError
+
+    with pytest.raises(IndexDirError, match="not empty"):
+        index(base_config(model_dir, single_run), progress=False)
+    with pytest.raises(IndexDirError, match="already complete"):
+        index(base_config(model_dir, single_run, resume=True), progress=False)
+    with pytest.raises(IndexDirError, match="no checkpoint"):
+        index(base_config(model_dir, str(tmp_path / "fresh"), resume=True), progress=False)
+
+
+def test_torch_backend_gives_the_same_index(model_dir, single_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEUROSCOPE_RECORDER_BACKEND", "torch")
+    cfg = base_config(model_dir, str(tmp_path / "torch"))
+    index(cfg, progress=False)
+    assert_same_index(single_run, cfg.out, exact_floats=False)
+
+
+def _cli_args(cfg) -> list[str]:
+    return ["index", "--quiet", *cfg.to_argv()]

@@ -1,0 +1,104 @@
+"""The package layout: one-way imports between stages, read from the source with ``ast``.
+
+A package may import only the packages listed for it (and itself); ``config`` and ``errors``
+import nothing else of ``indexer``; the viewer sees only the API, the store and the errors;
+the store and the viewer never import torch. The rules are the README's "Architecture".
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from helpers.paths import ROOT
+
+BASE = {"indexer.config", "indexer.errors"}
+ALLOWED: dict[str, set[str]] = {
+    "indexer": set(),
+    "indexer.errors": set(),
+    "indexer.config": {"indexer.errors"},
+    "indexer.store": BASE,
+    "indexer.inputs": BASE,
+    "indexer.recorders": BASE,
+    "indexer.forward": BASE | {"indexer.inputs"},
+    "indexer.run": BASE | {"indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
+    "indexer.analyses": BASE | {"indexer.store", "indexer.inputs", "indexer.forward"},
+    "indexer.dist": BASE | {"indexer.run", "indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
+    "indexer.api": BASE | {"indexer.store"},
+    "indexer.cli": {"*"},
+    "viewer": {"indexer.api", "indexer.store", "indexer.errors", "indexer.config"},
+}
+NO_TORCH = ("indexer.store", "indexer.api", "indexer.config", "indexer.errors", "viewer")
+
+
+def unit_of(module: str) -> str:
+    """The layer a module belongs to: 'indexer.run.engine' -> 'indexer.run'."""
+    parts = module.split(".")
+    return parts[0] if parts[0] != "indexer" else ".".join(parts[:2])
+
+
+def modules() -> list[tuple[str, Path]]:
+    found = []
+    for top in ("indexer", "viewer"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("")
+            name = ".".join(p for p in rel.parts if p != "__init__")
+            found.append((name, path))
+    return found
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """Every absolute import in a module, with its line (``TYPE_CHECKING`` blocks included)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module))
+            if node.module == "indexer":  # `from indexer import store`
+                out += [(node.lineno, f"indexer.{alias.name}") for alias in node.names]
+    return out
+
+
+@pytest.mark.parametrize("name,path", modules(), ids=[m for m, _ in modules()])
+def test_imports_follow_the_layers(name, path):
+    unit = unit_of(name)
+    assert unit in ALLOWED, f"{name}: no layer rule for {unit}; add it to the README and ALLOWED"
+    allowed = ALLOWED[unit]
+    bad = []
+    for line, target in imports(path):
+        if target.split(".")[0] == "torch" and unit in NO_TORCH:
+            bad.append(f"line {line}: imports torch")
+        if target.split(".")[0] not in ("indexer", "viewer") or "*" in allowed:
+            continue
+        other = unit_of(target)
+        if other != unit and other not in allowed and target not in ("indexer",):
+            bad.append(f"line {line}: imports {target} ({other} is not below {unit})")
+    assert not bad, f"{path.relative_to(ROOT)}: " + "; ".join(bad)
+
+
+def test_no_module_uses_another_modules_private_names():
+    """``from x import _name`` and ``x._name`` across modules are refused."""
+    bad = []
+    for name, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(("indexer", "viewer")):
+                bad += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, bad
+
+
+def test_every_package_is_in_the_wheel_list():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("indexer", "viewer")
+             for p in (ROOT / top).rglob("__init__.py")}
+    assert found | {"neuroscope_data"} == listed
+
+
+def test_every_package_states_its_layer_rule():
+    for init in list((ROOT / "indexer").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "Layer rule" in doc, f"{init.relative_to(ROOT)} has no 'Layer rule' in its docstring"

@@ -1,0 +1,279 @@
+"""Recorders against plain brute force (sort everything), on both backends. Loads no model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.recorders import (
+    N_BINS,
+    FeatureRecorders,
+    QuantileSampler,
+    RecorderError,
+    Stats,
+    TopK,
+    estimate_edges,
+    hist_edges,
+)
+from indexer.recorders.hashing import feature_keys, priority_np, priority_t, seed_of, token_hash_t
+
+BACKENDS = ["numba", "torch"]
+K, PER_BIN, SALT = 4, 3, 7
+
+
+def make_batches(n_feat=24, n_batches=6, batch=5, n_pos=12, seed=0, ctx_base=0):
+    """Quantised values (many ties, negatives), varied lengths incl. BOS-only contexts."""
+    rng = np.random.default_rng(seed)
+    out, next_ctx = [], ctx_base
+    for _ in range(n_batches):
+        acts = rng.integers(-8, 9, size=(batch, n_pos, n_feat)).astype(np.float32) / 4  # [batch, pos, feat]
+        acts[:, :, 0] = 0.5  # a constant feature: ties everywhere
+        lengths = rng.integers(1, n_pos + 1, size=batch)
+        lengths[0] = 1
+        lengths[-1] = n_pos
+        ctx = next_ctx + np.cumsum(rng.integers(1, 4, size=batch))
+        next_ctx = int(ctx[-1]) + 1
+        out.append((torch.from_numpy(acts), torch.from_numpy(lengths), torch.from_numpy(ctx)))
+    return out
+
+
+def tokens(batches):
+    """All recorded tokens: values [tokens, feat], ctx [tokens], pos [tokens]."""
+    vals, ctx, pos = [], [], []
+    for acts, lengths, ctx_ids in batches:
+        for b in range(acts.shape[0]):
+            for t in range(1, int(lengths[b])):
+                vals.append(acts[b, t].numpy())
+                ctx.append(int(ctx_ids[b]))
+                pos.append(t)
+    return np.array(vals, np.float32), np.array(ctx, np.int64), np.array(pos, np.int64)
+
+
+def edges_for(batches, quantiles=(0.3, 0.5, 0.9)):
+    acts, lengths, _ = batches[0]
+    return estimate_edges(acts[:, 1:].reshape(-1, acts.shape[2]), quantiles).numpy()
+
+
+def brute_topk(batches, k):
+    vals, ctx, pos = tokens(batches)
+    n_feat = vals.shape[1]
+    best = {}  # (feature, ctx) -> (value, pos): the first position of the context's max
+    for v, c, p in zip(vals, ctx, pos):
+        for f in range(n_feat):
+            if (f, c) not in best or v[f] > best[f, c][0]:
+                best[f, c] = (v[f], p)
+    out_v = np.full((n_feat, k), -np.inf, np.float32)
+    out_c = np.full((n_feat, k), -1, np.int64)
+    out_p = np.full((n_feat, k), -1, np.int32)
+    for f in range(n_feat):
+        rows = sorted((-v, c, p) for (g, c), (v, p) in best.items() if g == f)[:k]
+        for i, (nv, c, p) in enumerate(rows):
+            out_v[f, i], out_c[f, i], out_p[f, i] = -nv, c, p
+    return out_v, out_c, out_p
+
+
+def brute_quantiles(batches, edges, per_bin, salt):
+    vals, ctx, pos = tokens(batches)
+    n_feat, n_bins = vals.shape[1], edges.shape[1] + 1
+    bins = (vals[:, :, None] >= edges[None]).sum(axis=2)  # [tokens, feat]
+    counts = np.zeros((n_feat, n_bins), np.int64)
+    samples = np.full((n_feat, n_bins, per_bin, 3), -1, np.int64)  # prio, ctx, pos
+    for f in range(n_feat):
+        prio = priority_np(salt, np.full(len(ctx), f), ctx, pos)
+        for q in range(n_bins):
+            idx = np.flatnonzero(bins[:, f] == q)
+            counts[f, q] = len(idx)
+            rows = sorted(zip(prio[idx], ctx[idx], pos[idx]))[:per_bin]
+            for i, row in enumerate(rows):
+                samples[f, q, i] = row
+    return counts, samples
+
+
+def brute_hist_bin(x):
+    """Bin from hist_edges by search: positive bins [lo, hi), negative (lo, hi]."""
+    e = hist_edges()
+    if abs(x) < e[65]:
+        return 64
+    side = "right" if x > 0 else "left"
+    return int(np.clip(np.searchsorted(e, x, side=side) - 1, 0, N_BINS - 1))
+
+
+def run(make, batches):
+    rec = make()
+    for batch in batches:
+        rec.update(*batch)
+    return rec
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_topk_matches_brute_force(backend):
+    batches = make_batches()
+    got = run(lambda: TopK(24, K, backend), batches).result()
+    for a, b in zip(got, brute_topk(batches, K)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_feat", [24, 150])
+def test_quantiles_match_brute_force(backend, n_feat):
+    batches = make_batches(n_feat=n_feat, n_batches=4)
+    edges = edges_for(batches)
+    rec = run(lambda: QuantileSampler(n_feat, edges, PER_BIN, SALT, backend), batches)
+    counts, want = brute_quantiles(batches, edges, PER_BIN, SALT)
+    np.testing.assert_array_equal(rec.counts(), counts)
+    s = rec.samples()
+    np.testing.assert_array_equal(s["prio"], np.where(want[..., 0] < 0, 2**32, want[..., 0]))
+    np.testing.assert_array_equal(s["ctx_id"], want[..., 1])
+    np.testing.assert_array_equal(s["pos"], want[..., 2])
+    np.testing.assert_array_equal((s["ctx_id"] >= 0).sum(axis=2), np.minimum(counts, PER_BIN))
+    lookup = {(int(c), int(p)): v for v, c, p in zip(*tokens(batches))}
+    for f, q, i in zip(*np.nonzero(s["ctx_id"] >= 0)):
+        value = lookup[int(s["ctx_id"][f, q, i]), int(s["pos"][f, q, i])][f]
+        assert s["value"][f, q, i] == value
+        assert int((value >= edges[f]).sum()) == q
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stats_match_brute_force(backend):
+    batches = make_batches()
+    batches[0][0][:, ::3, 3] = 300.0  # beyond the histogram's range
+    batches[1][0][:, ::2, 5] = -1e-5  # inside the zero bin
+    summary = run(lambda: Stats(24, backend), batches).summary()
+    vals, _, _ = tokens(batches)
+    np.testing.assert_array_equal(summary["n_tokens"], len(vals))
+    np.testing.assert_array_equal(summary["min"], vals.min(0))
+    np.testing.assert_array_equal(summary["max"], vals.max(0))
+    np.testing.assert_allclose(summary["frac_active"], (vals > 0).mean(0))
+    np.testing.assert_allclose(summary["mean"], vals.astype(np.float64).mean(0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(summary["std"], vals.astype(np.float64).std(0), rtol=1e-6, atol=1e-9)
+    hist = np.zeros((24, N_BINS), np.int64)
+    for row in vals:
+        for f, x in enumerate(row):
+            hist[f, brute_hist_bin(x)] += 1
+    np.testing.assert_array_equal(summary["hist"], hist)
+
+
+def test_hist_bins_match_edges():
+    x = np.concatenate([hist_edges(), hist_edges() * 1.0001, [0.0, -0.0, 1e-9, -1e-9, 1e6, -np.inf, np.inf]])
+    x = x.astype(np.float32)
+    rec = Stats(len(x), "numba")
+    rec.update(torch.from_numpy(np.stack([x, x]))[None], torch.tensor([2]), torch.tensor([0]))
+    assert [int(np.argmax(h)) for h in rec.summary()["hist"]] == [brute_hist_bin(v) for v in x]
+
+
+def everything(rec) -> dict[str, np.ndarray]:
+    """Every result of a recorder (or FeatureRecorders) as numpy arrays."""
+    if isinstance(rec, FeatureRecorders):
+        return {f"{p}.{k}": v for p in ("topk", "samples", "stats") for k, v in everything(getattr(rec, p)).items()}
+    if isinstance(rec, TopK):
+        return dict(zip(("vals", "ctxs", "poss"), rec.result()))
+    if isinstance(rec, QuantileSampler):
+        return {"counts": rec.counts(), **rec.samples()}
+    return rec.summary()
+
+
+def assert_same(a, b, exact=True):
+    ra, rb = everything(a), everything(b)
+    assert ra.keys() == rb.keys()
+    for key in ra:
+        if not exact and key.split(".")[-1] in ("mean", "std", "frac_active"):
+            np.testing.assert_allclose(ra[key], rb[key], rtol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(ra[key], rb[key], err_msg=key)
+
+
+def makers(backend, edges):
+    return [lambda: TopK(24, K, backend), lambda: QuantileSampler(24, edges, PER_BIN, SALT, backend),
+            lambda: Stats(24, backend), lambda: FeatureRecorders.create(24, edges, K, PER_BIN, SALT, backend)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_merge_equals_single_run(backend):
+    batches = make_batches(n_batches=7)
+    for make in makers(backend, edges_for(batches)):
+        whole = run(make, batches)
+        a, b = run(make, batches[:3]), run(make, batches[3:])
+        a.merge(b)
+        assert_same(a, whole, exact=False)
+        if isinstance(whole, TopK):  # the same contexts twice are kept once
+            again = run(make, batches)
+            again.merge(whole)
+            assert_same(again, whole)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("resume_backend", BACKENDS)
+def test_state_round_trip_continues_identically(backend, resume_backend, tmp_path):
+    batches = make_batches(n_batches=5)
+    for i, make in enumerate(makers(backend, edges_for(batches))):
+        whole = run(make, batches)
+        first = run(make, batches[:2])
+        np.savez(tmp_path / f"{i}.npz", **first.state())
+        with np.load(tmp_path / f"{i}.npz", allow_pickle=False) as saved:
+            resumed = type(first).from_state(dict(saved), backend=resume_backend)
+        for batch in batches[2:]:
+            resumed.update(*batch)
+        assert_same(resumed, whole, exact=backend == resume_backend)
+
+
+def test_backends_agree_and_fused_equals_separate():
+    batches = make_batches(n_batches=5, ctx_base=2**33 + 5)  # ctx ids beyond 32 bits
+    batches = [(a, l, c.flip(0)) for a, l, c in batches]  # ids need not increase
+    edges = edges_for(batches)
+    numba_runs = [run(m, batches) for m in makers("numba", edges)]
+    torch_runs = [run(m, batches) for m in makers("torch", edges)]
+    for a, b in zip(numba_runs, torch_runs):
+        assert_same(a, b, exact=False)
+    fused = numba_runs[3]
+    for part, separate in zip((fused.topk, fused.samples, fused.stats), numba_runs[:3]):
+        assert_same(part, separate)
+
+
+def test_priority_is_a_uniform_pure_function():
+    ctx = np.repeat(np.arange(2000, dtype=np.int64) * 1_000_003, 50)
+    pos = np.tile(np.arange(1, 51), 2000)
+    feat = np.arange(len(ctx)) % 3
+    prio = priority_np(SALT, feat, ctx, pos)
+    expected = len(prio) / 64
+    for shift in (26, 13, 0):  # top, middle and low bits
+        buckets = np.bincount((prio >> shift) & 63, minlength=64)
+        chi2 = ((buckets - expected) ** 2 / expected).sum()
+        assert chi2 < 120, (shift, chi2)  # 63 dof: mean 63, p(> 120) ~ 1e-5
+    keys = torch.from_numpy(feature_keys(3).astype(np.int64))
+    t = priority_t(token_hash_t(seed_of(SALT), torch.from_numpy(ctx), torch.from_numpy(pos)), keys)
+    np.testing.assert_array_equal(t[np.arange(len(ctx)), feat].numpy(), prio)
+    assert not np.array_equal(priority_np(SALT + 1, feat, ctx, pos), prio)
+
+
+def test_estimate_edges_matches_torch_quantile():
+    sample = torch.randn(1000, 7, dtype=torch.float64)
+    q = [0.5, 0.9, 0.99]
+    got = estimate_edges(sample, q, max_elements=3000)
+    want = torch.quantile(sample, torch.tensor(q, dtype=torch.float64), dim=0).T.float()
+    torch.testing.assert_close(got, want)
+    assert (got.diff(dim=1) >= 0).all()
+
+
+def test_bad_inputs_raise_recorder_error():
+    rec = TopK(4, 2)
+    with pytest.raises(RecorderError, match="acts shape"):
+        rec.update(torch.zeros(2, 3, 5), torch.tensor([3, 3]), torch.tensor([0, 1]))
+    with pytest.raises(RecorderError, match="lengths"):
+        rec.update(torch.zeros(2, 3, 4), torch.tensor([3, 4]), torch.tensor([0, 1]))
+    with pytest.raises(RecorderError, match="k differs"):
+        rec.merge(TopK(4, 3))
+    with pytest.raises(RecorderError, match="kind"):
+        Stats.from_state(rec.state())
+
+
+def test_torch_backend_in_small_steps(monkeypatch):
+    import indexer.recorders.quantiles as quantiles
+    import indexer.recorders.stats as stats
+
+    monkeypatch.setattr(quantiles, "ELEMENTS_PER_STEP", 24 * 7)
+    monkeypatch.setattr(stats, "ROWS_PER_STEP", 24 * 5)
+    batches = make_batches(n_batches=3)
+    edges = edges_for(batches)
+    for make_torch, make_numba in zip(makers("torch", edges)[1:3], makers("numba", edges)[1:3]):
+        assert_same(run(make_torch, batches), run(make_numba, batches), exact=False)
