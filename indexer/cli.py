@@ -51,10 +51,37 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     from indexer.store.query import format_result, run_sql
 
-    df, truncated = run_sql(args.dir, args.query, limit=args.limit, timeout_s=args.timeout)
+    query = args.query if args.arg is None else f"{args.query} {args.arg}"
+    df, truncated = run_sql(args.dir, query, limit=args.limit, timeout_s=args.timeout)
     print(format_result(df, args.format))
     if truncated:
         print(f"(truncated at {args.limit} rows; use --limit)", file=sys.stderr)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from indexer.analyses.common import Options
+    from indexer.analyses.runner import analyze
+
+    options = Options(device=args.device, dtype=args.dtype, top_ranks=args.top_ranks,
+                      keep_fraction=args.keep_fraction, sample_tokens=args.sample_tokens, progress=not args.quiet)
+    report = analyze(args.dir, only=args.only, force=args.force, options=options)
+    for name, r in report.items():
+        extra = "(already done; --force to redo)" if r["status"] == "skipped" else f"in {r['seconds']:.1f} s"
+        print(f"{name}: {r['status']} {extra}  rows: {r.get('rows', {})}")
+    return 0
+
+
+def cmd_regex(args: argparse.Namespace) -> int:
+    import json
+
+    from indexer.analyses.common import Options
+    from indexer.analyses.regex import check
+
+    result = check(args.dir, args.layer, args.neuron, args.pattern, site=args.site, threshold=args.threshold,
+                   sample_tokens=args.sample_tokens, time_limit_s=args.time_limit,
+                   options=Options(device=args.device, progress=not args.quiet))
+    print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -149,21 +176,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=cmd_merge)
 
-    p = sub.add_parser("analyze", help="minimal examples, regex, trigram, flags, logit effects")
+    p = sub.add_parser("analyze", help="minimal examples, regex, trigram, flags, logit effects, site agreement")
     p.add_argument("dir")
-    p.add_argument("--only", default="minimal,regex,trigram,flags,logits")
-    p.set_defaults(run=_later("analyze"))
+    p.add_argument("--only", default="all", help="comma list of minimal,regex,trigram,flags,logits,agreement (default: all)")
+    p.add_argument("--force", action="store_true", help="redo analyses already done")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--top-ranks", type=int, default=5, help="top examples per neuron re-run by minimal and trigram (default: 5)")
+    p.add_argument("--keep-fraction", type=float, default=0.5, help="minimal examples keep this share of the activation")
+    p.add_argument("--sample-tokens", type=int, default=100_000, help="tokens the regex library is scored on")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_analyze)
 
     p = sub.add_parser("regex", help="how well a regex explains a neuron (JSON metrics)")
     p.add_argument("dir")
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--neuron", type=int, required=True)
-    p.add_argument("--pattern", required=True)
-    p.set_defaults(run=_later("regex"))
+    p.add_argument("--pattern", required=True, help="RE2 syntax runs in linear time; others run on Python's re under --time-limit")
+    p.add_argument("--site", default=None, help="neuron site (default: the layer's output site, e.g. mlp_post)")
+    p.add_argument("--threshold", type=float, default=None, help="active means > this (default: half the neuron's max)")
+    p.add_argument("--sample-tokens", type=int, default=50_000, help="tokens of stored contexts re-run (default: 50000)")
+    p.add_argument("--time-limit", type=float, default=10.0, help="seconds a non-RE2 pattern may run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_regex)
 
     p = sub.add_parser("sql", help="run a read-only SQL query (or a canned query name) on an index")
     p.add_argument("dir")
     p.add_argument("query", help="SQL, or a canned query name such as dead-neurons")
+    p.add_argument("arg", nargs="?", default=None, help="the argument of a canned query that takes one (token-neurons ' dog')")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--limit", type=int, default=1000, help="row cap (default: 1000)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before the query is stopped")

@@ -24,7 +24,8 @@ def _head_kind_query(column: str) -> tuple[str, str]:
 CANNED: dict[str, tuple[str, str]] = {
     "dead-neurons": (
         f"neurons that never fire (frac_active = 0 or max <= {DEAD_EPS:g}); score = max, lowest first",
-        f"""SELECT site, layer, neuron, "max" AS score, frac_active, n_tokens
+        f"""SELECT site, layer, neuron, "max" AS score, frac_active, n_tokens,
+  printf('largest activation %.3g over %d tokens', "max", n_tokens) AS reason
 FROM neurons
 WHERE frac_active = 0 OR "max" <= {DEAD_EPS!r}
 ORDER BY score ASC, layer, neuron""",
@@ -36,24 +37,96 @@ FROM neurons
 ORDER BY score DESC, layer, neuron""",
     ),
     "trigram-neurons": (
-        "neurons explained by a trigram, with their best one (needs `neuroscope analyze`)",
-        """SELECT site, layer, neuron, score, prev_token_str, token_str
+        "neurons that need both the previous and the current token (a causal test); score = pair share x "
+        "(1 - survival without the previous token) x (1 - without the current) x (survival without the one before)",
+        """SELECT site, layer, neuron, score, prev_token_str, token_str,
+  printf('fires on %s%s: %.0f%% of top examples; keeps %.0f%% without the previous token, %.0f%% without the current one',
+         prev_token_str, token_str, 100 * pair_share, 100 * prev_survival, 100 * current_survival) AS reason
 FROM trigram_scores
 QUALIFY row_number() OVER (PARTITION BY site, layer, neuron ORDER BY score DESC) = 1
 ORDER BY score DESC, layer, neuron""",
     ),
     "base64-neurons": (
-        "neurons that fire on base64 text; score = F1 of the base64 regex (needs `neuroscope analyze`)",
-        """SELECT site, layer, neuron, f1 AS score, "precision", recall, pattern
+        "neurons that fire inside base64 runs; score = F1 of the base64 regex x share of top examples inside a run",
+        """SELECT site, layer, neuron, f1 * coalesce(top_fraction, 1) AS score, "precision", recall, top_fraction,
+  printf('base64 regex F1 %.2f; %.0f%% of top examples inside a base64 run', f1, 100 * coalesce(top_fraction, 0)) AS reason
 FROM regex_scores
 WHERE pattern_name = 'base64'
 ORDER BY score DESC, layer, neuron""",
     ),
+    "regex-neurons": (
+        "the best named pattern of each neuron whose F1 is at least 0.5; score = F1",
+        """SELECT site, layer, neuron, f1 AS score, pattern_name, "precision", recall, correlation,
+  printf('%s: precision %.2f, recall %.2f', pattern_name, "precision", recall) AS reason
+FROM regex_scores
+WHERE f1 >= 0.5
+QUALIFY row_number() OVER (PARTITION BY site, layer, neuron ORDER BY f1 DESC, pattern_name) = 1
+ORDER BY score DESC, layer, neuron""",
+    ),
+    "dense-neurons": (
+        "neurons flagged dense: active on a large share of all tokens; score = share of tokens active",
+        """SELECT site, layer, neuron, score, detail AS reason
+FROM flags
+WHERE flag = 'dense'
+ORDER BY score DESC, layer, neuron""",
+    ),
     "polysemantic-neurons": (
-        "neurons flagged polysemantic (needs `neuroscope analyze`)",
-        """SELECT site, layer, neuron, score, detail
+        "neurons whose strong examples fall into two or more unrelated groups within a corpus; "
+        "score = share of those examples outside the largest group (needs `neuroscope analyze`)",
+        """SELECT site, layer, neuron, score, detail AS reason
 FROM flags
 WHERE flag = 'polysemantic'
+ORDER BY score DESC, layer, neuron""",
+    ),
+    "illusion-neurons": (
+        "neurons that look monosemantic within each corpus but whose groups differ between corpora; "
+        "score = share of strong examples outside the largest group overall",
+        """SELECT site, layer, neuron, score, detail AS reason
+FROM flags
+WHERE flag = 'illusion'
+ORDER BY score DESC, layer, neuron""",
+    ),
+    "logit-agreement": (
+        "neurons whose output boosts the tokens that follow their top examples; score = mean percentile "
+        "of those tokens among the neuron's logit effects (0.5 = chance)",
+        """SELECT site, layer, neuron, score, top10_hit_rate,
+  printf('next tokens of %d top examples sit at the %.0fth percentile of the boosts; %.0f%% in the top 10',
+         n_examples, 100 * score, 100 * top10_hit_rate) AS reason
+FROM logit_agreement
+ORDER BY score DESC, layer, neuron""",
+    ),
+    "site-agreement": (
+        "per neuron, how many top-k contexts two indexed sites of its layer share (SoLU: pre, mid, post); "
+        "least consistent first; score = overlap",
+        """SELECT site_a || '~' || site_b AS site, layer, neuron, top_k_overlap AS score, site_a, site_b,
+  printf('%s and %s share %.0f%% of their top-%d contexts', site_a, site_b, 100 * top_k_overlap, k) AS reason
+FROM site_agreement
+ORDER BY score ASC, layer, neuron, site_a, site_b""",
+    ),
+    "token-neurons": (
+        "token-neurons TOKEN: neurons whose top examples are mostly TOKEN; score = that share, times the "
+        "activation kept when the previous token is replaced (if the trigram analysis ran)",
+        """SELECT site, layer, neuron,
+  avg(CASE WHEN token_str = $token OR trim(token_str) = trim($token) THEN 1.0 ELSE 0.0 END)
+    * least(coalesce(any_value(prev_survival), 1.0), 1.0) AS score,
+  printf('%d of %d top examples are the token; %s', CAST(sum(CASE WHEN token_str = $token OR trim(token_str) = trim($token) THEN 1 ELSE 0 END) AS INTEGER),
+         CAST(count(*) AS INTEGER),
+         CASE WHEN any_value(prev_survival) IS NULL THEN 'no trigram test yet'
+              ELSE printf('%.0f%% kept without the previous token', 100 * any_value(prev_survival)) END) AS reason
+FROM examples LEFT JOIN (SELECT site, layer, neuron, max(prev_survival) AS prev_survival FROM trigram_scores GROUP BY ALL)
+  USING (site, layer, neuron)
+WHERE kind = 'top'
+GROUP BY site, layer, neuron
+HAVING sum(CASE WHEN token_str = $token OR trim(token_str) = trim($token) THEN 1 ELSE 0 END) > 0
+ORDER BY score DESC, layer, neuron""",
+    ),
+    "top-neurons-for-token": (
+        "top-neurons-for-token TOKEN: neurons with the largest activation on TOKEN among their examples; score = that activation",
+        """SELECT site, layer, neuron, max(activation) AS score,
+  printf('max %.3g on %s (%d examples on it)', max(activation), any_value(token_str), CAST(count(*) AS INTEGER)) AS reason
+FROM examples
+WHERE token_str = $token OR trim(token_str) = trim($token)
+GROUP BY site, layer, neuron
 ORDER BY score DESC, layer, neuron""",
     ),
     "head-scores": (
@@ -65,3 +138,7 @@ ORDER BY score DESC, layer, head, kind""",
     ),
     **{f"{c.replace('_', '-')}-heads": _head_kind_query(c) for c in _HEAD_SCORE_COLUMNS},
 }
+
+
+# Canned queries that take one argument (``NAME ARG``), bound as the named parameter here.
+PARAMETERS: dict[str, str] = {"token-neurons": "token", "top-neurons-for-token": "token"}

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from indexer.store.canned import CANNED
+from indexer.store.canned import CANNED, PARAMETERS
 from indexer.errors import IndexDirError, QueryError, QueryTimeout, one_line
 from indexer.store.schema import TABLES, Table
 from indexer.store.manifest import read_manifest
@@ -110,8 +110,24 @@ def check_read_only(query: str) -> str:
 
 def resolve(query: str) -> str:
     """The SQL of a canned query name, or ``query`` itself."""
+    return resolve_params(query)[0]
+
+
+def resolve_params(query: str) -> tuple[str, dict | None]:
+    """(SQL, parameters) of a canned query, ``NAME`` or ``NAME ARG`` for one that takes an
+    argument (everything after the first space, kept as is: ``token-neurons  dog`` asks for
+    ``' dog'``); any other text is returned as SQL with no parameters.
+
+    >>> resolve_params("token-neurons  dog")[1]
+    {'token': ' dog'}
+    """
+    name, _, arg = query.lstrip().partition(" ")
+    if name in PARAMETERS and name in CANNED and (arg or query.strip() == name):
+        if not arg:
+            raise QueryError(f"the canned query {name} needs an argument: {name} {PARAMETERS[name].upper()}")
+        return CANNED[name][1], {PARAMETERS[name]: arg}
     canned = CANNED.get(query.strip())
-    return canned[1] if canned else query
+    return (canned[1], None) if canned else (query, None)
 
 
 def run_sql(
@@ -125,7 +141,9 @@ def run_sql(
 
     ``limit=None`` fetches every row; ``timeout_s=None`` waits as long as it takes.
     """
-    sql = check_read_only(resolve(query))
+    resolved, canned_params = resolve_params(query)
+    sql = check_read_only(resolved)
+    params = canned_params if params is None and canned_params is not None else params
     if isinstance(dir_or_conn, duckdb.DuckDBPyConnection):
         return _run(dir_or_conn, sql, params, limit, timeout_s)
     conn = open_index(dir_or_conn)

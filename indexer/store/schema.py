@@ -283,6 +283,9 @@ class RegexScores(_NeuronKey):
     precision: float
     recall: float
     f1: float
+    correlation: float | None = None  # of the activation with the match (0/1), over the sample
+    threshold: float | None = None  # "active" means activation > threshold
+    top_fraction: float | None = None  # share of the neuron's top examples where the pattern matches
 
 
 @_table
@@ -292,6 +295,11 @@ class TrigramScores(_NeuronKey):
     score: float
     prev_token_str: str
     token_str: str
+    pair_share: float | None = None  # share of top examples on the (prev, current) pair
+    prev_survival: float | None = None  # activation kept when the previous token is replaced
+    current_survival: float | None = None  # ... when the current token is replaced
+    back_survival: float | None = None  # ... when the token before the previous one is replaced
+    n_examples: int | None = None
 
 
 @_table
@@ -303,6 +311,20 @@ class MinimalExamples(_NeuronKey):
     length: Int32
     kept_fraction: float  # activation on the cut text / activation on the full context
     ctx_id: int | None = None
+    pos: Int32 | None = None  # context position of the example's token (the cut's last token)
+    text: str | None = None  # the cut text
+    found: bool | None = None  # whether some cut up to the longest tried kept enough
+
+
+@_table
+class MinimalSummary(_NeuronKey):
+    """Per neuron: how often truncating a top example keeps its activation."""
+
+    NAME: ClassVar[str] = "minimal_summary"
+    LOCATION: ClassVar[str] = "analyses/minimal_summary"
+    n_examples: Int32
+    frac_within_8: float  # share of examples whose minimal cut has <= 8 tokens
+    median_length: float
 
 
 @_table
@@ -318,6 +340,34 @@ class LogitEffects(Table):
     value: float
 
 
+@_table
+class LogitAgreement(Table):
+    """Per neuron: do the tokens its output boosts follow its top examples?"""
+
+    NAME: ClassVar[str] = "logit_agreement"
+    LOCATION: ClassVar[str] = "analyses/logit_agreement"
+    layer: Int32
+    neuron: Int32
+    site: str  # the site whose top examples were compared
+    score: float  # mean percentile of the next tokens in the neuron's logit effects (0.5 = chance)
+    top10_hit_rate: float  # share of next tokens among the 10 most boosted
+    n_examples: Int32
+
+
+@_table
+class SiteAgreement(Table):
+    """Per neuron and pair of indexed sites of its layer: how many top-k contexts they share."""
+
+    NAME: ClassVar[str] = "site_agreement"
+    LOCATION: ClassVar[str] = "analyses/site_agreement"
+    layer: Int32
+    neuron: Int32
+    site_a: str
+    site_b: str
+    top_k_overlap: float  # |contexts of A ∩ contexts of B| / k
+    k: Int32 | None = None
+
+
 TABLES: tuple[type[Table], ...] = (
     Vocab,
     Contexts,
@@ -331,5 +381,8 @@ TABLES: tuple[type[Table], ...] = (
     TrigramScores,
     MinimalExamples,
     LogitEffects,
+    MinimalSummary,
+    LogitAgreement,
+    SiteAgreement,
 )
 BY_NAME: dict[str, type[Table]] = {t.NAME: t for t in TABLES}

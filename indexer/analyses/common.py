@@ -1,0 +1,211 @@
+"""What every analysis works from: the index (manifest, SQL, contexts, vocab), the model it was
+made with (loaded lazily from the manifest's model spec), and batched forward passes that read
+the neuron sites at the last token of many short sequences.
+
+Sites are never named here: the neuron sites are the manifest's sites other than the head
+metrics, so renamed or added MLP sites are analysed as they come.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.errors import IndexDirError
+from indexer.store.manifest import read_manifest
+from indexer.store.query import open_index, run_sql
+
+HEAD_SITE = "heads"  # the one site that is not a neuron site (its features are head metrics)
+TOKENS_PER_BATCH = 8192  # padded tokens per forward pass of the short-sequence batches
+
+
+@dataclass
+class Options:
+    """Knobs shared by the analyses (the CLI fills them; defaults fit the 1M-token demo).
+
+    Attributes:
+      device: where the model runs ('cpu', 'cuda', 'auto').
+      dtype: 'float32' or 'bfloat16' (autocast) for the re-run forward passes.
+      top_ranks: top examples per neuron that minimal examples and the trigram test re-run.
+      keep_fraction: minimal examples keep at least this fraction of the activation.
+      sample_tokens: tokens of the contexts table the regex library is scored on.
+      progress: show tqdm bars on stderr.
+    """
+
+    device: str = "auto"
+    dtype: str = "float32"
+    top_ranks: int = 5
+    keep_fraction: float = 0.5
+    sample_tokens: int = 100_000
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class IndexContext:
+    """An index opened for analysis."""
+
+    def __init__(self, root: Path | str, options: Options | None = None):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        if self.manifest.get("status") != "complete":
+            raise IndexDirError(f"{self.root}: the index is not complete (status {self.manifest.get('status')!r}); finish or resume it first")
+        self.options = options or Options()
+        self.conn = open_index(self.root)
+
+    def sql(self, query: str, params: Any = None):
+        """Rows of a read-only query as a DataFrame (no row cap, no time limit: our own SQL)."""
+        df, _ = run_sql(self.conn, query, params=params, limit=None, timeout_s=None)
+        return df
+
+    @cached_property
+    def neuron_sites(self) -> list[dict]:
+        """The manifest's neuron sites, in firing order: dicts with name, layer, n_features."""
+        return [s for s in self.manifest.get("sites", []) if s["name"] != HEAD_SITE]
+
+    def sites_of_layer(self, layer: int) -> list[str]:
+        return [s["name"] for s in self.neuron_sites if s["layer"] == layer]
+
+    def output_site(self, layer: int) -> str | None:
+        """The site whose features W_out reads: the last MLP site to fire in the layer."""
+        names = self.sites_of_layer(layer)
+        return names[-1] if names else None
+
+    @cached_property
+    def vocab(self) -> np.ndarray:
+        df = self.sql("SELECT token_id, token_str FROM vocab ORDER BY token_id")
+        out = np.empty(int(df.token_id.max()) + 1 if len(df) else 0, dtype=object)
+        out[df.token_id.to_numpy()] = df.token_str.to_numpy()
+        return out
+
+    def contexts(self, ctx_ids: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+        """ctx_id -> token ids as the model saw them (BOS first)."""
+        if ctx_ids is None:
+            df = self.sql("SELECT ctx_id, token_ids FROM contexts")
+        else:
+            ids = sorted({int(c) for c in ctx_ids})
+            df = self.sql("SELECT ctx_id, token_ids FROM contexts WHERE ctx_id IN (SELECT unnest($ids))", {"ids": ids})
+        return {int(c): np.asarray(t, np.int64) for c, t in zip(df.ctx_id, df.token_ids)}
+
+    @cached_property
+    def model(self) -> Any:
+        from indexer.forward.runner import resolve_device
+        from indexer.inputs.models import load_model
+
+        spec = self.manifest.get("config", {}).get("model") or self.manifest.get("model", {}).get("name")
+        if not spec:
+            raise IndexDirError(f"{self.root}: the manifest names no model to re-run")
+        return load_model(spec, device=resolve_device(self.options.device))
+
+    def bar(self, total: int, desc: str, unit: str = "seq"):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                    disable=not self.options.progress, smoothing=0.05)
+
+    def last_token_acts(self, sequences: Sequence[np.ndarray], layers: Sequence[int], desc: str) -> dict[tuple[str, int], np.ndarray]:
+        """Each neuron site of ``layers`` read at the last token of every sequence:
+        (site, layer) -> [sequence, neuron] float32. Sequences are batched by length."""
+        forward, plan = self._forward(layers)
+        order = np.argsort([-len(s) for s in sequences], kind="stable")  # longest first: width = first row
+        out = {(s.name, s.layer): np.zeros((len(sequences), s.n_features), np.float32) for s in plan}
+        bar = self.bar(len(sequences), desc)
+        i = 0
+        while i < len(order):
+            width = len(sequences[order[i]])
+            rows = order[i : i + max(1, TOKENS_PER_BATCH // max(1, width))]
+            feats = forward(self._batch([sequences[r] for r in rows], width))
+            last = np.array([len(sequences[r]) - 1 for r in rows])
+            for site, acts in feats.items():
+                out[(site.name, site.layer)][rows] = acts[np.arange(len(rows)), last].cpu().numpy()
+            i += len(rows)
+            bar.update(len(rows))
+        bar.close()
+        return out
+
+    def resumable_last_token_acts(self, name: str, sequences: Sequence[np.ndarray], layers: Sequence[int],
+                                  desc: str, chunk: int = 16384) -> dict[tuple[str, int], np.ndarray]:
+        """``last_token_acts`` in chunks, each saved under ``analyses/_partial/NAME/`` as it
+        finishes, so a killed analysis resumes where it stopped (the runner clears the folder)."""
+        from indexer.store.writer import atomic_write_bytes
+
+        folder = partial_dir(self.root, name)
+        parts: list[dict[tuple[str, int], np.ndarray]] = []
+        for n, start in enumerate(range(0, len(sequences), chunk)):
+            digest = hashlib.sha1(b"".join(np.asarray(q, np.int64).tobytes() + b"|" for q in sequences[start : start + chunk]))
+            path = folder / f"chunk-{n:05d}-{digest.hexdigest()[:16]}.npz"  # other inputs: other names
+            if path.is_file():
+                with np.load(path) as saved:
+                    parts.append({tuple(k.split("/")[:1]) + (int(k.split("/")[1]),): saved[k] for k in saved.files})
+                continue
+            acts = self.last_token_acts(sequences[start : start + chunk], layers, f"{desc} {n + 1}/{-(-len(sequences) // chunk)}")
+            buffer = io.BytesIO()
+            np.savez(buffer, **{f"{site}/{layer}": a for (site, layer), a in acts.items()})
+            atomic_write_bytes(path, buffer.getvalue())
+            parts.append(acts)
+        if not parts:
+            return {}
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+    def all_token_acts(self, sequences: Sequence[np.ndarray], layers: Sequence[int], desc: str):
+        """Yield (index, {(site, layer): [len, neuron] float32}) for every sequence, batched."""
+        forward, plan = self._forward(layers)
+        bar = self.bar(sum(len(s) for s in sequences), desc, unit="tok")
+        width = max((len(s) for s in sequences), default=1)
+        take = max(1, TOKENS_PER_BATCH // width)
+        for i in range(0, len(sequences), take):
+            chunk = sequences[i : i + take]
+            feats = {(s.name, s.layer): a.cpu().numpy() for s, a in forward(self._batch(chunk, width)).items()}
+            for j, seq in enumerate(chunk):
+                yield i + j, {k: v[j, : len(seq)] for k, v in feats.items()}
+            bar.update(sum(len(s) for s in chunk))
+        bar.close()
+
+    def _forward(self, layers: Sequence[int]):
+        from indexer.forward.runner import SiteForward
+        from indexer.forward.sites import Site
+
+        wanted = set(layers)
+        plan = [Site(s["name"], s["layer"], s["n_features"]) for s in self.neuron_sites if s["layer"] in wanted]
+        if not plan:
+            raise IndexDirError(f"{self.root}: no neuron site of layer(s) {sorted(wanted)} was indexed")
+        return SiteForward(self.model, plan, self.options.dtype), plan
+
+    def _batch(self, sequences: Sequence[np.ndarray], width: int):
+        import torch
+
+        from indexer.forward.runner import Batch
+
+        bos = self.model.info.bos_token_id
+        tokens = np.full((len(sequences), width), bos, np.int64)
+        for row, seq in enumerate(sequences):
+            tokens[row, : len(seq)] = seq
+        device = str(next(self.model.bridge.parameters()).device)
+        lengths = torch.tensor([len(s) for s in sequences])
+        return Batch(tokens=torch.from_numpy(tokens).to(device), lengths=lengths, ctx_ids=lengths * 0, contexts=[])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def partial_dir(root: Path, name: str) -> Path:
+    """Where an unfinished analysis keeps its finished chunks."""
+    return Path(root) / "analyses" / "_partial" / name
+
+
+def top_examples(ix: IndexContext, ranks: int, kinds: str = "'top'") -> Any:
+    """The top examples of rank < ``ranks`` of every neuron site with a positive activation."""
+    return ix.sql(
+        f"""SELECT site, layer, neuron, kind, bin, rank, activation, corpus, ctx_id, pos, token_id, token_str,
+                   prev_token_str
+            FROM examples WHERE kind IN ({kinds}) AND rank < $ranks AND activation > 0
+            ORDER BY site, layer, neuron, kind, bin, rank""",
+        {"ranks": ranks},
+    )

@@ -1,0 +1,109 @@
+"""Logit effects: the tokens a neuron's output directly boosts and suppresses, W_out[n] @ W_U.
+
+Method (the direct path only, whatever the number of layers). The bridge's weights are raw,
+so the final normalisation is folded in as TransformerLens's ``fold_ln`` and
+``center_unembed`` do:
+
+- LayerNorm (``LN``, ``LNPre``) first subtracts the mean of the residual, so the part of
+  W_out[n] along the all-ones direction never reaches the logits: W_out[n] is centred
+  (``center_writing_weights``). RMSNorm does not centre, so neither do we.
+- The final norm's scale ``w`` multiplies each residual dimension: W_U' = diag(w) @ W_U
+  (its bias adds the same to every neuron and is dropped).
+- Softmax ignores a constant added to every logit: each row of W_U' is centred over the
+  vocabulary (``center_unembed``).
+
+effect[n] = centred(W_out[n]) @ W_U', up to the positive per-token norm scale (1/rms of the
+residual), which changes no ranking. ``logit_effects`` holds the top 10 up and down tokens.
+
+Agreement: for each neuron, the tokens that follow its top examples (in the index's contexts,
+at the output site of its layer) are looked up in its effect row: score = mean percentile of
+those tokens among all tokens (0.5 = chance, 1 = always the most boosted), and
+top10_hit_rate = share of them among the 10 most boosted. Table ``logit_agreement``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from indexer.analyses.common import IndexContext
+from indexer.store.schema import LogitAgreement, LogitEffects
+
+NAME = "logits"
+TABLES = (LogitEffects, LogitAgreement)
+TOP = 10
+
+
+def folded_unembed(bridge: Any):
+    """W_U with the final norm's scale folded in and centred over the vocab [d_model, vocab],
+    and whether the norm centres the residual (so writers must be centred too)."""
+    w_u = bridge.W_U.detach().float()
+    kind = str(getattr(bridge.cfg, "normalization_type", None) or "")
+    ln = getattr(bridge, "ln_final", None)
+    scale = None
+    if ln is not None:
+        params = dict(ln.named_parameters())
+        scale = next((p for name, p in params.items() if name.endswith("weight")), None)
+    if scale is not None:
+        w_u = scale.detach().float()[:, None] * w_u
+    w_u = w_u - w_u.mean(dim=1, keepdim=True)
+    return w_u, kind in ("LN", "LNPre")
+
+
+def effects(bridge: Any, layer: int):
+    """[d_mlp, vocab] direct logit effect of every neuron of ``layer``."""
+    w_u, centre = folded_unembed(bridge)
+    w_out = bridge.blocks[layer].mlp.W_out.detach().float()  # [d_mlp, d_model]
+    if centre:
+        w_out = w_out - w_out.mean(dim=1, keepdim=True)
+    return w_out @ w_u
+
+
+def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
+    import torch
+
+    bridge = ix.model.bridge
+    rows: dict[str, list] = {c: [] for c in LogitEffects.columns()}
+    agree: dict[str, list] = {c: [] for c in LogitAgreement.columns()}
+    layers = sorted({s["layer"] for s in ix.neuron_sites})
+    bar = ix.bar(len(layers), "logit effects", unit="layer")
+    for layer in layers:
+        with torch.inference_mode():
+            eff = effects(bridge, layer).cpu()  # [d_mlp, vocab]
+        d_mlp = eff.shape[0]
+        for direction, values in (("up", eff), ("down", -eff)):
+            top = torch.topk(values, TOP, dim=1)
+            ids = top.indices.numpy()
+            vals = eff.gather(1, top.indices).numpy()
+            for col, v in (("layer", np.full(ids.size, layer)), ("neuron", np.repeat(np.arange(d_mlp), TOP)),
+                           ("direction", [direction] * ids.size), ("rank", np.tile(np.arange(TOP), d_mlp)),
+                           ("token_id", ids.ravel()), ("token_str", ix.vocab[ids.ravel()].tolist()),
+                           ("value", vals.ravel())):
+                rows[col] += list(v)
+        _agreement(ix, layer, eff.numpy(), agree)
+        bar.update(1)
+    bar.close()
+    return {LogitEffects: rows, LogitAgreement: agree}
+
+
+def _agreement(ix: IndexContext, layer: int, eff: np.ndarray, out: dict[str, list]) -> None:
+    site = ix.output_site(layer)
+    ex = ix.sql("SELECT neuron, ctx_id, pos FROM examples WHERE kind = 'top' AND site = $s AND layer = $l AND activation > 0",
+                {"s": site, "l": layer})
+    contexts = ix.contexts(ex.ctx_id)
+    ordered = np.sort(eff, axis=1)
+    top_ids = np.argsort(-eff, axis=1)[:, :TOP]
+    per: dict[int, list[tuple[float, bool]]] = {}
+    for n, c, p in zip(ex.neuron, ex.ctx_id, ex.pos):
+        tokens = contexts.get(int(c))
+        if tokens is None or p + 1 >= len(tokens):
+            continue
+        nxt = int(tokens[p + 1])
+        pct = np.searchsorted(ordered[n], eff[n, nxt], side="left") / (eff.shape[1] - 1)
+        per.setdefault(int(n), []).append((float(pct), nxt in top_ids[n]))
+    for n, got in sorted(per.items()):
+        pct, hit = zip(*got)
+        for col, v in (("layer", layer), ("neuron", n), ("site", site), ("score", float(np.mean(pct))),
+                       ("top10_hit_rate", float(np.mean(hit))), ("n_examples", len(got))):
+            out[col].append(v)
