@@ -6,13 +6,14 @@ that exercises them: the answer key for the analyses (indexer.analyses).
 No LayerNorm, ReLU MLP. The residual stream is one-hot: dims 0..N_CTX-1 hold the position, the
 rest named features (``FEATURES``). The one attention head attends to the previous token
 (query = position p, key = position k + 1, scaled so softmax is one-hot) and copies two
-features of that token into ``prev_ice`` and ``prev_b64``. The neurons:
+features of that token into ``prev_ice`` and ``prev_b64``; a second head attends evenly to
+every token so far and writes the share of base64-like tokens into ``avg_b64``. The neurons:
 
 ===  ===========  ==========================================================================
 0    token        ``' dog'``
 1    trigram      ``' cream'`` only right after ``' ice'`` (not after ``' whipped'``)
 2    base64       a base64-like fragment (no leading space, only ``[A-Za-z0-9+/=]``) right
-                  after another one
+                  after another one, stronger the more of the text so far is like that
 3    digit        any token whose text ends with a digit
 4    polysemantic ``' king'`` and ``' table'`` (both in both corpora)
 5    illusion     ``' moon'`` (only in the web corpus) and ``' import'`` (only in code)
@@ -26,6 +27,7 @@ them as tokens 8192 and 8193 (two BPE merges), so ``' ice cream'`` is two tokens
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from pathlib import Path
@@ -35,11 +37,11 @@ import numpy as np
 N_CTX = 64
 D_VOCAB = 8194
 NEURONS = {"token": 0, "trigram": 1, "base64": 2, "digit": 3, "polysemantic": 4, "illusion": 5, "dead": 6, "dense": 7}
-FEATURES = ["dog", "ice", "cream", "b64", "digit", "king", "table", "moon", "import", "prev_ice", "prev_b64"]
+FEATURES = ["dog", "ice", "cream", "b64", "digit", "king", "table", "moon", "import", "prev_ice", "prev_b64", "avg_b64"]
 D_MODEL = N_CTX + len(FEATURES) + 1
 B64_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 CONFIG = dict(
-    d_model=D_MODEL, d_head=N_CTX, n_heads=1, n_layers=1, n_ctx=N_CTX, d_vocab=D_VOCAB, d_mlp=len(NEURONS),
+    d_model=D_MODEL, d_head=N_CTX, n_heads=2, n_layers=1, n_ctx=N_CTX, d_vocab=D_VOCAB, d_mlp=len(NEURONS),
     act_fn="relu", normalization_type=None, positional_embedding_type="standard", seed=0,
 )
 
@@ -81,19 +83,23 @@ def build_bridge(tokenizer):
         state["embed.weight"][ids, _dim(feature)] = 1.0
     state["pos_embed.weight"][:, :N_CTX] = torch.eye(N_CTX)
     # Query p . key k = 1 iff k = p - 1; 40 per unit after TL's 1/sqrt(d_head) scale: one-hot softmax.
-    state["blocks.0.attn.q.weight"][:, :N_CTX] = torch.eye(N_CTX) * 40 * N_CTX**0.5
-    state["blocks.0.attn.k.weight"][1:, : N_CTX - 1] = torch.eye(N_CTX - 1)
+    # Head 0 (rows 0..N_CTX-1); head 1 has zero query and key: even attention over the prefix.
+    state["blocks.0.attn.q.weight"][:N_CTX, :N_CTX] = torch.eye(N_CTX) * 40 * N_CTX**0.5
+    state["blocks.0.attn.k.weight"][1:N_CTX, : N_CTX - 1] = torch.eye(N_CTX - 1)
     state["blocks.0.attn.v.weight"][0, _dim("ice")] = 1.0
     state["blocks.0.attn.v.weight"][1, _dim("b64")] = 1.0
+    state["blocks.0.attn.v.weight"][N_CTX, _dim("b64")] = 1.0
     state["blocks.0.attn.o.weight"][_dim("prev_ice"), 0] = 1.0
     state["blocks.0.attn.o.weight"][_dim("prev_b64"), 1] = 1.0
+    state["blocks.0.attn.o.weight"][_dim("avg_b64"), N_CTX] = 1.0
     w_in, b_in = state["blocks.0.mlp.in.weight"], state["blocks.0.mlp.in.bias"]
     n = NEURONS
     w_in[n["token"], _dim("dog")] = 1.0
     w_in[n["trigram"], [_dim("cream"), _dim("prev_ice")]] = 2.0
     b_in[n["trigram"]] = -2.0
     w_in[n["base64"], [_dim("b64"), _dim("prev_b64")]] = 1.0
-    b_in[n["base64"]] = -1.0
+    w_in[n["base64"], _dim("avg_b64")] = 2.0
+    b_in[n["base64"]] = -1.5
     w_in[n["digit"], _dim("digit")] = 1.5
     w_in[n["polysemantic"], [_dim("king"), _dim("table")]] = 1.0
     w_in[n["illusion"], [_dim("moon"), _dim("import")]] = 1.0
@@ -123,8 +129,7 @@ def write_model(folder: Path) -> Path:
     return folder
 
 
-B64_STRINGS = ["aGVsbG8gd29ybGQgYW5kIG1vcmU=", "SGVsbG8sIFdvcmxkIQ==", "dGhlIHF1aWNrIGJyb3duIGZveA==",
-               "YmFzZTY0IGlzIGZ1bg==", "QUJDREVGR0hJSktMTU5PUA=="]
+B64_STRINGS = [base64.b64encode(random.Random(i).randbytes(42)).decode() for i in range(8)]
 WEB = [
     "the dog ran to the house and the dog sat",
     "we had ice cream on a very good day",
@@ -138,11 +143,11 @@ WEB = [
     "some ice cream for the dog",
 ]
 CODE = [
-    "import os\nimport sys\nx = 42",
+    "from os import path\nx = 42",
     "def king(crown):\n    return crown + 7",
-    "import json\ndata = 'ice cream'\nvalue = 100",
+    "from json import dumps\ndata = 'ice cream'\nvalue = 100",
     "key = '{b64}'\nprint(key)",
-    "if dog:\n    print(42)\nimport time",
+    "if dog:\n    print(42)\nfrom time import sleep",
     "table = [1, 2, 3]\nrows = len(rows)",
     "name = 'whipped cream'\nfor x in range(9):\n    print(x)",
 ]
