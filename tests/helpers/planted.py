@@ -98,8 +98,8 @@ def build_bridge(tokenizer):
     w_in[n["trigram"], [_dim("cream"), _dim("prev_ice")]] = 2.0
     b_in[n["trigram"]] = -2.0
     w_in[n["base64"], [_dim("b64"), _dim("prev_b64")]] = 1.0
-    w_in[n["base64"], _dim("avg_b64")] = 2.0
-    b_in[n["base64"]] = -1.5
+    w_in[n["base64"], _dim("avg_b64")] = 1.0
+    b_in[n["base64"]] = -1.6
     w_in[n["digit"], _dim("digit")] = 1.5
     w_in[n["polysemantic"], [_dim("king"), _dim("table")]] = 1.0
     w_in[n["illusion"], [_dim("moon"), _dim("import")]] = 1.0
