@@ -15,7 +15,7 @@ import pytest
 
 from indexer.store import schema
 from indexer.api import Index
-from indexer.store.canned import CANNED
+from indexer.store.canned import PARAMETERS, CANNED
 from indexer.errors import IndexDirError, QueryError, QueryTimeout
 from indexer.store.query import check_read_only, format_result, open_index, run_sql
 from indexer.store.manifest import read_manifest
@@ -38,6 +38,9 @@ CONTRACT = {
     "trigram_scores": "site layer neuron score prev_token_str token_str",
     "minimal_examples": "site layer neuron rank start length kept_fraction",
     "logit_effects": "layer neuron direction rank token_id token_str value",
+    "site_agreement": "layer neuron site_a site_b top_k_overlap",
+    "minimal_summary": "site layer neuron n_examples frac_within_8 median_length",
+    "logit_agreement": "layer neuron site score top10_hit_rate",
 }
 SLOW = "SELECT sum(a.range * b.range) FROM range(100000000) a, range(100000000) b"
 
@@ -277,7 +280,7 @@ def test_params_are_bound(conn):
 
 @pytest.mark.parametrize("name", sorted(CANNED))
 def test_canned_queries_run_without_analyses(conn, name):
-    df, _ = run_sql(conn, name)
+    df, _ = run_sql(conn, f"{name} t1" if name in PARAMETERS else name)
     assert {"layer", "score"} <= set(df.columns) and ({"neuron", "head"} & set(df.columns))
 
 
@@ -287,6 +290,10 @@ def test_canned_results(conn):
     top, _ = run_sql(conn, "top-neurons")
     assert top["score"].is_monotonic_decreasing and top["layer"].iloc[0] == LAYERS[-1]
     assert run_sql(conn, "trigram-neurons")[0].empty
+    # token-neurons binds its argument: t1-only top examples would score 1; a quote is just text.
+    tokens, _ = run_sql(conn, "token-neurons t1")
+    assert tokens["score"].is_monotonic_decreasing and (tokens["score"] > 0).all()
+    assert run_sql(conn, "top-neurons-for-token x'; SELECT 1 --")[0].empty
 
 
 def test_trigram_neurons_best_first(tmp_path):
