@@ -139,3 +139,22 @@ def test_analyze_cli(planted_index, capsys):
     assert "regex: skipped" in capsys.readouterr().out
     assert main(["analyze", str(planted_index), "--only", "nonsense"]) == 1
     assert "--only" in capsys.readouterr().err
+
+
+def test_site_agreement_on_a_solu_model_matches_brute_force(tiny_solu_dir, tmp_path):
+    from helpers.configs import base_config
+    from indexer.run.engine import index
+
+    out = tmp_path / "solu"
+    index(base_config(str(tiny_solu_dir), str(out), tokens=600, device="cpu"), progress=False)
+    runner.analyze(out, only="agreement", options=Options(device="cpu", progress=False))
+    sites = [s["name"] for s in json.loads((out / "manifest.json").read_text())["sites"] if s["name"] != "heads"]
+    assert len(sites) >= 2  # read from the manifest: whatever the MLP sites are called
+    got, _ = run_sql(out, "SELECT * FROM site_agreement", limit=None)
+    ex, _ = run_sql(out, "SELECT site, neuron, ctx_id FROM examples WHERE kind = 'top'", limit=None)
+    sets = {k: set(g.ctx_id) for k, g in ex.groupby(["site", "neuron"])}
+    assert len(got) == len(sets) // len(sites) * len(sites) * (len(sites) - 1) // 2
+    for r in got.itertuples():
+        a, b = sets[(r.site_a, r.neuron)], sets[(r.site_b, r.neuron)]
+        assert r.top_k_overlap == pytest.approx(len(a & b) / max(len(a), len(b)))
+    assert first(out, "site-agreement")["score"] == got.top_k_overlap.min()
