@@ -2,13 +2,14 @@
 
 Method. For each of a neuron's first ``top_ranks`` top examples (token at context position
 ``pos``), the model is re-run on cuts ``[BOS] + tokens[pos - L + 1 .. pos]`` for L = 1..8, then
-12, 16, 24, 32, 48, 64 (longer cuts are not tried), and on the whole prefix (the baseline).
+12, 16, 24, 32, 48, 64 (longer cuts are not tried; a prefix shorter than 64 is tried whole).
 The minimal example is the shortest cut whose activation at its last token keeps at least
-``keep_fraction`` (default 0.5) of the baseline's. Cutting from the left is all there is to
+``keep_fraction`` (default 0.5) of the example's activation in the index. Cutting from the left is all there is to
 do: the model is causal, so tokens after ``pos`` cannot change the activation at ``pos`` and
 every cut ends there (cutting from the right is exact for free). For L > 8 the lengths tried
 are a grid, so a stored length above 8 is an upper bound within that grid. ``found`` is false
-when no cut up to 64 tokens kept enough; the row then holds the whole prefix.
+when no cut up to 64 tokens kept enough; the row then holds the whole prefix, with the
+kept fraction of the longest cut tried.
 
 Batched: every cut of every (context, position) shared by any neuron is one sequence; the
 sequences are deduplicated across neurons and sites, sorted by length and run in batches
@@ -34,8 +35,8 @@ SHORT = 8
 
 
 def cuts(tokens: np.ndarray, pos: int, bos: int) -> tuple[list[int], list[np.ndarray]]:
-    """The lengths tried at ``pos`` (the full prefix last) and their sequences."""
-    lengths = [n for n in LENGTHS if n < pos] + [pos]
+    """The lengths tried at ``pos`` (the whole prefix last if it is short) and their sequences."""
+    lengths = [n for n in LENGTHS if n < pos] + ([pos] if pos <= LENGTHS[-1] else [])
     return lengths, [np.concatenate([[bos], tokens[pos - n + 1 : pos + 1]]) for n in lengths]
 
 
@@ -59,11 +60,10 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
             continue
         tried = lengths[key]
         values = acts[(r.site, r.layer)][first[key] : first[key] + len(tried), r.neuron]
-        full = values[-1] if values[-1] > 0 else r.activation
-        kept = values / full
+        kept = values / r.activation
         ok = np.flatnonzero(kept >= ix.options.keep_fraction)
         i = int(ok[0]) if len(ok) else len(tried) - 1
-        n = tried[i]
+        n = tried[i] if len(ok) else r.pos
         start = r.pos - n + 1
         for col, v in (("site", r.site), ("layer", r.layer), ("neuron", r.neuron), ("rank", r.rank),
                        ("start", start), ("length", n), ("kept_fraction", float(kept[i])), ("ctx_id", r.ctx_id),

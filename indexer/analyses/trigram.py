@@ -32,8 +32,8 @@ from indexer.store.schema import TrigramScores
 
 NAME = "trigram"
 TABLES = (TrigramScores,)
-WINDOW = 24
-REPLACEMENTS = 4
+WINDOW = 16
+REPLACEMENTS = 3
 FREQUENT = 64
 OFFSETS = {"current_survival": 0, "prev_survival": 1, "back_survival": 2}
 
