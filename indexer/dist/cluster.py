@@ -39,7 +39,9 @@ def open_client(spec: DaskSpec) -> Iterator[Any]:
         try:
             client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
         except TimeoutError:
-            raise ConfigError(f"--dask {spec.address}: the scheduler has no workers after {WORKERS_TIMEOUT_S} s") from None
+            raise ConfigError(
+                f"--dask {spec.address}: the scheduler has no workers after {WORKERS_TIMEOUT_S} s"
+            ) from None
         yield client
     finally:
         client.close()

@@ -14,7 +14,8 @@ from helpers.paths import ROOT
 def test_bench_dask_prints_both_throughputs_and_the_ratio(tiny_model_dir):
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_dask.py"), "--model", str(tiny_model_dir),
            "--tokens", "1200", "--ctx-len", "32", "--batch-size", "4"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)

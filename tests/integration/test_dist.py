@@ -98,3 +98,17 @@ def _batches(shard: Path) -> int:
         return json.loads((shard / "progress.json").read_text())["batches"]
     except (OSError, ValueError):
         return 0
+
+
+def test_an_existing_scheduler_is_used_over_tcp(tiny_model_dir, tmp_path):
+    from distributed import LocalCluster
+
+    small = base_config(str(tiny_model_dir), str(tmp_path / "one"), tokens=1000)
+    index(small, progress=False)
+    with LocalCluster(host="127.0.0.1", dashboard_address=None, n_workers=1, threads_per_worker=1,
+                      processes=True) as cluster:
+        out = tmp_path / "tcp"
+        assert main(["index", "--quiet", *replace(small, out=str(out), dask=cluster.scheduler_address).to_argv()]) == 0
+    assert_same_index(small.out, str(out))  # one shard: even the sums add in the same order
+    dask = Index.open(str(out)).manifest["dask"]
+    assert dask["scheduler"] == cluster.scheduler_address and dask["n_shards"] == 1

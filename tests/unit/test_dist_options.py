@@ -41,3 +41,11 @@ def test_the_cli_says_so_in_one_line(tmp_path, capsys):
         f"neuroscope: error: --resume: no Dask job in {tmp_path / 'o'} (nothing to resume; drop --resume to start)",
     ]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_domain_error_on_a_worker_comes_back_as_a_result_not_a_retry(tmp_path):
+    from indexer.dist.shard import index_shard
+
+    cfg = IndexConfig(model=str(tmp_path / "no-such-model"), corpus=["code"], out="x", dask="local:2")
+    result = index_shard(cfg.to_dict(), str(tmp_path / ".shards"), 0, 2, "topic", {})
+    assert result["kind"] == "ModelSpecError" and str(tmp_path / "no-such-model") in result["error"]
