@@ -112,3 +112,23 @@ def test_an_existing_scheduler_is_used_over_tcp(tiny_model_dir, tmp_path):
     assert_same_index(small.out, str(out))  # one shard: even the sums add in the same order
     dask = Index.open(str(out)).manifest["dask"]
     assert dask["scheduler"] == cluster.scheduler_address and dask["n_shards"] == 1
+
+
+def test_a_stopped_client_resumes_the_job_from_the_shard_checkpoints(cfg, single_run, tmp_path):
+    out = tmp_path / "stopped"
+    args = ["index", "--quiet", *replace(cfg, out=str(out), dask="local:2", checkpoint_every=4).to_argv()]
+    # Its own process group: the client, the nannies and the workers all go at once.
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    shard = out / ".shards" / "shard-0-of-2"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and _batches(shard) < 6:
+        time.sleep(0.02)
+    assert proc.poll() is None and (shard / "checkpoint.npz").exists(), "shard 0 never got past its first checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    assert main(["index", "--quiet", "--out", str(out), "--dask", "local:2", "--resume"]) == 0
+    assert_same_index(single_run, str(out), exact_floats=False)
+    shard0 = Index.open(str(out)).manifest["dask"]["shards"][0]
+    assert shard0["attempts"] == 2 and 4 <= shard0["resumed_from_batch"] < shard0["batches"]
