@@ -49,3 +49,12 @@ def test_a_domain_error_on_a_worker_comes_back_as_a_result_not_a_retry(tmp_path)
     cfg = IndexConfig(model=str(tmp_path / "no-such-model"), corpus=["code"], out="x", dask="local:2")
     result = index_shard(cfg.to_dict(), str(tmp_path / ".shards"), 0, 2, "topic", {})
     assert result["kind"] == "ModelSpecError" and str(tmp_path / "no-such-model") in result["error"]
+
+
+def test_the_command_line_imports_dask_only_when_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, indexer.cli, indexer.dist.spec; indexer.cli.build_parser(); "
+            "sys.exit(int(any(m in sys.modules for m in ('dask', 'distributed'))))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
