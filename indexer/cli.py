@@ -43,7 +43,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run.engine import index
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexConfig)}
-    out = index(IndexConfig.parse(values), progress=not args.quiet)
+    cfg = IndexConfig.parse(values)
+    if cfg.dask:  # scale-out: indexer.dist (imports Dask only now)
+        from indexer.dist.job import index_on_dask
+
+        index = index_on_dask
+    out = index(cfg, progress=not args.quiet)
     print(f"index written to {out}")
     return 0
 

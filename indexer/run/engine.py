@@ -42,7 +42,7 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
         cfg = _resumed_config(cfg, checkpoint)
     cfg.validate()
     if cfg.dask:
-        raise ConfigError("--dask is not available yet; run shards with --shard I/N and combine them with `neuroscope merge`")
+        raise ConfigError("--dask jobs run through indexer.dist.job.index_on_dask (as `neuroscope index --dask` does)")
     run = Run.open(cfg, prepare_out_dir(cfg.out, cfg.resume, cfg.overwrite))
     if checkpoint is not None:
         run.restore(checkpoint)

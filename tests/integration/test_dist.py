@@ -1,0 +1,134 @@
+"""Scale-out on Dask with real worker processes on loopback: the same index three ways, and
+a worker killed mid-shard whose shard resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from indexer.api import Index
+from indexer.cli import main
+from indexer.run.engine import index
+from indexer.run.merge import merge
+
+from helpers.configs import base_config
+from helpers.indexes import assert_same_index
+
+# Long enough that a shard is still streaming when its first checkpoint appears.
+TOKENS = 6000
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_model_dir, tmp_path_factory):
+    return base_config(str(tiny_model_dir), str(tmp_path_factory.mktemp("single") / "idx"), tokens=TOKENS,
+                       checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def single_run(cfg) -> str:
+    index(cfg, progress=False)
+    return cfg.out
+
+
+def test_one_process_shards_and_dask_give_the_same_index(cfg, single_run, tmp_path, capsys):
+    shards = []
+    for i in range(2):
+        shard = replace(cfg, out=str(tmp_path / f"shard{i}"), shard=(i, 2))
+        index(shard, progress=False)
+        shards.append(shard.out)
+    merge(shards, str(tmp_path / "merged"), progress=False)
+
+    out = tmp_path / "dask"
+    assert main(["index", "--quiet", *replace(cfg, out=str(out), dask="local:2").to_argv()]) == 0
+    assert "index written to" in capsys.readouterr().out
+
+    # Stats sums are added in another order across shards: mean/std agree to rounding only.
+    assert_same_index(single_run, str(tmp_path / "merged"), exact_floats=False)
+    assert_same_index(single_run, str(out), exact_floats=False)
+    manifest = Index.open(str(out)).manifest
+    assert manifest["status"] == "complete" and manifest["counts"]["tokens"] == TOKENS
+    dask = manifest["dask"]
+    assert dask["n_workers"] == 2 and dask["n_shards"] == 2 and len(dask["workers"]) == 2
+    assert [s["shard"] for s in dask["shards"]] == [0, 1]
+    assert sum(s["tokens"] for s in dask["shards"]) == TOKENS
+    assert all(s["attempts"] == 1 and s["stream_seconds"] > 0 and s["device"] == "cpu" for s in dask["shards"])
+    assert not (out / ".shards").exists() and not (out / "checkpoint.npz").exists()
+
+
+def test_a_worker_killed_mid_shard_resumes_that_shard_from_its_checkpoint(cfg, single_run, tmp_path):
+    # Checkpoints every 4 batches; the kill lands after batch 6, so some work is lost and redone.
+    out = tmp_path / "killed"
+    args = ["index", "--quiet", *replace(cfg, out=str(out), dask="local:2", checkpoint_every=4).to_argv()]
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shard = out / ".shards" / "shard-0-of-2"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and _batches(shard) < 6:
+        time.sleep(0.02)
+    assert proc.poll() is None and (shard / "checkpoint.npz").exists(), "shard 0 never got past its first checkpoint"
+    victim = json.loads((shard / "attempts.json").read_text())["attempts"][-1]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    at_kill = _batches(shard)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+
+    assert_same_index(single_run, str(out), exact_floats=False)
+    shard0 = Index.open(str(out)).manifest["dask"]["shards"][0]
+    assert shard0["attempts"] == 2 and shard0["pid"] != victim
+    # Resumed from its last checkpoint (a multiple of 4 batches), mid-shard: neither from the
+    # start nor after the end; the batches past that checkpoint were done twice.
+    assert shard0["resumed_from_batch"] >= 4 and shard0["resumed_from_batch"] % 4 == 0
+    assert shard0["resumed_from_batch"] < shard0["batches"]
+    assert shard0["redone_batches"] == at_kill - shard0["resumed_from_batch"] >= 0
+    print(f"\nkilled worker {victim} after {at_kill} of shard 0's {shard0['batches']} batches; it resumed from "
+          f"its checkpoint at batch {shard0['resumed_from_batch']}; batches redone: {shard0['redone_batches']}")
+
+
+def _batches(shard: Path) -> int:
+    """The batches a shard reported done (progress.json, twice a second)."""
+    try:
+        return json.loads((shard / "progress.json").read_text())["batches"]
+    except (OSError, ValueError):
+        return 0
+
+
+def test_an_existing_scheduler_is_used_over_tcp(tiny_model_dir, tmp_path):
+    from distributed import LocalCluster
+
+    small = base_config(str(tiny_model_dir), str(tmp_path / "one"), tokens=1000)
+    index(small, progress=False)
+    with LocalCluster(host="127.0.0.1", dashboard_address=None, n_workers=1, threads_per_worker=1,
+                      processes=True) as cluster:
+        out = tmp_path / "tcp"
+        assert main(["index", "--quiet", *replace(small, out=str(out), dask=cluster.scheduler_address).to_argv()]) == 0
+    assert_same_index(small.out, str(out))  # one shard: even the sums add in the same order
+    dask = Index.open(str(out)).manifest["dask"]
+    assert dask["scheduler"] == cluster.scheduler_address and dask["n_shards"] == 1
+
+
+def test_a_stopped_client_resumes_the_job_from_the_shard_checkpoints(cfg, single_run, tmp_path):
+    out = tmp_path / "stopped"
+    args = ["index", "--quiet", *replace(cfg, out=str(out), dask="local:2", checkpoint_every=4).to_argv()]
+    # Its own process group: the client, the nannies and the workers all go at once.
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    shard = out / ".shards" / "shard-0-of-2"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and _batches(shard) < 6:
+        time.sleep(0.02)
+    assert proc.poll() is None and (shard / "checkpoint.npz").exists(), "shard 0 never got past its first checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    assert main(["index", "--quiet", "--out", str(out), "--dask", "local:2", "--resume"]) == 0
+    assert_same_index(single_run, str(out), exact_floats=False)
+    shard0 = Index.open(str(out)).manifest["dask"]["shards"][0]
+    assert shard0["attempts"] == 2 and 4 <= shard0["resumed_from_batch"] < shard0["batches"]
