@@ -50,7 +50,8 @@ def reference(cfg: IndexConfig) -> Reference:
     model = load_model(cfg.model)
     ctx_len = cfg.ctx_len or min(model.info.n_ctx, 1024)
     specs = [parse_corpus_spec(c) for c in cfg.corpus]
-    stream = ContextStream(specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens)
+    stream = ContextStream(specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens,
+                           order=cfg.order, seed=cfg.seed, tokens_bos=cfg.tokens_bos)
     plan = plan_sites(model.info, cfg.sites, cfg.layers)
     ref = Reference([], [], {site.key: [] for site in plan}, plan)
     names = sorted({n for site in plan for n in site.hook_names() if site.name == "heads"}
