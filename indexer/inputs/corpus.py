@@ -410,7 +410,7 @@ def _hf_dataset_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, 
         else:
             records = enumerate(data)
             if order == "shuffle":
-                records = _buffer_shuffled(records, HF_SHUFFLE_BUFFER, seed)
+                records = buffer_shuffled(records, HF_SHUFFLE_BUFFER, seed)
         for doc_id, record in records:
             if "tokens" in record:
                 ids = _token_ids(record["tokens"], f"{where}: row {doc_id}", counters, skip)
@@ -425,7 +425,7 @@ def _hf_dataset_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, 
         raise CorpusError(f"{where}: cannot read ({_first_line(e)})") from None
 
 
-def _buffer_shuffled(items: Iterator, size: int, seed: int) -> Iterator:
+def buffer_shuffled(items: Iterator, size: int, seed: int) -> Iterator:
     """A seeded shuffle buffer (as ``IterableDataset.shuffle`` does, keeping each item's doc_id):
     fill ``size`` slots, then hand out a random slot and refill it with the next item."""
     rng = np.random.default_rng([seed, ORDER_SALT])

@@ -215,3 +215,14 @@ def test_hf_token_rows(tmp_path):
     datasets.Dataset.from_dict({"tokens": [[0, 1, 2], [3, 4]]}).save_to_disk(str(tmp_path / "tok"))
     found, counters = read(f"hf:{tmp_path}/tok")
     assert [(d, ids.tolist()) for d, ids in found] == [(0, [0, 1, 2]), (1, [3, 4])] and counters.kind == "tokens"
+
+
+def test_shuffle_buffer_of_a_stream():
+    from indexer.inputs.corpus import buffer_shuffled
+
+    items = list(range(200))
+    out = list(buffer_shuffled(iter(items), 10, seed=1))
+    assert sorted(out) == items and out != items and out == list(buffer_shuffled(iter(items), 10, seed=1))
+    # an item leaves the buffer only after it entered: item i is handed out no earlier than step i - 10
+    assert all(position >= item - 10 for position, item in enumerate(out))
+    assert list(buffer_shuffled(iter(items[:5]), 10, seed=1)) != items[:5]  # shorter than the buffer
