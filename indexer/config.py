@@ -12,13 +12,16 @@ Layer rule: imports only ``indexer.errors``.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Literal, get_args
 
 from indexer.errors import ConfigError
 
-SiteName = Literal["mlp_post", "mlp_pre_ln", "heads"]
+SiteName = Literal["mlp_post", "mlp_pre", "mlp_mid", "heads"]
 SITES: tuple[str, ...] = get_args(SiteName)
+DEPRECATED_SITES = {"mlp_pre_ln": "mlp_mid"}  # old name -> the name the field uses
+Order = Literal["shuffle", "file"]
 DType = Literal["float32", "bfloat16"]
 StoreContexts = Literal["kept", "all"]
 
@@ -46,13 +49,35 @@ def parse_sites(text: str) -> tuple[str, ...] | None:
     """
     if str(text).strip() == "all":
         return None
-    names = tuple(dict.fromkeys(s.strip() for s in str(text).split(",") if s.strip()))
+    names = tuple(dict.fromkeys(canonical_site(s.strip()) for s in str(text).split(",") if s.strip()))
     if not names:
         raise ConfigError(f"--sites {text!r}: name at least one site ({', '.join(SITES)}) or 'all'")
     unknown = [n for n in names if n not in SITES]
     if unknown:
         raise ConfigError(f"--sites: unknown {', '.join(unknown)}; expected {', '.join(SITES)} or 'all'")
     return names
+
+
+def canonical_site(name: str) -> str:
+    """A site's current name; an old name is mapped, with a one-line deprecation note on stderr.
+
+    >>> canonical_site("mlp_post")
+    'mlp_post'
+    """
+    new = DEPRECATED_SITES.get(name)
+    if new is None:
+        return name
+    print(f"neuroscope: warning: site {name!r} is deprecated; it is now called {new!r}", file=sys.stderr)
+    return new
+
+
+def parse_order(text: str) -> str:
+    """'shuffle' or 'file': the order documents are read in when a token budget applies.
+
+    >>> parse_order("file")
+    'file'
+    """
+    return _choice("order", get_args(Order))(str(text).strip())
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:
@@ -101,7 +126,7 @@ class IndexConfig:
     """A run of `neuroscope index`."""
 
     model: str = _opt("", "model: an embedded name, a local folder, a TransformerLens alias or a HF id")
-    corpus: list[str] = _opt([], "[NAME=]SPEC: embedded name, .jsonl/.json/.parquet/.txt file or hf:OWNER/NAME[:split]; repeatable")
+    corpus: list[str] = _opt([], "[NAME=]SPEC: embedded name, .jsonl/.json/.parquet/.txt file, hf:OWNER/NAME[:split] (the local HF cache when HF_HUB_OFFLINE=1) or hf:/path/to/dataset_dir[:split]; rows with a 'tokens' column (lists of token ids) are indexed as given, untokenized; repeatable")
     out: str = _opt("", "index directory to write")
     tokens: int | None = _opt(None, "stop after this many text tokens (BOS excluded), split evenly across corpora")
     ctx_len: int | None = _opt(None, "tokens per context as the model sees them, BOS included (default: model context, at most 1024)")
@@ -110,7 +135,7 @@ class IndexConfig:
     quantiles: tuple[float, ...] = _opt((0.5, 0.9, 0.99, 0.999), "quantile edges of the sampling bins", parse_quantiles, "0.5,0.9,0.99,0.999")
     per_bin: int = _opt(5, "random examples kept per quantile bin")
     warmup_tokens: int = _opt(16384, "tokens from the start of the stream used to estimate the quantile edges")
-    sites: tuple[SiteName, ...] | None = _opt(None, "comma list of sites: mlp_post, mlp_pre_ln (SoLU models), heads; or 'all'", parse_sites, "all")
+    sites: tuple[SiteName, ...] | None = _opt(None, "comma list of sites: mlp_post (neuron activations), mlp_pre (input of the activation function), mlp_mid (SoLU models: after SoLU, before its LayerNorm; formerly mlp_pre_ln), heads; or 'all' (default: mlp_pre, mlp_mid, mlp_post and heads for SoLU models, mlp_post and heads for others)", parse_sites, "all")
     layers: tuple[int, ...] | None = _opt(None, "comma list of layers to index, or 'all'", parse_layers, "all")
     window_before: int = _opt(48, "tokens kept before each example's position")
     window_after: int = _opt(8, "tokens kept after each example's position")
@@ -124,6 +149,8 @@ class IndexConfig:
     overwrite: bool = _opt(False, "delete the index in --out first (only an index: its manifest or checkpoint must be there)")
     shard: tuple[int, int] = _opt((0, 1), "I/N: index only contexts with ctx_id % N == I (combine with `neuroscope merge`)", parse_shard, "0/1")
     dask: str | None = _opt(None, "local[:N] or tcp://HOST:PORT: spread shards over a Dask cluster")
+    order: Order = _opt("shuffle", "with --tokens: shuffle reads documents in a seeded random order spread over the whole corpus (hf: streams through a seeded shuffle buffer); file reads them in file order", parse_order, "shuffle")
+    tokens_bos: str = _opt("auto", "pre-tokenized corpora (a 'tokens' column): auto prepends BOS to a row only if it lacks it; always; never", _choice("tokens-bos", ("auto", "always", "never")), "auto")
 
     @classmethod
     def parse(cls, values: dict[str, Any]) -> "IndexConfig":
@@ -163,6 +190,8 @@ class IndexConfig:
         parse_shard("/".join(map(str, self.shard)))
         _choice("dtype", get_args(DType))(self.dtype)
         _choice("store-contexts", get_args(StoreContexts))(self.store_contexts)
+        parse_order(self.order)
+        _choice("tokens-bos", ("auto", "always", "never"))(self.tokens_bos)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able values (tuples become lists); ``parse`` reads them back."""

@@ -1,9 +1,13 @@
 """Sites: which activations are indexed, and the hook points that read them.
 
 A site is one layer's worth of features that share recorders:
-- ``mlp_post``: the MLP neurons, ``blocks.L.mlp.hook_post``            # [batch, pos, d_mlp]
-- ``mlp_pre_ln``: for SoLU models, the activation before the mid-MLP LayerNorm,
-  ``blocks.L.mlp.ln.hook_in``                                           # [batch, pos, d_mlp]
+- ``mlp_pre``: the input of the activation function, ``blocks.L.mlp.hook_pre`` (in
+  TransformerLens 4.x's bridge an alias of ``blocks.L.mlp.in.hook_out``, the output of W_in)
+                                                                        # [batch, pos, d_mlp]
+- ``mlp_mid``: for SoLU models, after SoLU and before its LayerNorm, ``blocks.L.mlp.ln.hook_in``
+  (formerly ``mlp_pre_ln``)                                             # [batch, pos, d_mlp]
+- ``mlp_post``: the MLP neurons, ``blocks.L.mlp.hook_post`` (after the activation function
+  and, for SoLU, its LayerNorm)                                         # [batch, pos, d_mlp]
 - ``heads``: per-token metrics of every head, feature ``head * N_METRICS + metric``
                                                                         # [batch, pos, n_heads * 4]
 """
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from indexer.config import SITES
+from indexer.config import SITES, canonical_site
 from indexer.errors import ConfigError
 from indexer.inputs.models import ModelInfo
 
@@ -42,7 +46,9 @@ class Site:
         prefix = f"blocks.{self.layer}"
         if self.name == "mlp_post":
             return (f"{prefix}.mlp.hook_post",)
-        if self.name == "mlp_pre_ln":
+        if self.name == "mlp_pre":
+            return (f"{prefix}.mlp.hook_pre",)
+        if self.name == "mlp_mid":
             return (f"{prefix}.mlp.ln.hook_in",)
         return (f"{prefix}.attn.hook_v", f"{prefix}.attn.hook_pattern", f"{prefix}.attn.hook_z")
 
@@ -54,7 +60,7 @@ def plan_sites(info: ModelInfo, sites: tuple[str, ...] | None = None, layers: tu
     chosen_layers = _choose_layers(info, layers)
     plan = []
     for layer in chosen_layers:
-        for name in ("heads", "mlp_pre_ln", "mlp_post"):  # the order they fire in a block
+        for name in ("heads", "mlp_pre", "mlp_mid", "mlp_post"):  # the order they fire in a block
             if name in names:
                 width = info.n_heads * len(HEAD_METRICS) if name == "heads" else info.d_mlp
                 plan.append(Site(name, layer, width))
@@ -63,12 +69,13 @@ def plan_sites(info: ModelInfo, sites: tuple[str, ...] | None = None, layers: tu
 
 def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
     if sites is None:
-        return {"mlp_post", "heads"} | ({"mlp_pre_ln"} if info.is_solu else set())
+        return {"mlp_post", "heads"} | ({"mlp_pre", "mlp_mid"} if info.is_solu else set())
+    sites = tuple(canonical_site(s) for s in sites)  # an old index or checkpoint may hold old names
     unknown = set(sites) - set(SITES)
     if unknown or not sites:
         raise ConfigError(f"--sites: unknown {', '.join(sorted(unknown))}; expected {', '.join(SITES)}")
-    if "mlp_pre_ln" in sites and not info.is_solu:
-        raise ConfigError(f"--sites mlp_pre_ln needs a SoLU model; {info.name} uses {info.act_fn}")
+    if "mlp_mid" in sites and not info.is_solu:
+        raise ConfigError(f"--sites mlp_mid (after SoLU, before its LayerNorm) needs a SoLU model; {info.name} uses {info.act_fn}")
     return set(sites)
 
 

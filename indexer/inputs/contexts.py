@@ -7,7 +7,15 @@ context at a time, so that any prefix of the stream holds every corpus in propor
 shard, resume point or batch size.
 
 The token budget counts the tokens of text (BOS excluded), split evenly across corpora, and
-stops the stream exactly: the last context of a corpus is cut to fit.
+stops the stream exactly: the last context of a corpus is cut to fit. With a budget and
+``order='shuffle'`` each corpus is read in a seeded order spread over all of it (see
+``corpus.read_documents``); ``counters[name].documents_used`` counts the documents the stream
+actually drew from (not those tokenized ahead).
+
+Pre-tokenized rows (token ids) skip the tokenizer and are cut like any document; ``tokens_bos``
+says what happens to a row's leading BOS: 'auto' prepends BOS only to a row that lacks it,
+'always' prepends it to every row, 'never' takes each row's chunks exactly as given (their
+first token stands where BOS would and is not recorded).
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents
+from indexer.errors import CorpusError
+from indexer.inputs.corpus import CorpusCounters, CorpusSpec, read_documents
 
 DOCS_PER_ENCODE = 8  # small: a token budget then tokenizes little past its end
 
@@ -48,6 +57,11 @@ class ContextStream:
         max_tokens: budget of text tokens over all corpora (None: everything).
         skip_bad_records: count malformed records instead of failing.
         shard: ``(i, n)``: keep the contexts with ``ctx_id % n == i``.
+        order: 'shuffle' or 'file'; applies with a budget (without one every document is read,
+            in file order).
+        seed: seeds the shuffled order.
+        tokens_bos: 'auto', 'always' or 'never', for pre-tokenized rows.
+        vocab_size: token ids of pre-tokenized rows must be below it (None: unchecked).
     """
 
     specs: Sequence[CorpusSpec]
@@ -58,6 +72,14 @@ class ContextStream:
     skip_bad_records: bool = False
     shard: tuple[int, int] = (0, 1)
     counters: dict[str, CorpusCounters] = field(default_factory=dict)
+    order: str = "file"
+    seed: int = 0
+    tokens_bos: str = "auto"
+    vocab_size: int | None = None
+
+    @property
+    def effective_order(self) -> str:
+        return self.order if self.max_tokens is not None else "file"
 
     def __iter__(self) -> Iterator[Context]:
         return self.contexts()
@@ -80,26 +102,45 @@ class ContextStream:
 
     def _corpus_contexts(self, spec: CorpusSpec, budget: int | None) -> Iterator[tuple[str, int, np.ndarray]]:
         counters = self.counters[spec.name]
-        docs = iter_documents(spec, counters, self.skip_bad_records)
-        room = self.ctx_len - 1
+        docs = read_documents(spec, counters, self.skip_bad_records, self.effective_order, self.seed)
         left = budget
-        for doc_id, ids in self._encoded(docs):
+        for doc_id, ids in self._encoded(docs, spec.name):
+            own_start = isinstance(ids, np.ndarray) and self.tokens_bos == "never"
+            room = self.ctx_len if own_start else self.ctx_len - 1
+            used = False
             for start in range(0, len(ids), room):
                 if left is not None and left <= 0:
                     return
                 chunk = ids[start : start + room]
+                if own_start:  # the row's first token takes BOS's place
+                    if len(chunk) < 2:
+                        continue
+                    head, chunk = chunk[0], chunk[1:]
+                else:
+                    head = self.bos_id
                 if left is not None:
                     chunk = chunk[:left]
                     left -= len(chunk)
                 tokens = np.empty(len(chunk) + 1, dtype=np.int32)
-                tokens[0] = self.bos_id
+                tokens[0] = head
                 tokens[1:] = chunk
+                if not used:
+                    counters.documents_used += 1
+                    used = True
                 yield spec.name, doc_id, tokens
 
-    def _encoded(self, docs: Iterator[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
-        """Tokenize documents a few at a time (fast tokenizers parallelise a batch)."""
+    def _encoded(self, docs: Iterator[tuple[int, Any]], corpus: str) -> Iterator[tuple[int, Any]]:
+        """Tokenize documents a few at a time (fast tokenizers parallelise a batch); token-id rows
+        pass through (checked against the vocabulary, their leading BOS handled)."""
         batch: list[tuple[int, str]] = []
         for doc in docs:
+            if isinstance(doc[1], np.ndarray):
+                yield from self._encode(batch)
+                batch = []
+                ids = self._row_ids(corpus, *doc)
+                if len(ids):
+                    yield doc[0], ids
+                continue
             batch.append(doc)
             if len(batch) == DOCS_PER_ENCODE:
                 yield from self._encode(batch)
@@ -107,7 +148,22 @@ class ContextStream:
         if batch:
             yield from self._encode(batch)
 
+    def _row_ids(self, corpus: str, doc_id: int, ids: np.ndarray) -> np.ndarray:
+        if self.vocab_size is not None and len(ids) and ids.max() >= self.vocab_size:
+            if self.skip_bad_records:
+                self.counters[corpus].bad_records += 1
+                return ids[:0]
+            raise CorpusError(
+                f"corpus {corpus}: row {doc_id} holds token id {int(ids.max())}, beyond the model's vocabulary "
+                f"({self.vocab_size} tokens); was it tokenized for another model? (--skip-bad-records skips such rows)"
+            )
+        if self.tokens_bos == "auto" and len(ids) and ids[0] == self.bos_id:
+            return ids[1:]
+        return ids
+
     def _encode(self, batch: list[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
+        if not batch:
+            return
         texts = [text for _, text in batch]
         encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         for (doc_id, _), ids in zip(batch, encoded):

@@ -91,7 +91,8 @@ class Run:
         ctx_len = _ctx_len(cfg, model)
         plan = plan_sites(model.info, cfg.sites, cfg.layers)
         stream = ContextStream(
-            specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens, cfg.skip_bad_records, cfg.shard
+            specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens, cfg.skip_bad_records, cfg.shard,
+            **stream_options(cfg, model),
         )
         return cls(cfg, out, model, plan, ctx_len, device, stream)
 
@@ -135,7 +136,7 @@ class Run:
 
         stream = ContextStream(
             self.contexts.specs, self.model.tokenizer, self.model.info.bos_token_id, self.ctx_len,
-            self.cfg.tokens, self.cfg.skip_bad_records,
+            self.cfg.tokens, self.cfg.skip_bad_records, **stream_options(self.cfg, self.model),
         )
         forward = SiteForward(self.model, self.plan, self.cfg.dtype)
         samples: dict[Site, list] = {site: [] for site in self.plan}
@@ -243,6 +244,11 @@ class Run:
             "versions": versions(),
             **self.notes,
         }
+
+
+def stream_options(cfg: IndexConfig, model: LoadedModel) -> dict[str, Any]:
+    """How a run reads its corpora: document order, its seed, pre-tokenized rows' BOS."""
+    return {"order": cfg.order, "seed": cfg.seed, "tokens_bos": cfg.tokens_bos, "vocab_size": model.info.d_vocab}
 
 
 def versions() -> dict[str, str]:

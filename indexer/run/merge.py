@@ -12,6 +12,7 @@ from pathlib import Path
 
 from indexer.config import IndexConfig
 from indexer.errors import IndexDirError
+from indexer.inputs.corpus import CorpusCounters
 from indexer.run.checkpoint import FINAL_STATE
 from indexer.run.outdir import prepare_out_dir
 from indexer.store.manifest import read_manifest
@@ -42,6 +43,8 @@ def merge(shard_dirs: list[str], out: str, overwrite: bool = False, progress: bo
         run.position += counts["contexts"]
         run.batches_done += counts["batches"]
         run.seconds += manifest["timing"]["stream_seconds"]
+        if not run.contexts.counters:  # every shard read the whole stream: the same documents
+            run.contexts.counters = {c["name"]: CorpusCounters.from_dict(c) for c in manifest["corpora"]}
         for corpus in manifest["corpora"]:
             run.corpus_tokens[corpus["name"]] = run.corpus_tokens.get(corpus["name"], 0) + corpus["tokens"]
     run.recorders = merged or {}

@@ -137,7 +137,7 @@ _table = dataclass(frozen=True, kw_only=True)
 
 @_table
 class _NeuronKey(Table):
-    site: str  # mlp_post, mlp_pre_ln
+    site: str  # mlp_post, mlp_pre, mlp_mid
     layer: Int32
     neuron: Int32
 

@@ -109,8 +109,22 @@ def test_non_empty_out_is_refused_and_kept(index_args, tmp_path):
 def test_bad_options(index_args):
     assert_one_line_error(neuroscope(*index_args("--quantiles", "0.9,0.5")), "--quantiles")
     assert_one_line_error(neuroscope(*index_args("--shard", "3/2")), "--shard")
-    assert_one_line_error(neuroscope(*index_args("--sites", "mlp_pre_ln")), "SoLU")
+    assert_one_line_error(neuroscope(*index_args("--sites", "mlp_mid")), "SoLU")
     assert_one_line_error(neuroscope(*index_args("--layers", "7")), "layers 0..1")
+    assert_one_line_error(neuroscope(*index_args("--order", "random")), "--order", "shuffle or file")
+
+
+def test_old_site_name_is_deprecated_but_understood(index_args):
+    done = neuroscope(*index_args("--sites", "mlp_pre_ln"))  # a GELU model: mlp_mid is refused
+    warning, error = done.stderr.strip().splitlines()
+    assert warning == "neuroscope: warning: site 'mlp_pre_ln' is deprecated; it is now called 'mlp_mid'"
+    assert error.startswith("neuroscope: error: --sites mlp_mid") and "SoLU" in error and done.returncode != 0
+
+
+def test_help_documents_order_sites_and_token_corpora():
+    help_text = " ".join(neuroscope("index", "--help").stdout.split())
+    for needle in ("--order", "shuffle", "mlp_pre", "mlp_mid", "mlp_post", "'tokens' column", "--tokens-bos"):
+        assert needle in help_text, needle
 
 
 def test_index_then_sql_in_every_format(index_args, tmp_path):

@@ -50,10 +50,12 @@ def reference(cfg: IndexConfig) -> Reference:
     model = load_model(cfg.model)
     ctx_len = cfg.ctx_len or min(model.info.n_ctx, 1024)
     specs = [parse_corpus_spec(c) for c in cfg.corpus]
-    stream = ContextStream(specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens)
+    stream = ContextStream(specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens,
+                           order=cfg.order, seed=cfg.seed, tokens_bos=cfg.tokens_bos)
     plan = plan_sites(model.info, cfg.sites, cfg.layers)
     ref = Reference([], [], {site.key: [] for site in plan}, plan)
-    names = sorted({n for site in plan for n in site.hook_names()})
+    names = sorted({n for site in plan for n in site.hook_names() if site.name == "heads"}
+                   | {MLP_HOOKS[site.name].format(site.layer) for site in plan if site.name != "heads"})
     for group in batches(iter(stream), cfg.batch_size):
         batch = make_batch(group, model.info.bos_token_id, "cpu", ctx_len)
         with torch.inference_mode():
@@ -67,9 +69,15 @@ def reference(cfg: IndexConfig) -> Reference:
     return ref
 
 
+# The hook each MLP site reads, named here independently of the engine (the bridge's canonical
+# names, not the aliases sites.py uses), so a site wired to the wrong hook fails the comparison.
+MLP_HOOKS = {"mlp_pre": "blocks.{}.mlp.in.hook_out", "mlp_mid": "blocks.{}.mlp.ln.hook_in",
+             "mlp_post": "blocks.{}.mlp.out.hook_in"}
+
+
 def _site_acts(model, site: Site, cache, row: int, n: int) -> np.ndarray:
     if site.name != "heads":
-        return cache[site.hook_names()[0]][row, :n].float().numpy()
+        return cache[MLP_HOOKS[site.name].format(site.layer)][row, :n].float().numpy()
     v_name, pattern_name, z_name = site.hook_names()
     w_o = model.bridge.blocks[site.layer].attn.W_O.detach().float().numpy()
     return head_metrics(

@@ -15,11 +15,14 @@ import pytest
 from helpers.brute import recorded, reference, top_k
 from helpers.configs import base_config
 from indexer.api import Index
-from indexer.config import IndexConfig
+from indexer.config import IndexConfig, parse_sites
 from indexer.run.engine import index
 from indexer.forward.sites import HEAD_METRICS
 
 MODELS = ["tiny-2l", "tiny-solu", "hf-gpt2", "toy-1l", "toy-1l-solu", "toy-2l"]
+# GELU models index mlp_post + heads by default; these also index mlp_pre (SoLU models index
+# mlp_pre, mlp_mid and mlp_post by default), so every site is compared with brute force.
+WITH_MLP_PRE = {"tiny-2l": "mlp_pre,mlp_post,heads", "hf-gpt2": "all", "toy-2l": "heads,mlp_pre"}
 HEAD_TOL = dict(rtol=1e-4, atol=1e-5)  # head metrics: the engine uses a Gram-matrix shortcut
 
 
@@ -27,7 +30,8 @@ HEAD_TOL = dict(rtol=1e-4, atol=1e-5)  # head metrics: the engine uses a Gram-ma
 def indexed(request, tmp_path_factory, tiny_model_dir, tiny_solu_dir, hf_model_dir):
     local = {"tiny-2l": tiny_model_dir, "tiny-solu": tiny_solu_dir, "hf-gpt2": hf_model_dir}
     model = str(local.get(request.param, request.param))
-    cfg = base_config(model, str(tmp_path_factory.mktemp("idx") / request.param))
+    sites = parse_sites(WITH_MLP_PRE[request.param]) if request.param in WITH_MLP_PRE else None
+    cfg = base_config(model, str(tmp_path_factory.mktemp("idx") / request.param), sites=sites)
     index(cfg, progress=False)
     return cfg, Index.open(cfg.out), reference(cfg)
 
@@ -52,7 +56,13 @@ def test_every_site_is_indexed(indexed):
     names = {(s["name"], s["layer"]) for s in ix.manifest["sites"]}
     assert names == {(s.name, s.layer) for s in ref.plan}
     assert any(s.name == "heads" for s in ref.plan)
-    assert ("mlp_pre_ln" in {s.name for s in ref.plan}) == ("solu" in cfg.model)
+    planned = {s.name for s in ref.plan}
+    if "solu" in cfg.model:  # the default for SoLU models: all three MLP sites
+        assert planned == {"heads", "mlp_pre", "mlp_mid", "mlp_post"}
+    elif cfg.sites is None:  # the default for GELU models
+        assert planned == {"heads", "mlp_post"}
+    else:
+        assert "mlp_pre" in planned and "mlp_mid" not in planned
     assert ix.manifest["status"] == "complete" and ix.manifest["counts"]["tokens"] == cfg.tokens
 
 
@@ -154,3 +164,33 @@ def test_contexts_and_vocab_tables(indexed):
     assert set(used["ctx_id"]) == set(contexts["ctx_id"])  # store-contexts=kept: exactly the used ones
     sample = ix.sql("SELECT e.token_str, v.token_str AS vocab_str FROM examples e JOIN vocab v ON v.token_id = e.token_id LIMIT 50")
     assert (sample["token_str"] == sample["vocab_str"]).all()
+
+
+def test_mlp_sites_are_what_they_claim(indexed):
+    """mlp_pre is the activation function's input, mlp_mid its output (SoLU, before the
+    LayerNorm), mlp_post the neurons: each follows from the one before by the model's maths."""
+    import torch
+
+    from indexer.inputs.models import load_model
+
+    cfg, _, ref = indexed
+    model = load_model(cfg.model)
+    act_fn = model.info.act_fn
+    for site in ref.plan:
+        if site.name != "mlp_pre":
+            continue
+        pre = torch.from_numpy(np.concatenate(ref.acts[site.key]))
+        after = {s.name: np.concatenate(ref.acts[s.key]) for s in ref.plan if s.layer == site.layer}
+        if act_fn.startswith("solu"):
+            mid = (pre * torch.softmax(pre, dim=-1)).numpy()
+            np.testing.assert_allclose(after["mlp_mid"], mid, rtol=1e-5, atol=1e-6)
+            ln = model.bridge.blocks[site.layer].mlp.ln._original_component  # a torch LayerNorm
+            normed = torch.nn.functional.layer_norm(torch.from_numpy(after["mlp_mid"]), ln.normalized_shape,
+                                                   ln.weight.detach(), ln.bias.detach(), eps=ln.eps).numpy()
+            np.testing.assert_allclose(after["mlp_post"], normed, rtol=1e-4, atol=1e-4)
+        elif "mlp_post" in after:
+            approximate = "tanh" if act_fn in ("gelu_new", "gelu_pytorch_tanh") else "none"
+            post = torch.nn.functional.gelu(pre, approximate=approximate).numpy()
+            np.testing.assert_allclose(after["mlp_post"], post, rtol=1e-5, atol=1e-6)
+        # the engine's hook is an alias of the canonical pre-activation hook
+        assert model.bridge.hook_dict[site.hook_names()[0]].name == f"blocks.{site.layer}.mlp.in.hook_out"
