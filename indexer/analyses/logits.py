@@ -15,6 +15,16 @@ so the final normalisation is folded in as TransformerLens's ``fold_ln`` and
 effect[n] = centred(W_out[n]) @ W_U', up to the positive per-token norm scale (1/rms of the
 residual), which changes no ranking. ``logit_effects`` holds the top 10 up and down tokens.
 
+Exactly what is folded: W_out of the neuron's layer (centred over d_model for LN/LNPre),
+ln_final's weight (multiplied into the rows of W_U), and the vocab mean of each row of W_U'
+(subtracted). Not folded: ln_final's bias and b_U (the same for every neuron), the per-token
+scale, and every indirect path through later layers. Checked (tests/integration/
+test_analyses.py) on a tiny random LN model with a random ln_final and on the embedded
+toy-1l against (a) TransformerLens's own processed weights (``enable_compatibility_mode``:
+fold_ln + center_writing_weights + center_unembed), W_out @ W_U equal to 1e-4 relative, and
+(b) the real forward pass: adding eps * W_out[n] to the final residual with ln_final's scale
+frozen changes the vocab-centred logits by exactly eps / scale * effect[n].
+
 Agreement: for each neuron, the tokens that follow its top examples (in the index's contexts,
 at the output site of its layer) are looked up in its effect row: score = mean percentile of
 those tokens among all tokens (0.5 = chance, 1 = always the most boosted), and

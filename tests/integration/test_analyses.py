@@ -158,3 +158,90 @@ def test_site_agreement_on_a_solu_model_matches_brute_force(tiny_solu_dir, tmp_p
         a, b = sets[(r.site_a, r.neuron)], sets[(r.site_b, r.neuron)]
         assert r.top_k_overlap == pytest.approx(len(a & b) / max(len(a), len(b)))
     assert first(out, "site-agreement")["score"] == got.top_k_overlap.min()
+
+
+@pytest.fixture(scope="module", params=["native-ln", "toy-1l"])
+def ln_model_spec(request, tmp_path_factory) -> str:
+    """A model WITH a final LayerNorm: a tiny random one whose ln_final weight and bias are
+    random (not the initial ones/zeros, so the scale folding matters), and the embedded toy-1l."""
+    if request.param == "toy-1l":
+        return "toy-1l"
+    import torch
+
+    from helpers.models import TINY_CONFIG
+    from indexer.inputs.models import build_native_bridge, save_native_model
+
+    torch.manual_seed(1)
+    bridge = build_native_bridge(TINY_CONFIG)
+    with torch.no_grad():
+        for name, p in bridge.ln_final.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+    return str(save_native_model(tmp_path_factory.mktemp("ln") / "m", TINY_CONFIG, bridge))
+
+
+def test_folded_logit_effects_match_transformer_lens_processed_weights(ln_model_spec):
+    """Ours: raw bridge weights, folded by indexer.analyses.logits. Reference: a second copy of
+    the model processed by TransformerLens itself (enable_compatibility_mode: fold_ln,
+    center_writing_weights, center_unembed), whose W_out @ W_U is the folded direct effect."""
+    import torch
+
+    from indexer.analyses.logits import effects
+    from indexer.inputs.models import load_model
+
+    ours_bridge = load_model(ln_model_spec).bridge
+    assert ours_bridge.cfg.normalization_type == "LN"
+    ref_bridge = load_model(ln_model_spec).bridge
+    ref_bridge.enable_compatibility_mode(disable_warnings=True)
+    with torch.no_grad():
+        for layer in range(ours_bridge.cfg.n_layers):
+            ours = effects(ours_bridge, layer)
+            ref = ref_bridge.blocks[layer].mlp.W_out.float() @ ref_bridge.W_U.float()
+            raw = ours_bridge.blocks[layer].mlp.W_out.float() @ ours_bridge.W_U.float()
+            tol = 1e-4 * ref.abs().max().item()
+            assert (ours - ref).abs().max().item() < tol
+            # the folding is not a no-op on these models: the raw product differs
+            raw_c = raw - raw.mean(dim=1, keepdim=True)
+            assert (raw_c - ref).abs().max().item() > 100 * tol
+
+
+def test_folded_logit_effect_is_the_logit_change_of_a_push_along_w_out(ln_model_spec):
+    """Empirical, through the real forward pass: add eps * W_out[n] to the final residual
+    stream (ln_final.hook_in) at the last position, with ln_final's scale frozen at its
+    unperturbed value (ln_final.hook_scale replaced: the norm in 'linear' mode). The change in
+    logits, centred over the vocabulary, times scale / eps must equal effect[n] exactly."""
+    import torch
+
+    from indexer.analyses.logits import effects
+    from indexer.inputs.models import load_model
+
+    model = load_model(ln_model_spec)
+    bridge = model.bridge
+    tokens = torch.tensor([model.tokenizer.encode(" The dog sat on the table and ate ice cream.")])
+    layer = bridge.cfg.n_layers - 1
+    eff = effects(bridge, layer)
+    w_out = bridge.blocks[layer].mlp.W_out.detach().float()
+    eps = 1e-2
+    saved = {}
+
+    def keep_scale(scale, hook):
+        saved["scale"] = scale.detach().clone()
+
+    def frozen_scale(scale, hook):
+        return saved["scale"]
+
+    with torch.no_grad():
+        base = bridge.run_with_hooks(tokens, fwd_hooks=[("ln_final.hook_scale", keep_scale)])[0, -1].double()
+        s = saved["scale"][0, -1, 0].item()
+        for n in (0, 3, 17, eff.shape[0] - 1):
+            def push(resid, hook, n=n):
+                resid = resid.clone()
+                resid[0, -1] += eps * w_out[n]
+                return resid
+
+            got = bridge.run_with_hooks(tokens, fwd_hooks=[("ln_final.hook_in", push),
+                                                           ("ln_final.hook_scale", frozen_scale)])[0, -1].double()
+            delta = got - base
+            delta = (delta - delta.mean()) * s / eps
+            want = eff[n].double()
+            assert torch.corrcoef(torch.stack([delta, want]))[0, 1] > 0.999
+            assert (delta - want).abs().max().item() < 2e-2 * want.abs().max().item()
