@@ -124,6 +124,7 @@ class IndexConfig:
     overwrite: bool = _opt(False, "delete the index in --out first (only an index: its manifest or checkpoint must be there)")
     shard: tuple[int, int] = _opt((0, 1), "I/N: index only contexts with ctx_id % N == I (combine with `neuroscope merge`)", parse_shard, "0/1")
     dask: str | None = _opt(None, "local[:N] or tcp://HOST:PORT: spread shards over a Dask cluster")
+    allow_large: bool = _opt(False, "run even if the memory estimate printed at start-up exceeds the memory available")
 
     @classmethod
     def parse(cls, values: dict[str, Any]) -> "IndexConfig":
