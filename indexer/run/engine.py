@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from indexer.config import IndexConfig
-from indexer.errors import ConfigError, IndexDirError
+from indexer.errors import ConfigError, CorpusError, IndexDirError
 from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites
 from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
@@ -158,6 +158,8 @@ class Run:
             seen += batch.n_text_tokens
             if seen >= self.cfg.warmup_tokens:
                 break
+        if seen == 0:
+            raise CorpusError(f"nothing to index: {_what_was_read(stream)}")
         # Sorting 4M values at a time bounds the transient memory of the estimate (~100 MB).
         return {
             site: quantile_edges(torch.cat(rows)[: self.cfg.warmup_tokens], self.cfg.quantiles, max_elements=1 << 22)
@@ -290,6 +292,16 @@ def _read_checkpoint(cfg: IndexConfig) -> bytes | None:
               "starting from the beginning", file=sys.stderr)
         return None
     raise IndexDirError(f"--resume: no checkpoint in {cfg.out} (nothing to resume; drop --resume to start)")
+
+
+def _what_was_read(stream: ContextStream) -> str:
+    """Why a stream gave no tokens, per corpus: e.g. 'code: 0 documents (3 empty, 2 bad records skipped)'."""
+    parts = []
+    for spec in stream.specs:
+        c = stream.counters.get(spec.name, CorpusCounters())
+        parts.append(f"{spec.name}: {c.documents} documents with text ({c.empty_documents} empty or blank, "
+                     f"{c.bad_records} bad records skipped)")
+    return "; ".join(parts)
 
 
 def _has_extra(checkpoint: bytes, key: str) -> bool:
