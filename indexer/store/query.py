@@ -97,7 +97,7 @@ def view_sql(table: type[Table], root: str) -> str:
         cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(c)}" for c, t in types.items())
         return f"CREATE VIEW {table.NAME} AS SELECT *{aliases} FROM (SELECT {cols} WHERE false)"
     # A list of files, each glob-escaped: DuckDB expands globs even in a list.
-    paths = ", ".join(_literal(_GLOB_CHARS.sub(r"[\1]", str(p))) for p in files)
+    paths = ", ".join(_literal(glob_escape(str(p))) for p in files)
     options = "hive_partitioning = false"
     if table.PARTITIONS:
         hive = ", ".join(f"{_ident(c)}: {types[c]}" for c in table.PARTITIONS)
@@ -106,12 +106,19 @@ def view_sql(table: type[Table], root: str) -> str:
     return f"CREATE VIEW {table.NAME} AS SELECT {cols}{aliases} FROM read_parquet([{paths}], {options})"
 
 
+def glob_escape(path: str) -> str:
+    """``path`` with DuckDB's glob characters bracketed: ``ix*`` -> ``ix[*]`` matches only itself."""
+    return _GLOB_CHARS.sub(r"[\1]", path)
+
+
 def _lock_down(conn: duckdb.DuckDBPyConnection, root: str) -> None:
     for statement in (
         "SET temp_directory = ''",  # else DuckDB also allows ./.tmp (spill files) of the cwd
         f"SET memory_limit = {_literal(memory_limit())}",  # else most of the machine
         f"SET threads = {max(1, min(MAX_THREADS, os.cpu_count() or 1))}",
-        f"SET allowed_directories = [{_literal(root + os.sep)}]",
+        # The folder as the views spell it (glob-escaped) and as DuckDB then opens it; every
+        # file a glob expands to is checked again, so neither spelling reaches a sibling.
+        f"SET allowed_directories = [{_literal(glob_escape(root) + os.sep)}, {_literal(root + os.sep)}]",
         "SET enable_external_access = false",
         "SET autoinstall_known_extensions = false",
         "SET autoload_known_extensions = false",
