@@ -41,6 +41,8 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
 
     The output folder is locked for the whole run (indexer.run.lock); a failed write ends in
     one IndexDirError that says what is kept (indexer.run.safety)."""
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other")
     if not cfg.resume:
         cfg.validate()  # before the output folder is touched
     with claimed_out_dir(cfg.out, cfg.resume, cfg.overwrite) as out:
