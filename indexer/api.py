@@ -18,7 +18,7 @@ import duckdb
 import pandas as pd
 
 from indexer.errors import QueryError
-from indexer.store.query import Params, open_index, run_sql
+from indexer.store.query import DEFAULT_TIMEOUT_S, Params, open_index, run_sql
 from indexer.store.schema import BY_NAME
 from indexer.store.manifest import read_manifest
 
@@ -62,10 +62,12 @@ class Index:
         return self._manifest
 
     def sql(
-        self, query: str, params: Params = None, limit: int | None = None, timeout_s: float | None = None
+        self, query: str, params: Params = None, limit: int | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S
     ) -> pd.DataFrame:
-        """Run a read-only query or a canned query name; no row cap or time limit by default."""
-        return run_sql(self.conn, query, params, limit=limit, timeout_s=timeout_s)[0]
+        """Run a read-only query or a canned query name: the same lock-down and default time
+        limit as `neuroscope sql` (``timeout_s=None`` waits as long as it takes); no row cap by
+        default."""
+        return run_sql(self.conn, query, params, limit=limit, timeout_s=timeout_s, setting="timeout_s")[0]
 
     def neurons(self, site: str | None = None, layer: int | None = None) -> pd.DataFrame:
         """Rows of `neurons`, optionally for one site and/or layer."""

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("arg", nargs="?", default=None, help="the argument of a canned query that takes one (token-neurons ' dog')")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--limit", type=int, default=1000, help="row cap (default: 1000)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds before the query is stopped")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before the query is stopped (default: 30)")
     p.set_defaults(run=cmd_sql)
 
     p = sub.add_parser("view", help="browse an index in the Streamlit viewer")
@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except NeuroscopeError as e:
         print(f"neuroscope: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder... anywhere: one line, not a trace
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"neuroscope: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("neuroscope: interrupted (an index run keeps its last checkpoint: rerun with --resume)", file=sys.stderr)

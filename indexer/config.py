@@ -151,6 +151,7 @@ class IndexConfig:
     dask: str | None = _opt(None, "local[:N] or tcp://HOST:PORT: spread shards over a Dask cluster")
     order: Order = _opt("shuffle", "with --tokens: shuffle reads documents in a seeded random order spread over the whole corpus (hf: streams through a seeded shuffle buffer); file reads them in file order", parse_order, "shuffle")
     tokens_bos: str = _opt("auto", "pre-tokenized corpora (a 'tokens' column): auto prepends BOS to a row only if it lacks it; always; never", _choice("tokens-bos", ("auto", "always", "never")), "auto")
+    allow_large: bool = _opt(False, "run even if the memory estimate printed at start-up exceeds the memory available")
 
     @classmethod
     def parse(cls, values: dict[str, Any]) -> "IndexConfig":

@@ -13,8 +13,12 @@ list of token ids; it wins over ``text`` when both exist). ``read_documents`` re
 file order or in a seeded shuffle (see there).
 
 ``doc_id`` is the 0-based index of the record in its source, so it is stable whatever is
-skipped and whatever the order. Empty documents are skipped and counted; invalid UTF-8 is replaced and counted; a
-malformed record is an error naming the file and line, or, with ``skip_bad_records``, counted.
+skipped and whatever the order. Empty documents are skipped and counted; invalid UTF-8 (and
+lone UTF-16 surrogates from JSON escapes) is replaced and counted; a UTF-8 byte-order mark is
+dropped; a malformed record (not JSON, nested too deeply, no ``text`` string, a non-string
+Parquet value) is an error naming the file and line, or, with ``skip_bad_records``, counted. A
+document longer than ``MAX_DOC_CHARS`` is handed on in pieces of that size (same ``doc_id``),
+so one huge line never reaches the tokenizer whole. JSON Lines files are read line by line.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from indexer.errors import CorpusError, hub_offline
+from indexer.errors import CorpusError, hub_offline, one_line
 from indexer.inputs.data import corpora_dir
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+MAX_DOC_CHARS = 1 << 20  # longer documents are cut into pieces of this many characters
+BOM = b"\xef\xbb\xbf"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -109,6 +115,8 @@ def parse_corpus_spec(text: str) -> CorpusSpec:
         raise CorpusError(f"{spec}: unsupported corpus file type; expected one of {', '.join(FILE_SUFFIXES)}")
     if path.is_dir():
         raise CorpusError(f"corpus file {spec} is a directory, not a file")
+    if path.exists() and not path.is_file():
+        raise CorpusError(f"corpus file {spec} is not a regular file (a FIFO, socket or device); save it to a file")
     if not path.is_file():
         raise CorpusError(f"corpus file {spec} does not exist")
     if not os.access(path, os.R_OK):
@@ -133,7 +141,19 @@ def iter_documents(
             counters.empty_documents += 1
             continue
         counters.documents += 1
-        yield doc_id, text
+        text = _valid_unicode(text, counters)
+        for start in range(0, len(text), MAX_DOC_CHARS):
+            yield doc_id, text[start:start + MAX_DOC_CHARS]
+
+
+def _valid_unicode(text: str, counters: CorpusCounters) -> str:
+    """``text`` with lone surrogates (from JSON ``\\ud800`` escapes) replaced, and counted."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        counters.utf8_replaced += 1
+        return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def _records(spec: CorpusSpec, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str]]:
@@ -141,9 +161,9 @@ def _records(spec: CorpusSpec, counters: CorpusCounters, skip: bool) -> Iterator
         return _hf_dataset_records(spec, counters, skip, "file", 0)
     suffix = Path(spec.location).suffix
     if suffix == ".parquet":
-        return _parquet_records(spec.location)
+        return _parquet_records(spec.location, counters, skip)
     if suffix == ".txt":
-        return iter([(0, _decode(_read_bytes(spec.location), counters))])
+        return iter([(0, _decode(_strip_bom(_read_bytes(spec.location)), counters))])
     return _json_records(spec.location, counters, skip)
 
 
@@ -154,6 +174,10 @@ def _read_bytes(path: str) -> bytes:
         raise CorpusError(f"cannot read corpus file {path}: {e.strerror}") from None
 
 
+def _strip_bom(data: bytes) -> bytes:
+    return data[len(BOM):] if data.startswith(BOM) else data
+
+
 def _decode(data: bytes, counters: CorpusCounters) -> str:
     try:
         return data.decode("utf-8")
@@ -162,30 +186,53 @@ def _decode(data: bytes, counters: CorpusCounters) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-def _parquet_records(path: str) -> Iterator[tuple[int, str]]:
+def _check_text_column(path: str, file: Any) -> None:
+    """CorpusError unless the Parquet file's ``text`` column holds strings (or bytes)."""
+    import pyarrow as pa
+
+    kind = file.schema_arrow.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_null(kind)):
+        raise CorpusError(f"{path}: the 'text' column holds {kind}, not strings")
+
+
+def _parquet_records(path: str, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str]]:
     import pyarrow.parquet as pq
 
     try:
         file = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError...
-        raise CorpusError(f"{path}: not a readable Parquet file ({e})") from None
+        raise CorpusError(f"{path}: not a readable Parquet file ({one_line(e)})") from None
     if "text" not in file.schema_arrow.names:
         raise CorpusError(f"{path}: no 'text' column (columns: {', '.join(file.schema_arrow.names)})")
+    _check_text_column(path, file)
     doc_id = 0
-    for batch in file.iter_batches(columns=["text"], batch_size=256):
+    batches = file.iter_batches(columns=["text"], batch_size=256)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # a corrupt page or footer: pyarrow raises OSError, ArrowInvalid...
+            raise CorpusError(f"{path}: corrupt Parquet data after record {doc_id} ({one_line(e)})") from None
         for text in batch.column(0).to_pylist():
+            if isinstance(text, bytes):
+                text = _decode(text, counters)
             yield doc_id, text or ""
             doc_id += 1
 
 
 def _json_records(path: str, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str]]:
-    data = _read_bytes(path)
     if path.endswith(".json"):
-        whole = _whole_json(data, counters)
+        data = _strip_bom(_read_bytes(path))
+        whole = _whole_json(path, data, counters, skip)
         if whole is not None:
             yield from _json_array(path, whole, counters, skip)
             return
-    for line_no, raw in enumerate(data.splitlines(), start=1):
+        del data
+    for line_no, raw in enumerate(_lines(path), start=1):
+        if line_no == 1:
+            raw = _strip_bom(raw)
         if not raw.strip():
             continue
         line = _decode(raw, counters)
@@ -194,6 +241,9 @@ def _json_records(path: str, counters: CorpusCounters, skip: bool) -> Iterator[t
         except json.JSONDecodeError as e:
             _bad(counters, skip, f"{path}:{line_no}: not valid JSON ({e.msg})")
             continue
+        except RecursionError:
+            _bad(counters, skip, f"{path}:{line_no}: JSON nested too deeply")
+            continue
         text = record.get("text") if isinstance(record, dict) else None
         if not isinstance(text, str):
             _bad(counters, skip, f"{path}:{line_no}: record has no 'text' string field")
@@ -201,12 +251,28 @@ def _json_records(path: str, counters: CorpusCounters, skip: bool) -> Iterator[t
         yield line_no - 1, text
 
 
-def _whole_json(data: bytes, counters: CorpusCounters) -> object | None:
-    """The parsed file if it is one JSON document, None if it looks like JSON Lines."""
+def _lines(path: str) -> Iterator[bytes]:
+    """The lines of a file, read one at a time (without their line ends)."""
     try:
-        return json.loads(_decode(data, counters))
+        with open(path, "rb") as f:
+            for raw in f:
+                yield raw.rstrip(b"\r\n")
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus file {path}: {e.strerror}") from None
+
+
+def _whole_json(path: str, data: bytes, counters: CorpusCounters, skip: bool) -> object | None:
+    """The parsed file if it is one JSON document, None if it looks like JSON Lines."""
+    decoded = CorpusCounters()  # counted only if the file is one document: else lines count
+    try:
+        whole = json.loads(_decode(data, decoded))
     except json.JSONDecodeError:
         return None
+    except RecursionError:
+        _bad(counters, skip, f"{path}: JSON nested too deeply")
+        return []
+    counters.utf8_replaced += decoded.utf8_replaced
+    return whole
 
 
 def _json_array(path: str, whole: object, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str]]:
@@ -306,16 +372,24 @@ def _parquet_rows(path: str, counters: CorpusCounters, skip: bool, order: str, s
     names = file.schema_arrow.names
     if "tokens" not in names:
         if order == "file":
-            yield from _parquet_records(path)
+            yield from _parquet_records(path, counters, skip)
             return
         column = "text"
         if column not in names:
             raise CorpusError(f"{path}: no 'text' or 'tokens' column (columns: {', '.join(names)})")
+        _check_text_column(path, file)
     else:
         column = "tokens"
-    for doc_id, value in _parquet_cells(file, column, order, seed, counters):
+    cells = _parquet_cells(file, column, order, seed, counters)
+    while True:
+        try:
+            doc_id, value = next(cells)
+        except StopIteration:
+            return
+        except Exception as e:  # a corrupt page: pyarrow raises OSError, ArrowInvalid...
+            raise CorpusError(f"{path}: corrupt Parquet data ({one_line(e)})") from None
         if column == "text":
-            yield doc_id, value if isinstance(value, str) else ""
+            yield doc_id, _decode(value, counters) if isinstance(value, bytes) else (value or "")
             continue
         ids = _token_ids(value, f"{path}: row {doc_id}", counters, skip)
         if ids is not None:
@@ -377,24 +451,19 @@ def _hf_open(spec: CorpusSpec) -> Any:
         except CorpusError:
             raise
         except Exception as e:
-            raise CorpusError(f"{where}: cannot read the dataset folder ({_first_line(e)})") from None
+            raise CorpusError(f"{where}: cannot read the dataset folder ({one_line(e)})") from None
     if hub_offline():
         try:
             return datasets.load_dataset(spec.location, split=spec.split)  # resolved from the local cache
         except Exception as e:
             raise CorpusError(
                 f"{where}: not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1; "
-                f"{_first_line(e)}); download it once online, or pass hf:/path/to/dataset_dir or a file"
+                f"{one_line(e)}); download it once online, or pass hf:/path/to/dataset_dir or a file"
             ) from None
     try:
         return datasets.load_dataset(spec.location, split=spec.split, streaming=True)
     except Exception as e:  # network, missing dataset, bad split...
-        raise CorpusError(f"{where}: cannot stream ({_first_line(e)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+        raise CorpusError(f"{where}: cannot stream ({one_line(e)})") from None
 
 
 def _hf_dataset_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, order: str, seed: int) -> Iterator:
@@ -422,7 +491,7 @@ def _hf_dataset_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, 
     except CorpusError:
         raise
     except Exception as e:  # a stream that breaks mid-way
-        raise CorpusError(f"{where}: cannot read ({_first_line(e)})") from None
+        raise CorpusError(f"{where}: cannot read ({one_line(e)})") from None
 
 
 def buffer_shuffled(items: Iterator, size: int, seed: int) -> Iterator:

@@ -2,22 +2,120 @@
 
 One ``.npz`` holds every site's recorder state, keyed ``"<site>/<layer>/<recorder>/<array>"``,
 plus JSON entries (the run config and its progress) stored as uint8 arrays.
+
+Every state file is sealed: a magic line, the SHA-256 of the ``.npz`` bytes, then the bytes.
+A truncated, corrupted or edited file (a stream position changed by hand included) fails the
+check and is refused (``CorruptState``). The last two checkpoints are kept
+(``checkpoint.npz`` and ``checkpoint.prev.npz``): resuming falls back to the older one when
+the newer is bad. The checksum catches accidents and careless edits, not a forger who
+recomputes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from indexer.errors import IndexDirError
 from indexer.forward.sites import Site
 from indexer.recorders import FeatureRecorders, default_backend
+from indexer.store.killpoint import kill_point
+from indexer.store.writer import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.npz"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"
+NEW_CHECKPOINT = "checkpoint.new.npz"  # written in full before the rotation
+CHECKPOINTS = (CHECKPOINT, PREVIOUS_CHECKPOINT, NEW_CHECKPOINT)  # the order resume tries them in
 FINAL_STATE = "state.npz"
+MAGIC = b"NEUROSCOPE-STATE 1\n"
+
+
+class CorruptState(IndexDirError):
+    """A state file is truncated, corrupted or was edited (its checksum does not match)."""
+
+
+def seal(payload: bytes) -> bytes:
+    """``payload`` with the magic line and its SHA-256 in front."""
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def unseal(data: bytes, where: str = "state file") -> bytes:
+    """The payload of sealed bytes; CorruptState if the seal or checksum is wrong."""
+    if not data.startswith(MAGIC):
+        what = "is empty" if not data else "has no neuroscope checksum header (not written by this version, or damaged)"
+        raise CorruptState(f"{where} {what}")
+    digest, payload = data[len(MAGIC):len(MAGIC) + 32], data[len(MAGIC) + 32:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise CorruptState(f"{where} fails its checksum (truncated, corrupted or edited)")
+    return payload
+
+
+def read_state_file(path: Path) -> bytes:
+    """The verified payload of a state file; CorruptState / IndexDirError in one line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IndexDirError(f"cannot read {path}: {e.strerror}") from None
+    return unseal(data, str(path))
+
+
+def write_checkpoint(out: Path, payload: bytes) -> None:
+    """Write a checkpoint and keep the one before it as ``checkpoint.prev.npz``.
+
+    The new file is written in full (atomically) under another name first, so at every moment
+    at least one complete, checksummed checkpoint is on disk."""
+    new, current, previous = out / NEW_CHECKPOINT, out / CHECKPOINT, out / PREVIOUS_CHECKPOINT
+    atomic_write_bytes(new, seal(payload), point="checkpoint-write")
+    if current.exists():
+        os.replace(current, previous)
+    kill_point("checkpoint-rotate")
+    os.replace(new, current)
+
+
+def remove_checkpoints(out: Path) -> None:
+    """Delete the checkpoints of a finished run."""
+    for name in CHECKPOINTS:
+        (out / name).unlink(missing_ok=True)
+
+
+def read_checkpoint(out: Path, warn=None) -> bytes | None:
+    """The payload of the newest good checkpoint in ``out``, or None if there is none at all.
+
+    A bad newer one is reported through ``warn`` and the previous one used; IndexDirError
+    if every checkpoint present is bad."""
+    problems = []
+    for name in CHECKPOINTS:
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            payload = read_state_file(path)
+            _check_npz(payload, str(path))
+        except IndexDirError as e:
+            problems.append(str(e))
+            continue
+        if problems and warn is not None:
+            warn(f"{'; '.join(problems)}; resuming from {path.name} instead")
+        return payload
+    if problems:
+        raise CorruptState(f"no usable checkpoint: {'; '.join(problems)}; start again with --overwrite")
+    return None
+
+
+def _check_npz(payload: bytes, where: str) -> None:
+    try:
+        with np.load(io.BytesIO(payload)) as npz:
+            from_json_array(npz["progress"])
+            from_json_array(npz["config"])
+    except Exception as e:  # a payload that passed the checksum but is not ours
+        raise CorruptState(f"{where} is not a neuroscope checkpoint ({type(e).__name__})") from None
 
 
 def site_salt(seed: int, site: Site) -> int:
@@ -34,6 +132,15 @@ def save_states(recorders: dict[Site, FeatureRecorders], extra: dict[str, Any] |
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def load_state_file(path: Path, plan: list[Site], device: str) -> tuple[dict[Site, FeatureRecorders], dict[str, Any]]:
+    """``load_states`` of a sealed file (``state.npz``), with one-line errors for bad files."""
+    payload = read_state_file(path)
+    try:
+        return load_states(payload, plan, device)
+    except Exception as e:  # checksum fine but not the recorders this plan needs
+        raise CorruptState(f"{path} does not hold the recorder states of this run ({type(e).__name__}: {e})") from None
 
 
 def load_states(data: bytes, plan: list[Site], device: str) -> tuple[dict[Site, FeatureRecorders], dict[str, Any]]:

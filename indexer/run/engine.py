@@ -20,36 +20,48 @@ from typing import Any
 import numpy as np
 
 from indexer.config import IndexConfig
-from indexer.errors import ConfigError, IndexDirError
+from indexer.errors import ConfigError, CorpusError, IndexDirError
 from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites
 from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
 from indexer.inputs.models import LoadedModel, load_model
 from indexer.recorders import FeatureRecorders, default_backend, hist_edges, warm_up
-from indexer.run.checkpoint import CHECKPOINT, load_states, read_extra, save_states, site_salt
-from indexer.run.outdir import prepare_out_dir
+from indexer.run.checkpoint import load_states, read_checkpoint, read_extra, save_states, site_salt, write_checkpoint
+from indexer.run.outdir import claimed_out_dir, meaningful_entries
+from indexer.run.safety import check_memory, failed_writes_explained
+from indexer.store.killpoint import kill_point
 from indexer.store.manifest import FORMAT_VERSION, MANIFEST
-from indexer.store.writer import atomic_write_bytes
 
 # Fields that may differ between a run and its resumption.
-RESUME_FREE = {"resume", "overwrite", "checkpoint_every", "device"}
+RESUME_FREE = {"resume", "overwrite", "checkpoint_every", "device", "allow_large"}
 
 
 def index(cfg: IndexConfig, progress: bool = True) -> Path:
-    """Run (or resume) an indexing job and write the finished index into ``cfg.out``."""
-    checkpoint = _read_checkpoint(cfg) if cfg.resume else None
-    if checkpoint is not None:
-        cfg = _resumed_config(cfg, checkpoint)
-    cfg.validate()
-    if cfg.dask:
-        raise ConfigError("--dask jobs run through indexer.dist.job.index_on_dask (as `neuroscope index --dask` does)")
-    run = Run.open(cfg, prepare_out_dir(cfg.out, cfg.resume, cfg.overwrite))
-    if checkpoint is not None:
-        run.restore(checkpoint)
-    else:
-        run.start()
-    run.stream(progress)
-    return run.finalize(progress)
+    """Run (or resume) an indexing job and write the finished index into ``cfg.out``.
+
+    The output folder is locked for the whole run (indexer.run.lock); a failed write ends in
+    one IndexDirError that says what is kept (indexer.run.safety)."""
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other")
+    if not cfg.resume:
+        cfg.validate()  # before the output folder is touched
+    with claimed_out_dir(cfg.out, cfg.resume, cfg.overwrite) as out:
+        checkpoint = _read_checkpoint(cfg) if cfg.resume else None
+        if checkpoint is not None:
+            cfg = _resumed_config(cfg, checkpoint)
+        cfg.validate()
+        if cfg.dask:
+            raise ConfigError("--dask jobs run through indexer.dist.job.index_on_dask (as `neuroscope index --dask` does)")
+        with failed_writes_explained(out, "indexing"):
+            run = Run.open(cfg, out)
+            check_memory(cfg, sum(s.n_features for s in run.plan), run.ctx_len, quiet=not progress)
+            if checkpoint is not None:
+                run.restore(checkpoint)
+            else:
+                run.start()
+            run.stream(progress)
+            kill_point("finalize")
+            return run.finalize(progress)
 
 
 class Run:
@@ -149,6 +161,8 @@ class Run:
             seen += batch.n_text_tokens
             if seen >= self.cfg.warmup_tokens:
                 break
+        if seen == 0:
+            raise CorpusError(f"nothing to index: {_what_was_read(stream)}")
         # Sorting 4M values at a time bounds the transient memory of the estimate (~100 MB).
         return {
             site: quantile_edges(torch.cat(rows)[: self.cfg.warmup_tokens], self.cfg.quantiles, max_elements=1 << 22)
@@ -185,6 +199,7 @@ class Run:
             self.batches_done += 1
             self.seconds = time.perf_counter() - started
             bar.update(batch.n_text_tokens)
+            kill_point("batch")
             if self.batches_done % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
@@ -202,8 +217,14 @@ class Run:
             "position": self.position, "tokens_done": self.tokens_done,
             "batches_done": self.batches_done, "seconds": self.seconds, "corpus_tokens": self.corpus_tokens,
         }
-        extra = {"config": self.cfg.to_dict(), "progress": progress}
-        atomic_write_bytes(self.out / CHECKPOINT, save_states(self.recorders, extra))
+        extra = {"config": self.cfg.to_dict(), "progress": progress, "format_version": FORMAT_VERSION}
+        try:
+            write_checkpoint(self.out, save_states(self.recorders, extra))
+        except OSError as e:
+            raise IndexDirError(
+                f"cannot write a checkpoint in {self.out} ({e.strerror or e}); the last good checkpoint is kept: "
+                "free space or fix the folder, then rerun with --resume"
+            ) from None
 
     # --- the end ---------------------------------------------------------------------------
 
@@ -261,13 +282,41 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _read_checkpoint(cfg: IndexConfig) -> bytes:
-    path = Path(cfg.out).expanduser() / CHECKPOINT
-    if not path.is_file() and (path.parent / MANIFEST).is_file():
+def _read_checkpoint(cfg: IndexConfig) -> bytes | None:
+    """The newest good checkpoint's payload; None (start afresh) if the run was killed before
+    its first checkpoint and left nothing but a lock or temporary files."""
+    out = Path(cfg.out).expanduser()
+    checkpoint = read_checkpoint(out, warn=lambda m: print(f"neuroscope: {m}", file=sys.stderr))
+    if checkpoint is not None:
+        version = read_extra(checkpoint, "format_version") if _has_extra(checkpoint, "format_version") else FORMAT_VERSION
+        if version != FORMAT_VERSION:
+            raise IndexDirError(f"--resume: the checkpoint in {cfg.out} was written by index format version {version}; "
+                                f"this neuroscope writes version {FORMAT_VERSION}: start again with --overwrite")
+        return checkpoint
+    if (out / MANIFEST).is_file():
         raise IndexDirError(f"--resume: the index in {cfg.out} is already complete; nothing to resume")
-    if not path.is_file():
-        raise IndexDirError(f"--resume: no checkpoint in {cfg.out} (nothing to resume; drop --resume to start)")
-    return path.read_bytes()
+    if out.is_dir() and not meaningful_entries(out):
+        print(f"neuroscope: --resume: {cfg.out} holds no checkpoint yet (the run stopped before its first one); "
+              "starting from the beginning", file=sys.stderr)
+        return None
+    raise IndexDirError(f"--resume: no checkpoint in {cfg.out} (nothing to resume; drop --resume to start)")
+
+
+def _what_was_read(stream: ContextStream) -> str:
+    """Why a stream gave no tokens, per corpus: e.g. 'code: 0 documents (3 empty, 2 bad records skipped)'."""
+    parts = []
+    for spec in stream.specs:
+        c = stream.counters.get(spec.name, CorpusCounters())
+        parts.append(f"{spec.name}: {c.documents} documents with text ({c.empty_documents} empty or blank, "
+                     f"{c.bad_records} bad records skipped)")
+    return "; ".join(parts)
+
+
+def _has_extra(checkpoint: bytes, key: str) -> bool:
+    import io
+
+    with np.load(io.BytesIO(checkpoint)) as npz:
+        return key in npz.files
 
 
 def _resumed_config(cfg: IndexConfig, checkpoint: bytes) -> IndexConfig:

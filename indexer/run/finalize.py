@@ -17,7 +17,7 @@ import numpy as np
 
 from indexer.forward.sites import HEAD_METRICS, Site
 from indexer.recorders import FeatureRecorders, hist_edges
-from indexer.run.checkpoint import CHECKPOINT, FINAL_STATE, save_states
+from indexer.run.checkpoint import FINAL_STATE, remove_checkpoints, save_states, seal
 from indexer.run.examples import ExampleSet, collect_examples, window_columns
 from indexer.store.schema import Contexts, Examples, HeadExamples, HeadScores, Heads, Neurons, Vocab
 from indexer.store.writer import IndexWriter, atomic_write_bytes
@@ -59,9 +59,9 @@ def write_index(run: Any, progress: bool = True) -> Path:
         _write_site(writer, site, rec, example_set, vocab, run.model.tokenizer)
     if any(site.name == "heads" for site in run.plan):
         _write_head_scores(writer, run)
-    atomic_write_bytes(run.out / FINAL_STATE, save_states(run.recorders))
+    atomic_write_bytes(run.out / FINAL_STATE, seal(save_states(run.recorders)), point="state-write")
     writer.write_manifest(run.manifest(finalize_seconds=time.perf_counter() - started))
-    (run.out / CHECKPOINT).unlink(missing_ok=True)  # state.npz and the manifest now say it all
+    remove_checkpoints(run.out)  # state.npz and the manifest now say it all
     return run.out
 
 

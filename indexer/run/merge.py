@@ -8,30 +8,39 @@ those of a single run; finalize then re-runs the kept contexts as a single run w
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from indexer.config import IndexConfig
 from indexer.errors import IndexDirError
 from indexer.inputs.corpus import CorpusCounters
 from indexer.run.checkpoint import FINAL_STATE
-from indexer.run.outdir import prepare_out_dir
+from indexer.run.outdir import claimed_out_dir
+from indexer.run.safety import failed_writes_explained
 from indexer.store.manifest import read_manifest
 
 # Config fields that may differ between the shards of one run.
-SHARD_FREE = {"shard", "out", "resume", "overwrite", "checkpoint_every", "device", "dask"}
+SHARD_FREE = {"shard", "out", "resume", "overwrite", "checkpoint_every", "device", "dask", "allow_large"}
 
 
 def merge(shard_dirs: list[str], out: str, overwrite: bool = False, progress: bool = True) -> Path:
-    from indexer.run.checkpoint import load_states
-    from indexer.run.engine import Run
-
+    """Merge shard indexes into ``out``; ``out`` may not be (or hold, or lie in) a shard."""
     configs = [_shard_config(d) for d in shard_dirs]
     _check_shards(shard_dirs, configs)
     cfg = IndexConfig.from_dict({**configs[0].to_dict(), "shard": "0/1", "out": out, "overwrite": overwrite})
-    run = Run.open(cfg, prepare_out_dir(out, resume=False, overwrite=overwrite))
+    with claimed_out_dir(out, resume=False, overwrite=overwrite, inputs=shard_dirs) as folder:
+        with failed_writes_explained(folder, "merge"):
+            return _merge(shard_dirs, cfg, folder, progress)
+
+
+def _merge(shard_dirs: list[str], cfg: IndexConfig, folder: Path, progress: bool) -> Path:
+    from indexer.run.checkpoint import load_state_file
+    from indexer.run.engine import Run
+
+    run = Run.open(cfg, folder)
     merged = None
     for shard_dir in shard_dirs:
-        recorders, _ = load_states((Path(shard_dir) / FINAL_STATE).read_bytes(), run.plan, run.device)
+        recorders, _ = load_state_file(Path(shard_dir) / FINAL_STATE, run.plan, run.device)
         if merged is None:
             merged = recorders
         else:
@@ -41,12 +50,13 @@ def merge(shard_dirs: list[str], out: str, overwrite: bool = False, progress: bo
         counts = manifest["counts"]
         run.tokens_done += counts["tokens"]
         run.position += counts["contexts"]
-        run.batches_done += counts["batches"]
         run.seconds += manifest["timing"]["stream_seconds"]
         if not run.contexts.counters:  # every shard read the whole stream: the same documents
             run.contexts.counters = {c["name"]: CorpusCounters.from_dict(c) for c in manifest["corpora"]}
         for corpus in manifest["corpora"]:
             run.corpus_tokens[corpus["name"]] = run.corpus_tokens.get(corpus["name"], 0) + corpus["tokens"]
+    # The batches a single run makes of the same contexts (shards batch their own contexts).
+    run.batches_done = math.ceil(run.position / cfg.batch_size)
     run.recorders = merged or {}
     run.notes = {"merged_from": [str(Path(d).resolve()) for d in shard_dirs]}
     return run.finalize(progress)

@@ -39,7 +39,21 @@ def read_manifest(index_dir: Path | str) -> dict[str, Any]:
         raise IndexDirError(f"{path} is not readable JSON: {e}") from e
     if not isinstance(manifest, dict):
         raise IndexDirError(f"{path} holds a {type(manifest).__name__} but expected a JSON object")
+    check_format_version(manifest, root)
     return manifest
+
+
+def check_format_version(manifest: Mapping[str, Any], root: Path | str) -> None:
+    """IndexDirError naming the version that wrote an index this version cannot read.
+    (A manifest without ``format_version`` predates the field and is read as version 1.)"""
+    version = manifest.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        wrote = manifest.get("versions", {}).get("neuroscope") if isinstance(manifest.get("versions"), dict) else None
+        by = f" (neuroscope {wrote})" if wrote else ""
+        raise IndexDirError(
+            f"{root} was written in index format version {version!r}{by}; this neuroscope reads format "
+            f"version {FORMAT_VERSION}: rebuild the index, or use the neuroscope that wrote it"
+        )
 
 
 def _json_default(obj: Any) -> Any:

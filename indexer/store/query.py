@@ -5,15 +5,28 @@ User SQL (``run_sql``) is guarded three ways:
 - the connection cannot reach files outside the index: after the views are made, external
   access is switched off except for the index folder (``allowed_directories``) and the
   configuration is locked, so no statement can switch it back on;
-- it runs in a worker thread that is interrupted after ``timeout_s``, and at most ``limit``
-  rows are fetched (one more tells whether the result was truncated).
+- it runs in a worker thread that is interrupted after ``timeout_s`` (default
+  ``DEFAULT_TIMEOUT_S``, the same for the CLI, the Python API and the viewer), and at most
+  ``limit`` rows are fetched (one more tells whether the result was truncated);
+- DuckDB's memory (``memory_limit``, default ``DEFAULT_MEMORY_LIMIT``, or the environment
+  variable ``NEUROSCOPE_SQL_MEMORY_LIMIT``) and threads are bounded, and nothing spills to
+  disk, so a huge join fails with a message instead of taking the machine.
+
+Every file a view reads must resolve (symlinks followed) inside the index folder, and file
+paths are glob-escaped, so neither a symlink nor a folder named ``ix*`` reaches other files.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import decimal
+import json
+import math
 import os
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,21 +48,44 @@ SAFE_PRAGMAS = frozenset({"table_info", "show", "show_tables", "show_tables_expa
 _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?(\([^)]*\)\s*)?", re.IGNORECASE)
 _PRAGMA_NAME = re.compile(r"^\s*PRAGMA\s+(\w+)", re.IGNORECASE)
 _FETCH_BATCH = 8192
+_PIVOT = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*PIVOT\b", re.IGNORECASE | re.DOTALL)
+_GLOB_CHARS = re.compile(r"([*?\[\]{}])")
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MEMORY_LIMIT = "2GB"
+MAX_THREADS = 4
 
 
 def open_index(index_dir: Path | str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per table, locked to ``index_dir``."""
     read_manifest(index_dir)  # refuses a folder that is not a (finished or partial) index
     root = os.path.realpath(index_dir)  # allowed_directories compares resolved paths
+    for table in TABLES:
+        check_inside(root, table.files(root))
     conn = duckdb.connect(":memory:")
     try:
         for table in TABLES:
             conn.execute(view_sql(table, root))
+        _lock_down(conn, root)
     except duckdb.Error as e:
         conn.close()
         raise IndexDirError(f"{index_dir}: cannot read the index: {one_line(e)}") from e
-    _lock_down(conn, root)
     return conn
+
+
+def check_inside(root: str, files: list[Path]) -> None:
+    """IndexDirError if a file resolves (through symlinks) to a place outside ``root``."""
+    for path in files:
+        real = os.path.realpath(path)
+        if not real.startswith(root + os.sep):
+            raise IndexDirError(f"{path} points outside the index ({real}); refusing to read it")
+
+
+def memory_limit() -> str:
+    """DuckDB's memory limit for user SQL: NEUROSCOPE_SQL_MEMORY_LIMIT, else DEFAULT_MEMORY_LIMIT."""
+    value = os.environ.get("NEUROSCOPE_SQL_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT).strip()
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value, re.IGNORECASE):
+        raise QueryError(f"NEUROSCOPE_SQL_MEMORY_LIMIT={value!r}: expected a size such as 2GB or 512MB")
+    return value
 
 
 def view_sql(table: type[Table], root: str) -> str:
@@ -60,7 +96,8 @@ def view_sql(table: type[Table], root: str) -> str:
     if not files:
         cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(c)}" for c, t in types.items())
         return f"CREATE VIEW {table.NAME} AS SELECT *{aliases} FROM (SELECT {cols} WHERE false)"
-    paths = ", ".join(_literal(str(p)) for p in files)  # a list, not a glob: no escaping issues
+    # A list of files, each glob-escaped: DuckDB expands globs even in a list.
+    paths = ", ".join(_literal(glob_escape(str(p))) for p in files)
     options = "hive_partitioning = false"
     if table.PARTITIONS:
         hive = ", ".join(f"{_ident(c)}: {types[c]}" for c in table.PARTITIONS)
@@ -69,10 +106,19 @@ def view_sql(table: type[Table], root: str) -> str:
     return f"CREATE VIEW {table.NAME} AS SELECT {cols}{aliases} FROM read_parquet([{paths}], {options})"
 
 
+def glob_escape(path: str) -> str:
+    """``path`` with DuckDB's glob characters bracketed: ``ix*`` -> ``ix[*]`` matches only itself."""
+    return _GLOB_CHARS.sub(r"[\1]", path)
+
+
 def _lock_down(conn: duckdb.DuckDBPyConnection, root: str) -> None:
     for statement in (
         "SET temp_directory = ''",  # else DuckDB also allows ./.tmp (spill files) of the cwd
-        f"SET allowed_directories = [{_literal(root + os.sep)}]",
+        f"SET memory_limit = {_literal(memory_limit())}",  # else most of the machine
+        f"SET threads = {max(1, min(MAX_THREADS, os.cpu_count() or 1))}",
+        # The folder as the views spell it (glob-escaped) and as DuckDB then opens it; every
+        # file a glob expands to is checked again, so neither spelling reaches a sibling.
+        f"SET allowed_directories = [{_literal(glob_escape(root) + os.sep)}, {_literal(root + os.sep)}]",
         "SET enable_external_access = false",
         "SET autoinstall_known_extensions = false",
         "SET autoload_known_extensions = false",
@@ -98,12 +144,14 @@ def check_read_only(query: str) -> str:
         # EXPLAIN ANALYZE runs its statement, so what it explains must be read-only too.
         check_read_only(_EXPLAIN_PREFIX.sub("", statement.query, count=1))
         return statement.query
+    if kind == duckdb.StatementType.MULTI and _PIVOT.match(statement.query):
+        return statement.query  # PIVOT without an IN list: DuckDB first finds the values (read-only)
     if kind == duckdb.StatementType.PRAGMA:
         match = _PRAGMA_NAME.match(statement.query)
         if match and match.group(1).lower() in SAFE_PRAGMAS:
             return statement.query
     raise QueryError(
-        f"only read-only queries are allowed (SELECT, WITH, VALUES, DESCRIBE, SHOW, EXPLAIN, "
+        f"only read-only queries are allowed (SELECT, WITH, VALUES, PIVOT, DESCRIBE, SHOW, EXPLAIN, "
         f"PRAGMA table_info), got {kind.name}"
     )
 
@@ -135,36 +183,93 @@ def run_sql(
     query: str,
     params: Params = None,
     limit: int | None = 10_000,
-    timeout_s: float | None = 30,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    setting: str = "--timeout",
 ) -> tuple[pd.DataFrame, bool]:
     """Run one read-only query (or a canned query name); returns (rows, truncated).
 
-    ``limit=None`` fetches every row; ``timeout_s=None`` waits as long as it takes.
+    ``limit=None`` fetches every row; ``timeout_s=None`` waits as long as it takes;
+    ``setting`` names the option a QueryTimeout tells the user to raise.
     """
+    check_limits(limit, timeout_s)
     resolved, canned_params = resolve_params(query)
     sql = check_read_only(resolved)
     params = canned_params if params is None and canned_params is not None else params
     if isinstance(dir_or_conn, duckdb.DuckDBPyConnection):
-        return _run(dir_or_conn, sql, params, limit, timeout_s)
+        return _run(dir_or_conn, sql, params, limit, timeout_s, setting)
     conn = open_index(dir_or_conn)
     try:
-        return _run(conn, sql, params, limit, timeout_s)
+        return _run(conn, sql, params, limit, timeout_s, setting)
     finally:
-        conn.close()
+        _close_quietly(conn)
 
 
-def _run(conn, sql: str, params: Params, limit: int | None, timeout_s: float | None) -> tuple[pd.DataFrame, bool]:
+def check_limits(limit: int | None, timeout_s: float | None) -> None:
+    """QueryError for a row cap below 0 or a time limit that is not a positive finite number."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise QueryError(f"row limit {limit!r}: expected a whole number >= 0")
+    if timeout_s is not None:
+        try:
+            ok = math.isfinite(float(timeout_s)) and float(timeout_s) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise QueryError(f"time limit {timeout_s!r}: expected a number of seconds > 0")
+
+
+def _close_quietly(handle) -> None:
+    # A query that ignored its interrupt is still running: closing then raises; leave it.
+    try:
+        handle.close()
+    except duckdb.Error:
+        pass
+
+
+def _run(conn, sql: str, params: Params, limit: int | None, timeout_s: float | None,
+         setting: str = "--timeout") -> tuple[pd.DataFrame, bool]:
     cursor = conn.cursor()  # its own cursor: interruptible alone, and safe across threads
     try:
         if cursor.sql("SELECT current_setting('lock_configuration')").fetchall() != [(True,)]:
             raise QueryError("refusing to run user SQL on a connection not made by open_index")
-        table = _with_timeout(lambda: _fetch(cursor, sql, params, limit), cursor, timeout_s, sql)
+        table = _with_timeout(lambda: _fetch(cursor, sql, params, limit), cursor, timeout_s, sql, setting)
     except duckdb.Error as e:
-        raise QueryError(one_line(e)) from e
+        raise QueryError(_sql_message(e)) from e
     finally:
-        cursor.close()
+        _close_quietly(cursor)
     truncated = limit is not None and table.num_rows > limit
-    return (table.slice(0, limit) if truncated else table).to_pandas(), truncated
+    return to_pandas(table.slice(0, limit) if truncated else table), truncated
+
+
+def _safe_py(scalar: pa.Scalar) -> Any:
+    try:
+        return scalar.as_py()
+    except (pa.ArrowException, ValueError, OverflowError, TypeError):
+        try:
+            return str(scalar.cast(pa.string()).as_py())
+        except (pa.ArrowException, ValueError, OverflowError, TypeError):
+            return f"<{scalar.type} value out of Python's range>"
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """A DataFrame of any result: columns pandas has no type for (unions, out-of-range
+    timestamps...) become Python objects, or their text if even that fails."""
+    try:
+        return table.to_pandas()
+    except (pa.ArrowException, ValueError, OverflowError, TypeError):
+        pass
+    columns = {}
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        try:
+            columns[i] = column.to_pandas()
+        except (pa.ArrowException, ValueError, OverflowError, TypeError):
+            try:
+                columns[i] = pd.Series(column.to_pylist(), dtype=object)
+            except (pa.ArrowException, ValueError, OverflowError, TypeError):
+                columns[i] = pd.Series([_safe_py(v) for v in column], dtype=object)
+    df = pd.DataFrame(columns)
+    df.columns = table.column_names
+    return df
 
 
 def _fetch(cursor, sql: str, params: Params, limit: int | None) -> pa.Table:
@@ -184,7 +289,16 @@ def _fetch(cursor, sql: str, params: Params, limit: int | None) -> pa.Table:
     return pa.Table.from_batches(batches, schema=reader.schema)
 
 
-def _with_timeout(work: Callable[[], T], cursor, timeout_s: float | None, sql: str = "") -> T:
+def _sql_message(e: duckdb.Error) -> str:
+    text = one_line(e)
+    if isinstance(e, duckdb.OutOfMemoryException) or "memory" in text.lower() and "limit" in text.lower():
+        return (f"{text} (user SQL may use {memory_limit()}; narrow the query, or raise "
+                "NEUROSCOPE_SQL_MEMORY_LIMIT)")
+    return text
+
+
+def _with_timeout(work: Callable[[], T], cursor, timeout_s: float | None, sql: str = "",
+                  setting: str = "--timeout") -> T:
     if timeout_s is None:
         return work()
     box: dict[str, Any] = {}
@@ -200,8 +314,8 @@ def _with_timeout(work: Callable[[], T], cursor, timeout_s: float | None, sql: s
     thread.join(timeout_s)
     if thread.is_alive():
         cursor.interrupt()
-        thread.join(5)  # an interrupted DuckDB query stops within milliseconds
-        raise QueryTimeout(sql, timeout_s)
+        thread.join(5)  # an interrupted DuckDB query stops within milliseconds; if it ignores
+        raise QueryTimeout(sql, timeout_s, setting)  # the interrupt, it is left to end on its own
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -225,10 +339,53 @@ def format_result(df: pd.DataFrame, fmt: str = "table", max_width: int = 40) -> 
     if fmt == "csv":
         return _plain(df).to_csv(index=False)
     if fmt == "json":
-        return df.to_json(orient="records", force_ascii=False) + "\n"
+        return json_records(df) + "\n"
     if fmt == "table":
         return _table_text(df, max_width)
     raise ValueError(f"format {fmt!r} but expected one of {FORMATS}")
+
+
+def json_records(df: pd.DataFrame) -> str:
+    """Rows as a JSON list of objects, whatever DuckDB handed back: decimals, dates and times,
+    intervals, blobs (base64), UUIDs, lists, structs and maps; NaN and infinities become null."""
+    names = [str(c) for c in df.columns]
+    rows = [dict(zip(names, map(_json_value, row))) for row in df.itertuples(index=False, name=None)]
+    return json.dumps(rows, ensure_ascii=False, allow_nan=False)
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, decimal.Decimal):
+        return str(value) if not value.is_finite() else (int(value) if value == value.to_integral_value() else float(value))
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, (dt.datetime, dt.date, dt.time, pd.Timestamp)):
+        return value.isoformat()
+    if isinstance(value, (dt.timedelta, pd.Timedelta, np.timedelta64)):
+        return pd.Timedelta(value).isoformat()
+    if isinstance(value, pd.DateOffset):  # a DuckDB INTERVAL with months
+        return {k: int(getattr(value, k, 0) or 0) for k in ("months", "days", "nanoseconds")}
+    if isinstance(value, np.datetime64):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [_json_value(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        # DuckDB MAPs arrive as lists of (key, value) pairs or as {'key': [...], 'value': [...]}.
+        return [_json_value(v) for v in value]
+    return str(value)
 
 
 def _table_text(df: pd.DataFrame, max_width: int) -> str:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from indexer.store.killpoint import kill_point
 from indexer.store.manifest import MANIFEST, STATUSES, manifest_text
 from indexer.store.schema import Table, valid_partition_value
 
@@ -30,8 +31,10 @@ Columns = Mapping[str, Any] | pa.Table | Sequence[Table]
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path | str) -> Iterator[BinaryIO]:
-    """A binary file that appears at ``path`` only once the ``with`` block ends without error."""
+def atomic_open(path: Path | str, point: str | None = None) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` only once the ``with`` block ends without error.
+
+    ``point`` names the test kill point (indexer.store.killpoint) hit before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder, so the rename never crosses file systems; a dot so no glob sees it.
@@ -41,6 +44,8 @@ def atomic_open(path: Path | str) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())  # the data must be on disk before the name points at it
+        if point:
+            kill_point(point)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -48,10 +53,16 @@ def atomic_open(path: Path | str) -> Iterator[BinaryIO]:
     _fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (e.g. a checkpoint)."""
+def atomic_write_bytes(path: Path | str, data: bytes, point: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (e.g. a checkpoint); ``point``: a test kill point
+    hit when half of the data is written."""
     with atomic_open(path) as f:
-        f.write(data)
+        half = len(data) // 2
+        f.write(data[:half])
+        if point:
+            f.flush()
+            kill_point(point)
+        f.write(data[half:])
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -94,7 +105,7 @@ class IndexWriter:
         _check_partition(table_cls, partition, part)
         table = to_arrow(table_cls, columns, partition)
         path = table_cls.path(self.root, partition, part)
-        with atomic_open(path) as f:
+        with atomic_open(path, point="parquet-write") as f:
             pq.write_table(table, f, compression="zstd", row_group_size=table_cls.ROW_GROUP_ROWS)
         return path
 
@@ -104,7 +115,7 @@ class IndexWriter:
             raise ValueError(f"manifest status={manifest.get('status')!r} but expected one of {STATUSES}")
         text = manifest_text(manifest)
         path = self.root / MANIFEST
-        atomic_write_bytes(path, text.encode())
+        atomic_write_bytes(path, text.encode(), point="manifest-write")
         return path
 
 

@@ -81,6 +81,14 @@ def test_unreadable_file(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("indexer.inputs.corpus.Path.read_bytes", denied)
+    real_open = open
+
+    def guarded_open(file, *args, **kwargs):  # JSON Lines are read line by line with open()
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", guarded_open)
     with pytest.raises(CorpusError, match="cannot read corpus file .*Permission denied"):
         list(iter_documents(spec, CorpusCounters()))
 

@@ -1,0 +1,37 @@
+"""A test hook: kill this process at a named point, to test crash safety deterministically.
+
+Off unless the environment variable ``NEUROSCOPE_TEST_KILL_AT`` is set to ``NAME:N`` (or a
+comma list of them): the N-th time (1-based) the program reaches the point called NAME, it
+sends itself SIGKILL, exactly as an out-of-memory killer or a pulled plug would. Points:
+
+- ``batch``: after a batch was fed to the recorders, before any checkpoint of it;
+- ``checkpoint-write``: a checkpoint's temporary file is half written;
+- ``checkpoint-rotate``: the old checkpoint became ``checkpoint.prev.npz``, the new one is
+  not in place yet;
+- ``finalize``: the streaming pass ended, nothing of the index is written yet;
+- ``parquet-write``: a Parquet part file's temporary file is written, not yet renamed;
+- ``manifest-write``: the manifest's temporary file is half written;
+- ``state-write``: ``state.npz`` is half written.
+
+Lives in the store, the lowest layer that writes files, so every writer can reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "NEUROSCOPE_TEST_KILL_AT"
+_hits: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process if ``NEUROSCOPE_TEST_KILL_AT`` names this point and hit count."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    for item in spec.split(","):
+        point, _, nth = item.strip().partition(":")
+        if point == name and _hits[name] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
