@@ -22,7 +22,7 @@ def histogram(stats: dict, hist_edges: Sequence[float] | None, quantiles: Sequen
     bars["share"] = bars["tokens"] / counts.sum()
     base = alt.Chart(bars).mark_bar(color="#ff7f2a").encode(
         x=alt.X("low:Q", title="activation"), x2="high:Q",
-        y=alt.Y("tokens:Q", scale=alt.Scale(type="symlog"), title="tokens (symlog)"),
+        y=alt.Y("tokens:Q", scale=alt.Scale(type="symlog"), title="tokens (symlog)"), y2=alt.datum(0),
         tooltip=[alt.Tooltip("low:Q", format=".4g"), alt.Tooltip("high:Q", format=".4g"), "tokens:Q",
                  alt.Tooltip("share:Q", format=".2%")],
     )

@@ -117,7 +117,7 @@ def _corpus_split(top: pd.DataFrame, manifest: dict) -> None:
     split["share of tokens indexed"] = [indexed.get(n, 0) / total for n in names]
     st.caption("Corpus split of the top examples")
     st.dataframe(split, hide_index=True, column_config={
-        "share of top": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=1),
+        "share of top": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
         "share of tokens indexed": st.column_config.NumberColumn(format="%.3f"),
     })
 

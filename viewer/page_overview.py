@@ -8,7 +8,7 @@ import streamlit as st
 
 from indexer.api import Index
 from viewer import charts, data, state
-from viewer.render import esc, head_query, neuron_query
+from viewer.render import attr, esc, head_query, neuron_query
 
 LINKS = 12
 
@@ -63,7 +63,7 @@ def _neurons(ix: Index, path: str, key: float) -> None:
 
 
 def _links(rows: pd.DataFrame, site: str, layer: int) -> str:
-    return ", ".join(f'<a href="{esc(neuron_query(site, layer, int(n)))}">{int(n)}</a>'
+    return ", ".join(f'<a href="{attr(neuron_query(site, layer, int(n)))}">{int(n)}</a>'
                      f' <small>({v:.3g})</small>' for n, v in zip(rows["neuron"], rows["max"]))
 
 
@@ -75,9 +75,9 @@ def _heads(ix: Index, path: str, key: float) -> None:
     st.header("Heads")
     kinds = [c for c in scores.columns if c not in ("layer", "head")]
     head_rows = "".join(
-        "<tr><td>" + f'<a href="{esc(head_query(int(r.layer), int(r.head), metrics[0]))}">{int(r.layer)}.{int(r.head)}</a>'
+        "<tr><td>" + f'<a href="{attr(head_query(int(r.layer), int(r.head), metrics[0]))}">{int(r.layer)}.{int(r.head)}</a>'
         + "</td>" + "".join(f"<td>{float(getattr(r, k)):.3f}</td>" for k in kinds) + "<td>"
-        + " ".join(f'<a href="{esc(head_query(int(r.layer), int(r.head), mt))}">{esc(mt)}</a>' for mt in metrics)
+        + " ".join(f'<a href="{attr(head_query(int(r.layer), int(r.head), mt))}">{esc(mt)}</a>' for mt in metrics)
         + "</td></tr>"
         for r in scores.itertuples()
     )

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from urllib.parse import urlencode
 
 # Escaped beyond html.escape: Markdown ([]()*_`#|~!), LaTeX ($), template braces and backslash.
-_EXTRA = {c: f"&#{ord(c)};" for c in "[]()*_`#|~!$\\{}"}
+_ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;",
+           **{c: f"&#{ord(c)};" for c in "[]()*_`#|~!$\\{}"}}
+_TABLE = str.maketrans(_ENTITY)
 
 CSS = """
 .ns-ex{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;line-height:1.9;
@@ -32,8 +34,12 @@ background:#fff;color:#111;margin:2px 0 8px 0}
 
 def esc(text: object) -> str:
     """``text`` escaped for HTML (quotes too) and for Markdown/LaTeX re-interpretation."""
-    out = html.escape(str(text), quote=True)
-    return "".join(_EXTRA.get(c, c) for c in out)
+    return str(text).translate(_TABLE)
+
+
+def attr(text: object) -> str:
+    """``text`` escaped for an HTML attribute value such as a link (HTML escaping only)."""
+    return html.escape(str(text), quote=True)
 
 
 def show_token(token: str) -> str:
@@ -42,16 +48,15 @@ def show_token(token: str) -> str:
 
 
 def colour(value: float, vmax: float, vmin: float) -> str:
-    """Background for a value: orange-red for positive (relative to vmax), blue for negative."""
-    if not math.isfinite(value):
+    """Background for a value: orange-red for positive, blue for negative, both relative to the
+    feature's largest magnitude (so a GELU's small negative dip stays nearly white)."""
+    scale = max(vmax, -vmin, 0.0)
+    if not math.isfinite(value) or scale <= 0:
         return "transparent"
-    if value > 0 and vmax > 0:
-        a = min(value / vmax, 1.0)
-        return f"rgba(255,96,0,{a:.2f})" if a >= 0.02 else "transparent"
-    if value < 0 and vmin < 0:
-        a = min(value / vmin, 1.0) * 0.5
-        return f"rgba(40,110,255,{a:.2f})" if a >= 0.02 else "transparent"
-    return "transparent"
+    a = min(abs(value) / scale, 1.0)
+    if a < 0.02:
+        return "transparent"
+    return f"rgba(255,96,0,{a:.2f})" if value > 0 else f"rgba(40,110,255,{a * 0.6:.2f})"
 
 
 def token_spans(tokens: Sequence[str], values: Sequence[float | None], mark: int | None,
