@@ -32,10 +32,15 @@ def environment(index_dir: Path | str) -> dict[str, str]:
 
 
 def launch(index_dir: Path | str, host: str = "127.0.0.1", port: int = 8501) -> int:
-    """Serve the viewer until Ctrl+C; returns streamlit's exit status."""
+    """Serve the viewer until Ctrl+C. On POSIX this process becomes the server (exec), so a
+    signal to it stops the server too; elsewhere the server runs as a child."""
     shown = f"[{host}]" if ":" in host else host
     print(f"neuroscope viewer on {index_dir}: http://{shown}:{port}/  (Ctrl+C stops it)", flush=True)
-    proc = subprocess.Popen(command(index_dir, host, port), env=environment(index_dir))
+    cmd, env = command(index_dir, host, port), environment(index_dir)
+    if os.name == "posix":
+        sys.stderr.flush()
+        os.execve(sys.executable, cmd, env)  # does not return
+    proc = subprocess.Popen(cmd, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:

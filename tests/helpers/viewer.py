@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -45,12 +46,15 @@ def free_port() -> int:
 
 def start_viewer(index_dir: Path, port: int, timeout_s: float = 90) -> subprocess.Popen:
     """`neuroscope view` in a subprocess on 127.0.0.1; returns once its health check answers."""
+    # Output goes to a file: a pipe nobody reads would fill up and stall the server.
+    log = tempfile.NamedTemporaryFile("w+", prefix="neuroscope-view-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "view", str(index_dir), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log.name  # type: ignore[attr-defined]
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"neuroscope view exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
+            raise RuntimeError(f"neuroscope view exited {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
                 if r.status == 200:
@@ -62,10 +66,14 @@ def start_viewer(index_dir: Path, port: int, timeout_s: float = 90) -> subproces
 
 
 def stop(proc: subprocess.Popen) -> str:
+    """Stop the server; returns what it printed."""
     proc.terminate()
     try:
-        out, _ = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-    return out or ""
+        proc.wait()
+    path = Path(proc.log_path)  # type: ignore[attr-defined]
+    out = path.read_text()
+    path.unlink(missing_ok=True)
+    return out
