@@ -90,19 +90,20 @@ class FeaturePage:
     analyses: dict[str, pd.DataFrame | None]  # view -> its rows for this feature (None: no view)
 
 
-def neuron_page(ix: Index, site: str, layer: int, neuron: int, analyses: bool = True) -> FeaturePage:
+def neuron_page(ix: Index, site: str, layer: int, neuron: int, catalog: dict[str, list[str]] | None = None) -> FeaturePage:
+    """``catalog``: the analysis views and their columns (``analysis_catalog``), read once per index."""
     record = ix.neuron(layer=layer, neuron=neuron, site=site)
-    found = {}
-    if analyses:
-        key = {"site": site, "layer": layer, "neuron": neuron}
-        found = {name: analysis_rows(ix, name, key) for name in NEURON_ANALYSES}
+    catalog = analysis_catalog(ix) if catalog is None else catalog
+    key = {"site": site, "layer": layer, "neuron": neuron}
+    found = {name: analysis_rows(ix, name, key, catalog) for name in NEURON_ANALYSES}
     return FeaturePage(record, contexts(ix, record.top["ctx_id"].tolist()), found)
 
 
-def head_page(ix: Index, layer: int, head: int, metric: str) -> FeaturePage:
+def head_page(ix: Index, layer: int, head: int, metric: str, catalog: dict[str, list[str]] | None = None) -> FeaturePage:
     record = ix.head(layer=layer, head=head, metric=metric)
+    catalog = analysis_catalog(ix) if catalog is None else catalog
     key = {"layer": layer, "head": head}
-    found = {name: analysis_rows(ix, name, key) for name in HEAD_ANALYSES}
+    found = {name: analysis_rows(ix, name, key, catalog) for name in HEAD_ANALYSES}
     return FeaturePage(record, contexts(ix, record.top["ctx_id"].tolist()), found)
 
 
@@ -144,11 +145,24 @@ def view_columns(ix: Index, name: str) -> list[str] | None:
     return df["column_name"].tolist() or None
 
 
-def analysis_rows(ix: Index, name: str, key: dict[str, Any]) -> pd.DataFrame | None:
+def analysis_catalog(ix: Index) -> dict[str, list[str]]:
+    """Every analysis view the index has that holds rows -> its columns (views with no rows map
+    to an empty list, so a page skips their query)."""
+    out = {}
+    for name in NEURON_ANALYSES + HEAD_ANALYSES:
+        columns = view_columns(ix, name)
+        if columns is not None:
+            out[name] = columns if analysis_count(ix, name) else []
+    return out
+
+
+def analysis_rows(ix: Index, name: str, key: dict[str, Any], catalog: dict[str, list[str]]) -> pd.DataFrame | None:
     """Rows of analysis view ``name`` for one feature (filtered on the key columns it has)."""
-    columns = view_columns(ix, name)
-    if columns is None:
+    if name not in catalog:
         return None
+    columns = catalog[name]
+    if not columns:
+        return pd.DataFrame()
     where, params = [], []
     for col, value in key.items():
         if col in columns:
@@ -167,7 +181,7 @@ def analysis_count(ix: Index, name: str) -> int | None:
     """Rows in an analysis view, or None when there is no such view."""
     if view_columns(ix, name) is None:
         return None
-    return int(sql(ix, f'SELECT count(*) AS n FROM "{name}"')["n"].iloc[0])
+    return int(sql(ix, f'SELECT count(*) AS n FROM (SELECT 1 FROM "{name}" LIMIT 1000000)')["n"].iloc[0])
 
 
 # --- overview --------------------------------------------------------------------------------

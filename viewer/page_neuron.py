@@ -87,7 +87,9 @@ def render_feature(ix: Index, path: str, key: float, page: data.FeaturePage, uni
         col.metric(label, f"{value:,}" if label == "tokens" else f"{float(value):.4g}")
     chart = charts.histogram(stats, manifest.get("hist_edges"), manifest.get("quantiles"))
     if chart is not None:
-        st.altair_chart(chart, width="stretch")
+        if unit != "neuron":
+            chart["layer"][0]["encoding"]["x"]["title"] = "value"
+        st.vega_lite_chart(spec=chart, width="stretch")
     top = page.record.top
     st.subheader(f"Top {len(top)} examples")
     if top.empty:

@@ -87,14 +87,19 @@ def vocab(_ix: Index, path: str, key: float) -> list[str]:
     return data.vocab(_ix)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def analysis_catalog(_ix: Index, path: str, key: float) -> dict[str, list[str]]:
+    return data.analysis_catalog(_ix)
+
+
 @st.cache_data(show_spinner=False, max_entries=1024)
 def neuron_page(_ix: Index, path: str, key: float, site: str, layer: int, neuron: int) -> data.FeaturePage:
-    return data.neuron_page(_ix, site, layer, neuron)
+    return data.neuron_page(_ix, site, layer, neuron, analysis_catalog(_ix, path, key))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def head_page(_ix: Index, path: str, key: float, layer: int, head: int, metric: str) -> data.FeaturePage:
-    return data.head_page(_ix, layer, head, metric)
+    return data.head_page(_ix, layer, head, metric, analysis_catalog(_ix, path, key))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -301,3 +301,17 @@ def test_export_html_is_static_complete_and_escaped(tmp_path, viewer_index, ix, 
     with pytest.raises(Exception, match="not empty"):
         export_html(viewer_index, viewer_index.parent, progress=False)  # never writes over other files
     export_html(viewer_index, out, progress=False)  # an earlier export may be replaced
+
+
+def test_cli_export_html_and_view_errors(tmp_path, viewer_index, capsys):
+    from indexer.cli import main
+    from viewer.launch import command
+
+    assert main(["export-html", str(viewer_index), str(tmp_path / "out"), "--quiet"]) == 0
+    assert "static site written to" in capsys.readouterr().out and (tmp_path / "out" / "index.html").is_file()
+    assert main(["export-html", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 1
+    assert main(["view", str(tmp_path / "nowhere")]) == 1  # refused before any server starts
+    err = capsys.readouterr().err
+    assert err.count("neuroscope: error:") == 2 and "Traceback" not in err
+    cmd = command(viewer_index, "127.0.0.1", 8765)
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.headless") + 1] == "true"
