@@ -5,8 +5,9 @@
 Two figures per neuron, each on a neuron not seen before (so no cache helps):
 - `data_render_ms`: the page's reads (`viewer.data.neuron_page`) plus building every example's
   HTML (`viewer.render`), as the app does, on a warm connection;
-- `apptest_ms`: a whole run of the Streamlit script for the deep link (AppTest, which executes
-  the app as the server would, minus the websocket), including charts and widgets.
+- `script_ms`: the server time of the page: the app script's own run for the deep link (every
+  query, chart and element), as `viewer/app.py` records it, run by AppTest as the server would;
+- `apptest_ms`: the same run seen from AppTest (adds its own parsing of the element tree).
 Run it on an otherwise idle machine: the figures are wall-clock times.
 """
 
@@ -65,7 +66,7 @@ def main() -> None:
     app = str(ROOT / "viewer" / "app.py")
     warm = AppTest.from_file(app, default_timeout=120)
     warm.run()  # imports, the shared connection and the vocab, as a running server has them
-    apptest_ms = []
+    apptest_ms, script_ms = [], []
     for site, layer, neuron in picks[args.neurons: 2 * args.neurons] or picks[: args.neurons]:
         at = AppTest.from_file(app, default_timeout=120)
         for k, v in {"site": site, "layer": layer, "neuron": neuron}.items():
@@ -73,9 +74,10 @@ def main() -> None:
         t = time.perf_counter()
         at.run()
         apptest_ms.append((time.perf_counter() - t) * 1000)
+        script_ms.append(at.session_state["_ns_run_ms"])
         assert not at.exception and not at.error, (site, layer, neuron, at.error)
     out = {"index": str(args.index_dir), "neurons": len(render_ms)}
-    for name, values in (("data_render_ms", render_ms), ("apptest_ms", apptest_ms)):
+    for name, values in (("data_render_ms", render_ms), ("script_ms", script_ms), ("apptest_ms", apptest_ms)):
         out[name] = {"median": round(statistics.median(values), 1), "p95": round(pct(values, 0.95), 1)}
     print(json.dumps(out, indent=2))
 

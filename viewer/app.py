@@ -8,6 +8,7 @@ show as messages; anything else shows as a one-line internal error, never a trac
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by streamlit: make `viewer` importable
@@ -21,6 +22,7 @@ from viewer.render import CSS  # noqa: E402
 
 
 def main() -> None:
+    started = time.perf_counter()
     st.set_page_config(page_title="neuroscope", layout="wide")
     st.html(f"<style>{CSS}</style>")
     try:
@@ -40,6 +42,8 @@ def main() -> None:
         st.error(str(e))
     except Exception as e:  # a bug: say so in one line rather than a traceback
         st.error(f"internal error ({type(e).__name__}): {one_line(e)}")
+    # The script's own run time (server side), read by scripts/time_viewer.py.
+    st.session_state["_ns_run_ms"] = (time.perf_counter() - started) * 1000
 
 
 def _pages():

@@ -10,7 +10,7 @@ import streamlit as st
 from indexer.api import Index
 from indexer.errors import NeuroscopeError
 from viewer import charts, data, nav, state
-from viewer.render import bins, example_header, example_html, neuron_query
+from viewer.render import bins, esc, example_block, example_header, example_html, neuron_query
 
 ANALYSIS_TITLES = {
     "logit_effects": "Logit effects",
@@ -95,12 +95,10 @@ def render_feature(ix: Index, path: str, key: float, page: data.FeaturePage, uni
     if top.empty:
         st.info(f"This {unit} has no top examples (it never had a value on a recorded token).")
     _corpus_split(top, manifest)
-    for row in top.to_dict("records"):
-        st.html(example_header(row, f"#{int(row['rank'])}") + example_html(row, vocab, vmax, vmin))
-        context = page.contexts.get(int(row["ctx_id"]))
-        if context is not None and len(context) > len(row["window_token_ids"]):
-            with st.expander(f"whole context {int(row['ctx_id'])} ({len(context)} tokens)"):
-                st.html(example_html(row, vocab, vmax, vmin, context=context))
+    # One HTML block for all top examples (each with its whole context in a <details>): far
+    # fewer Streamlit elements than one per example, and expanding needs no round trip.
+    st.html("".join(example_block(row, vocab, vmax, vmin, page.contexts.get(int(row["ctx_id"])))
+                    for row in top.to_dict("records")))
     _quantiles(page, vocab, vmax, vmin, manifest)
 
 
@@ -134,10 +132,10 @@ def _quantiles(page: data.FeaturePage, vocab: list[str], vmax: float, vmin: floa
     })
     for b in reversed(table.to_dict("records")):
         rows = q[q["bin"] == b["bin"]]
-        st.markdown(f"**Bin {b['bin']}** (quantiles {b['quantiles']}): values {b['low']:.4g} to {b['high']:.4g}, "
-                    f"{b['tokens']:,} tokens ({b['share']:.2%}), {len(rows)} sampled")
-        for row in rows.to_dict("records"):
-            st.html(example_header(row, f"bin {b['bin']} #{int(row['rank'])}") + example_html(row, vocab, vmax, vmin))
+        head = (f'<div class="ns-bin"><b>Bin {b["bin"]}</b> (quantiles {esc(b["quantiles"])}): values {b["low"]:.4g} to '
+                f'{b["high"]:.4g}, {b["tokens"]:,} tokens ({b["share"]:.2%}), {len(rows)} sampled</div>')
+        st.html(head + "".join(example_header(row, f"bin {b['bin']} #{int(row['rank'])}") + example_html(row, vocab, vmax, vmin)
+                               for row in rows.to_dict("records")))
 
 
 def _analyses(ix: Index, page: data.FeaturePage, site: str, layer: int, neuron: int, vocab: list[str]) -> None:
@@ -160,8 +158,6 @@ def _analyses(ix: Index, page: data.FeaturePage, site: str, layer: int, neuron: 
 
 def _minimal(page: data.FeaturePage, df: pd.DataFrame, vocab: list[str]) -> None:
     """Each minimal example as the cut text (escaped) next to its numbers."""
-    from viewer.render import esc
-
     top = page.record.top.set_index("rank") if not page.record.top.empty else None
     st.dataframe(df.drop(columns=[c for c in ("site", "layer", "neuron") if c in df.columns]), hide_index=True)
     for row in df.to_dict("records"):

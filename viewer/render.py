@@ -27,6 +27,8 @@ background:#fff;color:#111;margin:2px 0 8px 0}
 .ns-head{font-size:13px;color:#444;margin:6px 0 0 0;font-family:sans-serif}
 .ns-head b.ns-val{color:#b00020}
 .ns-head code{background:#f3f3f3;padding:0 3px;border-radius:3px}
+.ns-ctx summary{cursor:pointer;font-size:13px;color:#555;font-family:sans-serif;margin:-4px 0 8px 0}
+.ns-bin{font-family:sans-serif;font-size:15px;margin:14px 0 2px 0}
 .ns-table{border-collapse:collapse;font-size:14px}
 .ns-table td,.ns-table th{border-bottom:1px solid #ddd;padding:3px 10px;text-align:left}
 """
@@ -99,6 +101,16 @@ def example_header(row: dict, label: str) -> str:
     return (f'<div class="ns-head">{esc(label)} · max <b class="ns-val">{value:.4g}</b> on '
             f'<code>{esc(repr(str(row["token_str"])))}</code> · {esc(row["corpus"])}, ctx {int(row["ctx_id"])}, '
             f'pos {int(row["pos"])}</div>')
+
+
+def example_block(row: dict, vocab: Sequence[str], vmax: float, vmin: float, context: Sequence[int] | None) -> str:
+    """Header, coloured window and, when the stored context is longer, the whole context in a
+    native ``<details>`` (expands in the browser, no server round trip)."""
+    out = example_header(row, f"#{int(row['rank'])}") + example_html(row, vocab, vmax, vmin)
+    if context is not None and len(context) > len(row["window_token_ids"]):
+        out += (f'<details class="ns-ctx"><summary>whole context {int(row["ctx_id"])} ({len(context)} tokens)</summary>'
+                f'{example_html(row, vocab, vmax, vmin, context=context)}</details>')
+    return out
 
 
 def _tok(vocab: Sequence[str], token_id: int) -> str:
