@@ -155,8 +155,9 @@ def test_search_by_token_text_stats_and_flags(monkeypatch, viewer_index, ix):
     assert title(at).startswith(f"Neuron {int(found['neuron'].iloc[0])} ")
 
     at = run_app(monkeypatch, viewer_index, page="search", text="onerror")
-    assert set(at.dataframe[0].value["neuron"]) == set(
-        ix.sql("SELECT DISTINCT neuron FROM examples WHERE kind = 'top' AND context_text LIKE '%onerror%'")["neuron"])
+    want = set(ix.sql("SELECT DISTINCT neuron FROM examples WHERE kind = 'top' AND context_text LIKE '%onerror%'")["neuron"])
+    got = set(at.dataframe[0].value["neuron"])
+    assert got <= want and len(got) == min(len(want), 200)  # results are capped at 200 neurons
 
     at = run_app(monkeypatch, viewer_index, page="search", dmin=0.3, dmax=0.4, mmin=1)
     df = at.dataframe[0].value
