@@ -158,6 +158,17 @@ def _view(index_dir: Path, host: str, port: int) -> int:
     return launch(index_dir, host=host, port=port)
 
 
+def cmd_export_html(args: argparse.Namespace) -> int:
+    import time
+
+    from viewer.export import export_html
+
+    started = time.perf_counter()
+    out = export_html(args.dir, args.out, progress=not args.quiet)
+    print(f"static site written to {out}/index.html in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _later(what: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise NeuroscopeError(f"`neuroscope {what}` is not available yet in this version")
@@ -224,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-html", help="write a static site, one page per neuron and head")
     p.add_argument("dir")
     p.add_argument("out")
-    p.set_defaults(run=_later("export-html"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_export_html)
 
     p = sub.add_parser("demo", help="index the embedded toy-1l over the embedded corpora, then view it")
     p.add_argument("--out", default=str(DEMO_DIR))

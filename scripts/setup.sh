@@ -22,3 +22,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install --quiet -e ".[test]"
   echo "$want" > "$stamp"
 fi
+# The browser tests drive Debian's chromium through Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing chromium for the browser tests" >&2
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; fi
+  fi
+  if [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; then
+    { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >&2 \
+      || echo "setup: could not install chromium; the browser tests will fail (apt-get install chromium)" >&2
+  else
+    echo "setup: /usr/bin/chromium is missing and this user cannot apt-get install it; the browser tests need it" >&2
+  fi
+fi

@@ -37,3 +37,11 @@ def hf_model_dir(tmp_path_factory) -> Path:
     GPT2LMHeadModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(TOKENIZER_DIR)).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def viewer_index(tmp_path_factory) -> Path:
+    """A real toy-1l index (code, prose and a corpus of HTML/script/Markdown) for the viewer tests."""
+    from helpers.viewer import build_viewer_index
+
+    return build_viewer_index(tmp_path_factory.mktemp("viewer"))

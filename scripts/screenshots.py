@@ -1,0 +1,107 @@
+"""Screenshots of the viewer for the README: the overview, a neuron page and a head page.
+
+    .venv/bin/python scripts/screenshots.py INDEX_DIR [--out docs] [--neuron mlp_post:0:N] [--head 0:H:METRIC]
+
+Starts `neuroscope view INDEX_DIR` on a free port of 127.0.0.1, drives Debian's chromium
+(/usr/bin/chromium) with Playwright, and writes docs/viewer-overview.png, viewer-neuron.png and
+viewer-head.png. Without --neuron it picks the neuron with the largest max activation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_viewer(index_dir: str, port: int) -> subprocess.Popen:
+    """`neuroscope view` in a subprocess; returns once the server answers its health check."""
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "view", index_dir, "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"neuroscope view exited: {proc.stdout.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("neuroscope view did not answer within 60 s")
+
+
+def wait_rendered(page, timeout_ms: int = 60_000) -> None:
+    """Wait until the script has finished (no 'running' status widget) and the page is still."""
+    page.wait_for_selector("h1", timeout=timeout_ms)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+    page.wait_for_timeout(4000)  # charts draw after the script finishes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("index_dir")
+    ap.add_argument("--out", default=str(ROOT / "docs"))
+    ap.add_argument("--neuron", help="SITE:LAYER:NEURON")
+    ap.add_argument("--head", help="LAYER:HEAD:METRIC")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    from indexer.api import Index
+
+    with Index.open(args.index_dir) as ix:
+        if args.neuron:
+            site, layer, neuron = args.neuron.split(":")
+        else:
+            best = ix.sql("SELECT site, layer, neuron FROM neurons ORDER BY max DESC LIMIT 1").iloc[0]
+            site, layer, neuron = best["site"], int(best["layer"]), int(best["neuron"])
+        if args.head:
+            hl, hh, metric = args.head.split(":")
+        else:
+            best = ix.sql("SELECT layer, head FROM head_scores ORDER BY prev_token DESC LIMIT 1")
+            hl, hh = (int(best["layer"].iloc[0]), int(best["head"].iloc[0])) if len(best) else (0, 0)
+            metric = "max_attn"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = start_viewer(args.index_dir, port)
+    base = f"http://127.0.0.1:{port}/"
+    shots = {
+        "viewer-overview.png": base,
+        "viewer-neuron.png": f"{base}?site={site}&layer={layer}&neuron={neuron}",
+        "viewer-head.png": f"{base}?layer={hl}&head={hh}&metric={metric}",
+    }
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1500}, device_scale_factor=1)
+            for name, url in shots.items():
+                page.goto(url)
+                wait_rendered(page)
+                page.screenshot(path=str(out / name), full_page=False)
+                print(f"{out / name}  <- {url}")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
