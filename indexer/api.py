@@ -115,6 +115,79 @@ class Index:
             params.append([int(i) for i in ctx_ids])
         return self._query("contexts", where, params, "corpus, ctx_id")
 
+    def regex_check(self, layer: int, neuron: int, pattern: str, site: str | None = None,
+                    threshold: float | None = None, time_limit_s: float = 10.0) -> dict[str, Any]:
+        """How well "``pattern`` matches a span ending at this token" predicts "the neuron is
+        active (> threshold) here", over the neuron's stored example windows (top and quantile
+        examples, each token once). Needs no model, so the viewer can answer at once; the model-
+        backed check over a corpus sample is ``neuroscope regex`` (indexer.analyses.regex).
+
+        ``threshold`` defaults to half the neuron's max. A match may look back only as far as
+        its window's start. Patterns run on RE2, or on Python's ``re`` under a time limit
+        (``indexer.safe_regex``); a bad or runaway pattern raises ``RegexError``.
+        """
+        import numpy as np
+
+        from indexer.safe_regex import compile_pattern
+
+        safe = compile_pattern(pattern, time_limit_s)
+        sites = self.sql("SELECT DISTINCT site FROM neurons WHERE layer = ?", [layer])["site"].tolist()
+        site = site or ("mlp_post" if "mlp_post" in sites else (sites[0] if sites else None))
+        if site not in sites:
+            raise QueryError(f"layer {layer} has no neuron site {site!r} (sites: {', '.join(sites) or 'none'})")
+        stats = self.sql("SELECT max FROM neurons WHERE site = ? AND layer = ? AND neuron = ?", [site, layer, neuron])
+        if stats.empty:
+            raise QueryError(f"no neuron {neuron} in {site} of layer {layer}")
+        if threshold is None:
+            threshold = 0.5 * max(float(stats["max"].iloc[0]), 0.0)
+        rows = self.sql(
+            "SELECT ctx_id, window_start, window_token_ids, window_acts FROM examples "
+            "WHERE site = ? AND layer = ? AND neuron = ?", [site, layer, neuron])
+        vocab = self._vocab_strings()
+        tokens: dict[tuple[int, int], tuple[str, float]] = {}
+        windows = []
+        for ctx, start, ids, acts in rows.itertuples(index=False):
+            strings = [vocab[i] if 0 <= i < len(vocab) else "" for i in ids]
+            windows.append((int(ctx), int(start), strings, list(acts)))
+        masks = safe.token_masks([w[2] for w in windows])
+        matched: dict[tuple[int, int], bool] = {}
+        for (ctx, start, strings, acts), mask in zip(windows, masks):
+            for i, (tok, act) in enumerate(zip(strings, acts)):
+                key = (ctx, start + i)
+                if start + i == 0:
+                    continue  # BOS is never recorded
+                tokens[key] = (tok, float(act))
+                matched[key] = matched.get(key, False) or bool(mask[i])
+        keys = sorted(tokens)
+        m = np.array([matched[k] for k in keys], bool)
+        a = np.array([tokens[k][1] for k in keys], float)
+        active = a > threshold
+        tp = int((m & active).sum())
+        precision = tp / m.sum() if m.sum() else 0.0
+        recall = tp / active.sum() if active.sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        corr = float(np.corrcoef(m, a)[0, 1]) if len(a) > 1 and m.std() > 0 and a.std() > 0 else 0.0
+
+        def few(selector: np.ndarray, order: np.ndarray) -> list[dict[str, Any]]:
+            return [{"ctx_id": keys[i][0], "pos": keys[i][1], "token": tokens[keys[i]][0],
+                     "activation": round(tokens[keys[i]][1], 4)} for i in order[selector[order]][:5]]
+
+        return {
+            "site": site, "layer": layer, "neuron": neuron, "pattern": pattern, "engine": safe.engine,
+            "note": safe.engine_note, "scope": "the neuron's stored example windows", "threshold": threshold,
+            "tokens": int(len(a)), "matched": int(m.sum()), "active": int(active.sum()),
+            "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+            "correlation": round(corr, 4),
+            "false_positives": few(m & ~active, np.argsort(a, kind="stable")),
+            "false_negatives": few(active & ~m, np.argsort(-a, kind="stable")),
+        }
+
+    def _vocab_strings(self) -> list[str]:
+        if not hasattr(self, "_vocab_cache"):
+            v = self.sql("SELECT token_id, token_str FROM vocab ORDER BY token_id")
+            self._vocab_cache = v["token_str"].tolist()
+        return self._vocab_cache
+
     def close(self) -> None:
         self.conn.close()
 

@@ -176,7 +176,7 @@ def _regex_box(ix: Index, site: str, layer: int, neuron: int) -> None:
     st.subheader("Check a regex")
     check = getattr(ix, "regex_check", None)
     if check is None:
-        st.caption("Regex checks need the analyses of `neuroscope analyze`, which this version does not have yet.")
+        st.caption("Regex checks are not available in this version.")
         return
     pattern = st.text_input("regex (the tokens it matches should be the ones this neuron fires on)", key="ns_regex")
     if st.button("Check", key="ns_regex_go") and pattern:

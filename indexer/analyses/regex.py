@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from indexer.analyses.common import IndexContext, Options
-from indexer.analyses.safe_regex import DEFAULT_TIME_LIMIT_S, LOOKBACK, compile_pattern, compile_trusted, token_masks
+from indexer.safe_regex import DEFAULT_TIME_LIMIT_S, LOOKBACK, compile_pattern, compile_trusted, token_masks
 from indexer.errors import ConfigError
 from indexer.store.schema import RegexScores
 

@@ -88,6 +88,22 @@ def test_digit_regex_check(planted_index, capsys):
     assert printed["f1"] < 0.1 and printed["false_negatives"] and "[[ dog]]" in printed["false_negatives"][0]["context"]
 
 
+def test_model_free_regex_check_over_stored_windows(planted_index):
+    """``Index.regex_check`` (what the viewer's box calls) agrees on the planted neurons."""
+    from indexer.api import Index
+    from indexer.safe_regex import RegexError
+
+    with Index.open(planted_index) as ix:
+        digit = ix.regex_check(0, N["digit"], r"[0-9]+")
+        assert digit["f1"] >= 0.9 and digit["tokens"] > 50 and digit["engine"] == "re2"
+        other = ix.regex_check(0, N["token"], r"[0-9]+")
+        assert other["f1"] < 0.5
+        with pytest.raises(RegexError):
+            ix.regex_check(0, N["digit"], "(unclosed")  # runaway patterns: tests/unit/test_safe_regex.py
+        with pytest.raises(Exception, match="no neuron"):
+            ix.regex_check(0, 10_000, r"x")
+
+
 def test_minimal_examples_of_the_trigram_neuron_are_ice_cream(planted_index):
     df, _ = run_sql(planted_index, f"SELECT * FROM minimal_examples WHERE neuron = {N['trigram']}")
     assert len(df) == 5 and set(df.text) == {" ice cream"} and set(df.length) == {2} and df.found.all()

@@ -254,22 +254,16 @@ def test_analyses_show_when_written_and_extra_columns_are_fine(monkeypatch, tmp_
     assert list(at.dataframe[0].value["neuron"]) == [5]
 
 
-def test_regex_box_uses_regex_check_when_the_api_has_it(monkeypatch, viewer_index):
+def test_regex_box_checks_a_pattern_on_the_neuron(monkeypatch, viewer_index, ix):
     at = run_app(monkeypatch, viewer_index, site="mlp_post", layer=0, neuron=5)
-    if not hasattr(Index, "regex_check"):
-        assert any("Regex checks need" in c.value for c in at.caption)
-    calls = []
-
-    def fake(self, layer, neuron, pattern, site="mlp_post"):
-        calls.append((layer, neuron, pattern, site))
-        return {"precision": 0.5, "recall": 0.25, "f1": 1 / 3}
-
-    monkeypatch.setattr(Index, "regex_check", fake, raising=False)
-    at = run_app(monkeypatch, viewer_index, site="mlp_post", layer=0, neuron=5)
-    at.text_input(key="ns_regex").input(r"\bdef\b")
+    at.text_input(key="ns_regex").input(r"\s")
     at.button(key="ns_regex_go").click().run()
-    assert calls == [(0, 5, r"\bdef\b", "mlp_post")]
-    assert at.json and json.loads(at.json[0].proto.body)["recall"] == 0.25
+    got = json.loads(at.json[0].proto.body)
+    want = ix.regex_check(0, 5, r"\s", site="mlp_post")
+    assert got["f1"] == want["f1"] and got["tokens"] == want["tokens"] > 0
+    at.text_input(key="ns_regex").input("(unclosed")
+    at.button(key="ns_regex_go").click().run()
+    assert any("(unclosed" in e or "pattern" in e.lower() for e in errors(at)) and not at.exception
 
 
 def test_hostile_corpus_text_is_escaped_on_the_neuron_page(monkeypatch, viewer_index, hostile_neuron):

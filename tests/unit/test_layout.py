@@ -20,18 +20,19 @@ ALLOWED: dict[str, set[str]] = {
     "indexer": set(),
     "indexer.errors": set(),
     "indexer.config": {"indexer.errors"},
+    "indexer.safe_regex": {"indexer.errors"},
     "indexer.store": BASE,
     "indexer.inputs": BASE,
     "indexer.recorders": BASE,
     "indexer.forward": BASE | {"indexer.inputs"},
     "indexer.run": BASE | {"indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
-    "indexer.analyses": BASE | {"indexer.store", "indexer.inputs", "indexer.forward"},
+    "indexer.analyses": BASE | {"indexer.store", "indexer.inputs", "indexer.forward", "indexer.safe_regex"},
     "indexer.dist": BASE | {"indexer.run", "indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
-    "indexer.api": BASE | {"indexer.store"},
+    "indexer.api": BASE | {"indexer.store", "indexer.safe_regex"},
     "indexer.cli": {"*"},
     "viewer": {"indexer.api", "indexer.store", "indexer.errors", "indexer.config"},
 }
-NO_TORCH = ("indexer.store", "indexer.api", "indexer.config", "indexer.errors", "viewer")
+NO_TORCH = ("indexer.store", "indexer.api", "indexer.config", "indexer.errors", "indexer.safe_regex", "viewer")
 
 
 def unit_of(module: str) -> str:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from indexer.analyses.safe_regex import RegexError, compile_pattern, token_masks, compile_trusted
+from indexer.safe_regex import RegexError, compile_pattern, token_masks, compile_trusted
 from indexer.store.query import resolve_params
 
 
