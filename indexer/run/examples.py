@@ -68,15 +68,17 @@ class ExampleSet:
             self.doc_id[idx] = ctx.doc_id
 
 
-def collect_examples(site: Any, rec: Any) -> ExampleSet:
-    """The top-k and quantile-sample examples held by a site's recorders (empty slots dropped)."""
+def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = None) -> ExampleSet:
+    """The top-k and quantile-sample examples held by a site's recorders (empty slots dropped);
+    ``bands``: ``rec.samples.bands()`` if already computed."""
     values, ctx_ids, pos = (np.asarray(a) for a in rec.topk.result())  # [feat, k]
     n, k = values.shape
     top = dict(
         feature=np.repeat(np.arange(n), k), kind=np.zeros(n * k), bin_=np.full(n * k, -1),
         rank=np.tile(np.arange(k), n), value=values.ravel(), ctx_id=ctx_ids.ravel(), pos=pos.ravel(),
     )
-    s_values, s_ctx, s_pos = _sample_arrays(rec.samples)  # [feat, bin, per_bin]
+    samples = bands if bands is not None else rec.samples.samples()
+    s_values, s_ctx, s_pos = (np.asarray(samples[k]) for k in ("value", "ctx_id", "pos"))  # [feat, bin, per_bin]
     # Within a bin, rank 0 is the highest value (the sample itself is uniform).
     order = np.argsort(np.where(s_ctx >= 0, -s_values, np.inf), axis=-1, kind="stable")
     s_values, s_ctx, s_pos = (np.take_along_axis(a, order, -1) for a in (s_values, s_ctx, s_pos))
@@ -89,11 +91,6 @@ def collect_examples(site: Any, rec: Any) -> ExampleSet:
     merged = {key: np.concatenate([top[key], quantile[key]]) for key in top}
     keep = merged["ctx_id"] >= 0
     return ExampleSet(site, **{key: value[keep] for key, value in merged.items()})
-
-
-def _sample_arrays(sampler: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    samples = sampler.samples()
-    return (np.asarray(samples["value"]), np.asarray(samples["ctx_id"]), np.asarray(samples["pos"]))
 
 
 def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> dict[str, Any]:
