@@ -91,3 +91,22 @@ def quantile_merge(prio, vals, ctxs, poss, o_prio, o_vals, o_ctxs, o_poss):
                 if o_ctxs[f, q, i] >= 0:
                     sample_insert(prio, vals, ctxs, poss, f, q, o_prio[f, q, i],
                                   o_vals[f, q, i], o_ctxs[f, q, i], o_poss[f, q, i])
+
+
+@njit(parallel=True, **NJIT_OPTIONS)
+def band_samples(prio, vals, ctxs, poss, bounds, out_prio, out_vals, out_ctxs, out_poss):
+    """Per feature and band (fine bins bounds[f, i-1] .. bounds[f, i]), the per_bin smallest
+    (priority, ctx, pos) among its fine bins' slots, into out_* [feat, bands, per_bin]."""
+    n_feat, n_fine, per_bin = prio.shape
+    n_bounds = bounds.shape[1]
+    for f in prange(n_feat):
+        band = 0
+        for q in range(n_fine):
+            while band < n_bounds and q >= bounds[f, band]:
+                band += 1
+            for i in range(per_bin):
+                if ctxs[f, q, i] < 0:
+                    break
+                if sample_insert(out_prio[f], out_vals[f], out_ctxs[f], out_poss[f], 0, band,
+                                 prio[f, q, i], vals[f, q, i], ctxs[f, q, i], poss[f, q, i]) < 0:
+                    break  # the fine bin's list is sorted: the rest rank lower still

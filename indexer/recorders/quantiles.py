@@ -26,7 +26,7 @@ import torch
 from indexer.recorders.common import Recorder, RecorderError, feature_chunk, valid_tokens
 from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_t, lower_edges
 from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, priority_t, seed_of, token_hash_t
-from indexer.recorders.quantile_kernels import quantile_merge, quantile_update
+from indexer.recorders.quantile_kernels import band_samples, quantile_merge, quantile_update
 
 ELEMENTS_PER_STEP = 1 << 22  # torch backend: tokens x features per step, bounds the temporaries
 STATUS = ("ok", "near_constant", "dead")
@@ -151,24 +151,12 @@ class QuantileSampler(Recorder):
         return out
 
     def _band_samples(self, bounds: np.ndarray, n_bands: int) -> dict[str, np.ndarray]:
-        prio, ctxs = self._numpy("prio"), self._numpy("ctxs")
-        f, g, _ = np.nonzero(ctxs >= 0)  # kept slots
-        band = (g[:, None] >= bounds[f]).sum(axis=1)
-        p, c = prio[ctxs >= 0], ctxs[ctxs >= 0]
-        s, v = self._numpy("poss")[ctxs >= 0], self._numpy("vals")[ctxs >= 0]
-        order = np.lexsort((s, c, p, band, f))
-        f, band, p, c, s, v = (a[order] for a in (f, band, p, c, s, v))
-        group = f * n_bands + band
-        first = np.searchsorted(group, group, side="left")
-        rank = np.arange(len(group)) - first
-        keep = rank < self.per_bin
-        shape = (self.n_features, n_bands, self.per_bin)
+        shape = (self.n_features, 1, n_bands, self.per_bin)  # the kernel inserts into out[f][0, band]
         out = {"prio": np.full(shape, EMPTY_PRIORITY, np.int64), "value": np.full(shape, np.nan, np.float32),
                "ctx_id": np.full(shape, -1, np.int64), "pos": np.full(shape, -1, np.int32)}
-        at = (f[keep], band[keep], rank[keep])
-        for key, col in (("prio", p), ("value", v), ("ctx_id", c), ("pos", s)):
-            out[key][at] = col[keep]
-        return out
+        band_samples(*(self._numpy(name) for name in ("prio", "vals", "ctxs", "poss")),
+                     np.ascontiguousarray(bounds, np.int64), out["prio"], out["value"], out["ctx_id"], out["pos"])
+        return {k: v[:, 0] for k, v in out.items()}
 
     @property
     def edges(self) -> np.ndarray:
