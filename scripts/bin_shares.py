@@ -28,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ix = Index.open(args.dir)
     out = {}
-    frames = {"neurons": "SELECT site || '/' || CAST(layer AS VARCHAR) AS site, * FROM neurons",
-              "heads": "SELECT 'heads/' || CAST(layer AS VARCHAR) || '/' || metric AS site, * FROM heads"}
+    frames = {"neurons": "SELECT site || '/' || CAST(layer AS VARCHAR) AS key, * FROM neurons",
+              "heads": "SELECT 'heads/' || CAST(layer AS VARCHAR) || '/' || metric AS key, * FROM heads"}
     for table, sql in frames.items():
         df = ix.sql(sql)
-        for site, rows in df.groupby("site"):
+        for site, rows in df.groupby("key"):
             counts = np.stack(rows["bin_counts"].to_numpy()).astype(np.float64)
             n = counts.sum(1, keepdims=True)
             q = np.asarray(rows["quantiles"].iloc[0], np.float64)
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio = counts[scored] / np.maximum(n[scored], 1) / nominal
             bins = {}
             for b, share in enumerate(nominal):
-                if share < args.min_share:
+                if share < args.min_share * (1 - 1e-4):  # quantiles are stored as float32
                     continue
                 r = ratio[:, b]
                 label = f"{([0.0, *q])[b]:g}-{([*q, 1.0])[b]:g}"

@@ -2,13 +2,13 @@
 
 The grid is the same for every feature, run and shard, so fine-bin counts merge by addition
 and the bins' bottom-k samples merge exactly. Like the stats histogram (histogram.py) it is
-"symlog", but finer and wider: with a = |x| as bits and SUB_BITS = 5,
+"symlog", but finer and wider: with a = |x| as bits and SUB_BITS = 6,
 
     bin ZERO          |x| < 2**-10 (also subnormals and -0.0)
-    bin ZERO + 1 + k  x > 0,  k = 32 * (exponent + 10) + top 5 mantissa bits, k < N_SIDE
+    bin ZERO + 1 + k  x > 0,  k = 64 * (exponent + 10) + top 6 mantissa bits, k < N_SIDE
     bin ZERO - 1 - k  x < 0,  the mirror image
 
-so 32 sub-bins per octave (each at most 3.1% wide relative to its value) over
+so 64 sub-bins per octave (each at most 1.6% wide relative to its value) over
 2**-10 <= |x| < 2**10; |x| >= 2**10 (also inf) is clamped into the outermost bin of its
 sign. Bins are numbered in increasing value. `lower_edges()` gives, per bin j, the float32
 e_j with ``x >= e_j  <=>  bin(x) >= j`` for every non-NaN float32 x, so a band of bins
@@ -26,9 +26,9 @@ from numba import njit
 
 from indexer.recorders.common import NJIT_OPTIONS
 
-LOG2_MIN, LOG2_MAX, SUB_BITS = -10, 10, 5
-N_SIDE = (LOG2_MAX - LOG2_MIN) << SUB_BITS  # 640 bins per sign
-N_FINE = 2 * N_SIDE + 1  # 1281
+LOG2_MIN, LOG2_MAX, SUB_BITS = -10, 10, 6
+N_SIDE = (LOG2_MAX - LOG2_MIN) << SUB_BITS  # 1280 bins per sign
+N_FINE = 2 * N_SIDE + 1  # 2561
 ZERO = N_SIDE
 _LO = (127 + LOG2_MIN) << 23
 _HI = (127 + LOG2_MAX) << 23

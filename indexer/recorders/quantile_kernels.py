@@ -4,6 +4,9 @@ Per token and feature: the fine bin from the value's bits and the priority hash 
 vectorised pass), then a count and one compare of the hash against the largest kept
 priority of that fine bin (a gather). Only tokens under it, rare once a bin is full, meet
 the sorted per-bin list. Slots are sorted by (priority, ctx_id, pos) ascending.
+
+numba's on-disk cache keys on this file only: after changing the grid in finebins.py, touch
+this file (and fused.py) so the kernels recompile. Grid: 64 sub-bins per octave, 2**-10..2**10.
 """
 
 from __future__ import annotations

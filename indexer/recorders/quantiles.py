@@ -4,14 +4,15 @@ which the requested quantile bins (bands) are cut at the end.
 Design (issue 8): the edges of a feature's quantile bins must be the requested quantiles of
 *all* its tokens, known only when the stream ends, while memory stays flat and shards merge
 exactly. So the stream keeps, per feature, the exact token count of every bin of a fixed
-global fine grid (``finebins``: 32 bins per octave, 1,281 bins) and, per fine bin, the
+global fine grid (``finebins``: 64 bins per octave, 2,561 bins) and, per fine bin, the
 ``per_bin`` tokens with the smallest hash priority. Both depend only on the multiset of
 tokens seen, so resume, shards and merge are exact. At the end each requested quantile q
 snaps to the fine-bin boundary whose share of tokens below is nearest to q; a band is a run
 of fine bins, its count the sum of theirs, and its sample the ``per_bin`` lowest priorities
 among its fine bins' samples: exactly the bottom-k of the band, a uniform sample of it.
 
-Memory per feature: N_FINE * (8 + per_bin * 24) bytes (164 KB at per_bin=5), independent of
+Memory per feature: N_FINE * (8 + per_bin * 24) bytes (328 KB at per_bin=5; on disk only
+the filled slots are stored), independent of
 the corpus length. A band's share is exact; its distance from the nominal share is at most
 the share of the fine bin its edge falls in.
 """

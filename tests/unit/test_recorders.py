@@ -314,7 +314,7 @@ def test_boundaries_are_the_nearest_fine_quantiles():
     got = choose_boundaries(counts, q)[0]
     assert got.tolist() == [brute_boundary(fine, x) for x in q]
     share = np.array([(fine < j).mean() for j in got])
-    assert np.all(np.abs(share - q) < 0.01)  # 32 bins per octave: edges land close
+    assert np.all(np.abs(share - q) < 0.01)  # 64 bins per octave: edges land close
     constant = choose_boundaries(np.eye(1, N_FINE, ZERO + 5, dtype=np.int64) * 7, q)
     assert set(constant[0].tolist()) <= {ZERO + 5, ZERO + 6}
 
