@@ -97,11 +97,12 @@ class QuantileSampler(Recorder):
         out = {"kind": np.array(self.kind), **{k: np.asarray(v) for k, v in self.config().items()}}
         counts = self._numpy("fine_counts").ravel()
         nz = np.flatnonzero(counts)
-        out["fine_index"], out["fine_value"] = nz, counts[nz]
+        out["fine_index"], out["fine_value"] = _narrow(nz), _narrow(counts[nz])
         filled = np.flatnonzero(self._numpy("ctxs").ravel() >= 0)
-        out["slot_index"] = filled
+        out["slot_index"] = _narrow(filled)
         for name in ("prio", "vals", "ctxs", "poss"):
             out[f"slot_{name}"] = self._numpy(name).ravel()[filled]
+        out["slot_prio"] = out["slot_prio"].astype(np.uint32)  # filled slots: priority < 2**32
         return out
 
     @classmethod
@@ -228,6 +229,11 @@ class QuantileSampler(Recorder):
         flat = g[sel] * k + rank[sel]
         for name, col in (("prio", p), ("vals", v), ("ctxs", c), ("poss", s)):
             flats[name][flat] = col[sel]
+
+
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """Non-negative int64 as uint32 when every value fits (smaller checkpoints)."""
+    return a.astype(np.uint32) if a.size == 0 or a.max() <= 0xFFFFFFFF else a
 
 
 def _sorted_unique(group, prio, vals, ctxs, poss):
