@@ -90,18 +90,23 @@ class QuantileSampler(Recorder):
         return {"n_features": int(state["n_features"]), "quantiles": np.asarray(state["quantiles"]),
                 "per_bin": int(state["per_bin"]), "salt": int(state["salt"])}
 
+    def _read(self, name: str) -> np.ndarray:
+        """A state array as numpy, without a copy where it already is one: read only!"""
+        a = getattr(self, name)
+        return a if isinstance(a, np.ndarray) else a.detach().cpu().numpy()
+
     # --- state: sparse, since most fine bins of a feature stay empty ------------------------
 
     def state(self) -> dict[str, np.ndarray]:
         """Config, the non-zero fine counts and the filled slots, as flat indices and values."""
         out = {"kind": np.array(self.kind), **{k: np.asarray(v) for k, v in self.config().items()}}
-        counts = self._numpy("fine_counts").ravel()
+        counts = self._read("fine_counts").ravel()
         nz = np.flatnonzero(counts)
         out["fine_index"], out["fine_value"] = _narrow(nz), _narrow(counts[nz])
-        filled = np.flatnonzero(self._numpy("ctxs").ravel() >= 0)
+        filled = np.flatnonzero(self._read("ctxs").ravel() >= 0)
         out["slot_index"] = _narrow(filled)
         for name in ("prio", "vals", "ctxs", "poss"):
-            out[f"slot_{name}"] = self._numpy(name).ravel()[filled]
+            out[f"slot_{name}"] = self._read(name).ravel()[filled]
         out["slot_prio"] = out["slot_prio"].astype(np.uint32)  # filled slots: priority < 2**32
         return out
 
@@ -135,7 +140,7 @@ class QuantileSampler(Recorder):
         2**-10 of zero, or none), and the samples prio, value, ctx_id, pos [feat, B, per_bin]
         sorted by priority.
         """
-        counts = self._numpy("fine_counts")
+        counts = self._read("fine_counts")
         n_feat, n_bands = self.n_features, len(self.quantiles) + 1
         bounds = choose_boundaries(counts, self.quantiles)  # [feat, Q]
         cum = np.zeros((n_feat, N_FINE + 1), np.int64)
@@ -156,7 +161,7 @@ class QuantileSampler(Recorder):
         shape = (self.n_features, 1, n_bands, self.per_bin)  # the kernel inserts into out[f][0, band]
         out = {"prio": np.full(shape, EMPTY_PRIORITY, np.int64), "value": np.full(shape, np.nan, np.float32),
                "ctx_id": np.full(shape, -1, np.int64), "pos": np.full(shape, -1, np.int32)}
-        band_samples(*(self._numpy(name) for name in ("prio", "vals", "ctxs", "poss")),
+        band_samples(*(self._read(name) for name in ("prio", "vals", "ctxs", "poss")),
                      np.ascontiguousarray(bounds, np.int64), out["prio"], out["value"], out["ctx_id"], out["pos"])
         return {k: v[:, 0] for k, v in out.items()}
 

@@ -104,10 +104,7 @@ def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> d
     at = examples.pos - examples.window_start
     token_id = tokens[np.arange(n), at] if n else np.zeros(0, np.int32)
     prev_id = tokens[np.arange(n), np.maximum(at - 1, 0)] if n else np.zeros(0, np.int32)
-    texts = tokenizer.batch_decode(
-        [t[: length].tolist() for t, length in zip(tokens, examples.window_len)],
-        skip_special_tokens=True, clean_up_tokenization_spaces=False,
-    )
+    texts = decode_many(tokenizer, [t[: length].tolist() for t, length in zip(tokens, examples.window_len)])
     return {
         "feature": examples.feature,
         "kind": KINDS[examples.kind],
@@ -126,3 +123,14 @@ def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> d
         "window_token_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(tokens[mask], pa.int32())),
         "window_acts": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[mask], pa.float32())),
     }
+
+
+def decode_many(tokenizer: Any, sequences: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+    """``tokenizer.batch_decode(sequences, skip_special_tokens=...,
+    clean_up_tokenization_spaces=False)``, straight through the Rust backend of a fast
+    tokenizer: transformers' wrapper spends seconds checking every id in Python."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if getattr(tokenizer, "is_fast", False) and hasattr(backend, "decode_batch"):
+        return backend.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+    return tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens,
+                                  clean_up_tokenization_spaces=False)

@@ -18,7 +18,7 @@ import numpy as np
 from indexer.forward.sites import HEAD_METRICS, Site
 from indexer.recorders import FeatureRecorders, hist_edges
 from indexer.run.checkpoint import CHECKPOINT, FINAL_STATE, save_states
-from indexer.run.examples import ExampleSet, collect_examples, window_columns
+from indexer.run.examples import ExampleSet, collect_examples, decode_many, window_columns
 from indexer.store.schema import Contexts, Examples, HeadExamples, HeadScores, Heads, Neurons, Vocab
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
@@ -148,6 +148,6 @@ class _ContextWriter:
 def vocab_strings(tokenizer: Any, d_vocab: int) -> np.ndarray:
     """Each token id decoded on its own (the model's vocab may exceed the tokenizer's)."""
     n = min(d_vocab, len(tokenizer))
-    strings = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+    strings = decode_many(tokenizer, [[i] for i in range(n)], skip_special_tokens=False)
     strings += [f"<unused {i}>" for i in range(n, d_vocab)]
     return np.array(strings, dtype=object)
