@@ -10,8 +10,8 @@ both give identical results except for floating sums.
 """
 
 from indexer.recorders.common import RecorderError, default_backend
-from indexer.recorders.edges import estimate_edges
 from indexer.recorders.bundle import FeatureRecorders, warm_up
+from indexer.recorders.finebins import N_FINE
 from indexer.recorders.histogram import N_BINS, hist_edges
 from indexer.recorders.quantiles import QuantileSampler
 from indexer.recorders.stats import Stats
@@ -20,12 +20,12 @@ from indexer.recorders.topk import TopK
 __all__ = [
     "FeatureRecorders",
     "N_BINS",
+    "N_FINE",
     "QuantileSampler",
     "RecorderError",
     "Stats",
     "TopK",
     "default_backend",
-    "estimate_edges",
     "hist_edges",
     "warm_up",
 ]

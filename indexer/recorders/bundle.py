@@ -19,6 +19,7 @@ from indexer.recorders.quantiles import QuantileSampler
 from indexer.recorders.stats import Stats
 from indexer.recorders.topk import TopK
 
+DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 PARTS: dict[str, type] = {"topk": TopK, "samples": QuantileSampler, "stats": Stats}
 
 
@@ -39,12 +40,12 @@ class FeatureRecorders:
         self.backend, self.device = topk.backend, topk.device
 
     @classmethod
-    def create(cls, n_features: int, edges: Any, k: int = 20, per_bin: int = 5, salt: int = 0,
-               backend: str | None = None, device: Any = "cpu") -> "FeatureRecorders":
-        """Fresh recorders; edges float32 [feat, Q] as from `estimate_edges`."""
+    def create(cls, n_features: int, quantiles: Any = DEFAULT_QUANTILES, k: int = 20, per_bin: int = 5,
+               salt: int = 0, backend: str | None = None, device: Any = "cpu") -> "FeatureRecorders":
+        """Fresh recorders; quantiles: the requested quantile bin edges, ascending in (0, 1)."""
         backend = backend or default_backend(device)
         return cls(TopK(n_features, k, backend, device),
-                   QuantileSampler(n_features, edges, per_bin, salt, backend, device),
+                   QuantileSampler(n_features, quantiles, per_bin, salt, backend, device),
                    Stats(n_features, backend, device))
 
     def parts(self) -> dict[str, Any]:
@@ -62,9 +63,18 @@ class FeatureRecorders:
         st.count += int(np.maximum(lengths - 1, 0).sum())
         fused_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
                      tk.vals, tk.ctxs, tk.poss,
-                     np.uint32(qs.seed), qs.keys, qs.device_edges, qs.bin_counts,
+                     np.uint32(qs.seed), qs.keys, qs.fine_counts,
                      qs.prio, qs.vals, qs.ctxs, qs.poss,
                      st.total, st.total_sq, st.lo, st.hi, st.n_active, st.hist)
+
+    def nbytes(self) -> int:
+        """Bytes of recorder state (fixed at creation: it does not grow with the stream)."""
+        total = 0
+        for part in self.parts().values():
+            for name in part.arrays:
+                a = getattr(part, name)
+                total += a.nbytes if isinstance(a, np.ndarray) else a.element_size() * a.numel()
+        return total
 
     def merge(self, other: "FeatureRecorders") -> None:
         for name, part in self.parts().items():
@@ -89,7 +99,7 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) every numba kernel, e.g. before a progress bar."""
     acts = torch.zeros(1, 2, 1)
     lengths, ctx_ids = torch.tensor([2]), torch.tensor([0])
-    fused = FeatureRecorders.create(1, np.zeros((1, 1), np.float32), 1, 1, 0, "numba")
+    fused = FeatureRecorders.create(1, (0.5,), 1, 1, 0, "numba")
     fused.update(acts, lengths, ctx_ids)
     for rec in fused.parts().values():
         rec.update(acts, lengths, ctx_ids)

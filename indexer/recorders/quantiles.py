@@ -1,4 +1,21 @@
-"""QuantileSampler: per feature and activation bin, the exact count and a uniform sample."""
+"""QuantileSampler: per feature, exact counts and uniform samples in fine value bins, from
+which the requested quantile bins (bands) are cut at the end.
+
+Design (issue 8): the edges of a feature's quantile bins must be the requested quantiles of
+*all* its tokens, known only when the stream ends, while memory stays flat and shards merge
+exactly. So the stream keeps, per feature, the exact token count of every bin of a fixed
+global fine grid (``finebins``: 64 bins per octave, 2,561 bins) and, per fine bin, the
+``per_bin`` tokens with the smallest hash priority. Both depend only on the multiset of
+tokens seen, so resume, shards and merge are exact. At the end each requested quantile q
+snaps to the fine-bin boundary whose share of tokens below is nearest to q; a band is a run
+of fine bins, its count the sum of theirs, and its sample the ``per_bin`` lowest priorities
+among its fine bins' samples: exactly the bottom-k of the band, a uniform sample of it.
+
+Memory per feature: N_FINE * (8 + per_bin * 24) bytes (328 KB at per_bin=5; on disk only
+the filled slots are stored), independent of
+the corpus length. A band's share is exact; its distance from the nominal share is at most
+the share of the fine bin its edge falls in.
+"""
 
 from __future__ import annotations
 
@@ -8,137 +25,220 @@ import numpy as np
 import torch
 
 from indexer.recorders.common import Recorder, RecorderError, feature_chunk, valid_tokens
+from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_t, lower_edges
 from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, priority_t, seed_of, token_hash_t
-from indexer.recorders.quantile_kernels import quantile_merge, quantile_update
+from indexer.recorders.quantile_kernels import band_samples, quantile_merge, quantile_update
 
 ELEMENTS_PER_STEP = 1 << 22  # torch backend: tokens x features per step, bounds the temporaries
-ROWS_PER_STEP = 1 << 21  # and tokens per step: priority * ROWS_PER_STEP + row fits int64
-_NO_KEY = 1 << 62
+STATUS = ("ok", "near_constant", "dead")
+
+
+def check_quantiles(quantiles) -> np.ndarray:
+    q = np.asarray(quantiles, np.float64).ravel()
+    if q.size == 0 or not np.all((q > 0) & (q < 1)) or np.any(np.diff(q) <= 0):
+        raise RecorderError(f"quantiles={q.tolist()} but expected increasing values strictly between 0 and 1")
+    return q
+
+
+def bytes_per_feature(per_bin: int) -> int:
+    """State bytes of one feature: fine counts and the per-fine-bin sample slots."""
+    return N_FINE * (8 + per_bin * (8 + 4 + 8 + 4))
 
 
 class QuantileSampler(Recorder):
-    """Bin counts and bottom-k-by-priority samples per (feature, bin).
+    """Fine-bin counts and bottom-k-by-priority samples per (feature, fine bin).
 
-    edges float32 [feat, Q] (ascending per feature) define Q+1 bins: a token with value x
-    falls in bin #{q : x >= edges[f, q]}. Each bin keeps the `per_bin` tokens with the
-    smallest hash priority (ties by ctx_id, pos): a uniform sample without replacement
-    that depends only on the tokens seen, so shards and resumed runs merge exactly.
+    A token's priority is a pure hash of (salt, feature, ctx_id, pos); each fine bin keeps the
+    `per_bin` tokens with the smallest priority (ties by ctx_id, pos). `bands()` cuts the
+    requested quantile bins from them.
 
     Attributes:
-        bin_counts: int64 [feat, Q+1].
-        prio: int64, vals: float32, ctxs: int64, poss: int32, each [feat, Q+1, per_bin],
+        fine_counts: int64 [feat, N_FINE].
+        prio: int64, vals: float32, ctxs: int64, poss: int32, each [feat, N_FINE, per_bin],
             sorted by priority; empty slots have prio 2**32, ctx_id -1, pos -1, value nan.
     """
 
     kind = "quantiles"
-    arrays = ("bin_counts", "prio", "vals", "ctxs", "poss")
+    arrays = ("fine_counts", "prio", "vals", "ctxs", "poss")
 
-    def __init__(self, n_features: int, edges, per_bin: int = 5, salt: int = 0,
-                 backend: str | None = None, device="cpu"):
+    def __init__(self, n_features: int, quantiles=(0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999),
+                 per_bin: int = 5, salt: int = 0, backend: str | None = None, device="cpu"):
         super().__init__(backend, device)
-        edges = np.ascontiguousarray(np.asarray(edges, dtype=np.float32))
-        if edges.ndim != 2 or edges.shape[0] != n_features:
-            raise RecorderError(f"edges shape={edges.shape} but expected [{n_features}, Q]")
-        if (np.diff(edges, axis=1) < 0).any():
-            raise RecorderError("edges must be non-decreasing along each feature")
         if per_bin < 1:
             raise RecorderError(f"per_bin={per_bin} but expected per_bin >= 1")
         self.n_features, self.per_bin, self.salt = int(n_features), int(per_bin), int(salt)
+        self.quantiles = check_quantiles(quantiles)
         self.seed = seed_of(self.salt)
-        self.edges = edges  # numpy, the config
-        self.device_edges = self._array(edges)  # the edges as the backend reads them
         self.keys = self._array(feature_keys(self.n_features))
         if self.backend == "torch":
             self.keys = self.keys.to(torch.int64)
-        shape = (self.n_features, edges.shape[1] + 1, self.per_bin)
-        self.bin_counts = self._array(np.zeros(shape[:2], np.int64))
+        shape = (self.n_features, N_FINE, self.per_bin)
+        self.fine_counts = self._array(np.zeros(shape[:2], np.int64))
         self.prio = self._array(np.full(shape, EMPTY_PRIORITY, np.int64))
         self.vals = self._array(np.full(shape, np.nan, np.float32))
         self.ctxs = self._array(np.full(shape, -1, np.int64))
         self.poss = self._array(np.full(shape, -1, np.int32))
 
     def config(self) -> dict[str, Any]:
-        return {"n_features": self.n_features, "edges": self.edges,
+        return {"n_features": self.n_features, "quantiles": self.quantiles,
                 "per_bin": self.per_bin, "salt": self.salt}
 
     @classmethod
     def _config_from_state(cls, state):
-        return {"n_features": int(state["n_features"]), "edges": np.asarray(state["edges"]),
+        if "quantiles" not in state:
+            raise RecorderError("quantile state without 'quantiles': written by an older neuroscope; re-index")
+        return {"n_features": int(state["n_features"]), "quantiles": np.asarray(state["quantiles"]),
                 "per_bin": int(state["per_bin"]), "salt": int(state["salt"])}
 
+    def _read(self, name: str) -> np.ndarray:
+        """A state array as numpy, without a copy where it already is one: read only!"""
+        a = getattr(self, name)
+        return a if isinstance(a, np.ndarray) else a.detach().cpu().numpy()
+
+    # --- state: sparse, since most fine bins of a feature stay empty ------------------------
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Config, the non-zero fine counts and the filled slots, as flat indices and values."""
+        out = {"kind": np.array(self.kind), **{k: np.asarray(v) for k, v in self.config().items()}}
+        counts = self._read("fine_counts").ravel()
+        nz = np.flatnonzero(counts)
+        out["fine_index"], out["fine_value"] = _narrow(nz), _narrow(counts[nz])
+        filled = np.flatnonzero(self._read("ctxs").ravel() >= 0)
+        out["slot_index"] = _narrow(filled)
+        for name in ("prio", "vals", "ctxs", "poss"):
+            out[f"slot_{name}"] = self._read(name).ravel()[filled]
+        out["slot_prio"] = out["slot_prio"].astype(np.uint32)  # filled slots: priority < 2**32
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], backend: str | None = None, device="cpu"):
+        kind = str(np.asarray(state.get("kind", "")))
+        if kind != cls.kind:
+            raise RecorderError(f"state kind={kind!r} but expected {cls.kind!r}")
+        obj = cls(**cls._config_from_state(state), backend=backend, device=device)
+        arrays = {name: obj._numpy(name) for name in obj.arrays}
+        try:
+            arrays["fine_counts"].ravel()[np.asarray(state["fine_index"])] = state["fine_value"]
+            at = np.asarray(state["slot_index"])
+            for name in ("prio", "vals", "ctxs", "poss"):
+                arrays[name].ravel()[at] = state[f"slot_{name}"]
+        except (KeyError, IndexError) as err:
+            raise RecorderError(f"quantile state is incomplete or of another shape: {err}") from None
+        for name, a in arrays.items():
+            setattr(obj, name, obj._array(a))
+        return obj
+
+    # --- results -----------------------------------------------------------------------
+
+    def bands(self) -> dict[str, np.ndarray]:
+        """The requested quantile bins cut from the fine bins (B = Q + 1 bands):
+
+        boundaries int64 [feat, Q] (fine-bin index of each edge), edges float32 [feat, Q]
+        (x >= edges[f, i] exactly when x lies in band > i), counts int64 [feat, B],
+        shares float64 [feat, B], status str [feat] ('ok'; 'near_constant': some band is
+        empty because the mass sits in too few fine bins; 'dead': every token within
+        2**-10 of zero, or none), and the samples prio, value, ctx_id, pos [feat, B, per_bin]
+        sorted by priority.
+        """
+        counts = self._read("fine_counts")
+        n_feat, n_bands = self.n_features, len(self.quantiles) + 1
+        bounds = choose_boundaries(counts, self.quantiles)  # [feat, Q]
+        cum = np.zeros((n_feat, N_FINE + 1), np.int64)
+        np.cumsum(counts, axis=1, out=cum[:, 1:])
+        rows = np.arange(n_feat)[:, None]
+        full = np.concatenate([np.zeros((n_feat, 1), np.int64), bounds, np.full((n_feat, 1), N_FINE)], axis=1)
+        band_counts = cum[rows, full[:, 1:]] - cum[rows, full[:, :-1]]
+        total = cum[:, -1]
+        shares = band_counts / np.maximum(total, 1)[:, None]
+        status = np.where((band_counts == 0).any(axis=1), "near_constant", "ok")
+        status = np.where((total == 0) | (counts[:, ZERO] == total), "dead", status).astype(object)
+        out = {"boundaries": bounds, "edges": lower_edges()[bounds], "counts": band_counts, "shares": shares,
+               "status": status}
+        out.update(self._band_samples(bounds, n_bands))
+        return out
+
+    def _band_samples(self, bounds: np.ndarray, n_bands: int) -> dict[str, np.ndarray]:
+        shape = (self.n_features, 1, n_bands, self.per_bin)  # the kernel inserts into out[f][0, band]
+        out = {"prio": np.full(shape, EMPTY_PRIORITY, np.int64), "value": np.full(shape, np.nan, np.float32),
+               "ctx_id": np.full(shape, -1, np.int64), "pos": np.full(shape, -1, np.int32)}
+        band_samples(*(self._read(name) for name in ("prio", "vals", "ctxs", "poss")),
+                     np.ascontiguousarray(bounds, np.int64), out["prio"], out["value"], out["ctx_id"], out["pos"])
+        return {k: v[:, 0] for k, v in out.items()}
+
+    @property
+    def edges(self) -> np.ndarray:
+        """float32 [feat, Q]: the band edges chosen from the tokens seen so far."""
+        return self.bands()["edges"]
+
     def counts(self) -> np.ndarray:
-        """int64 [feat, Q+1] exact token counts per bin."""
-        return self._numpy("bin_counts")
+        """int64 [feat, Q+1] exact token counts per band."""
+        return self.bands()["counts"]
 
     def samples(self) -> dict[str, np.ndarray]:
         """prio, value, ctx_id, pos, each [feat, Q+1, per_bin], sorted by priority."""
-        return {"prio": self._numpy("prio"), "value": self._numpy("vals"),
-                "ctx_id": self._numpy("ctxs"), "pos": self._numpy("poss")}
+        b = self.bands()
+        return {k: b[k] for k in ("prio", "value", "ctx_id", "pos")}
+
+    # --- updates -----------------------------------------------------------------------
 
     def _update_numba(self, acts, lengths, ctx_ids) -> None:
-        quantile_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
-                        np.uint32(self.seed), self.keys, self.device_edges, self.bin_counts,
-                        self.prio, self.vals, self.ctxs, self.poss)
+        quantile_update(acts, lengths, ctx_ids, feature_chunk(self.n_features), np.uint32(self.seed),
+                        self.keys, self.fine_counts, self.prio, self.vals, self.ctxs, self.poss)
 
     def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
-        self.bin_counts += other["bin_counts"]
+        self.fine_counts += other["fine_counts"]
         quantile_merge(self.prio, self.vals, self.ctxs, self.poss,
                        other["prio"], other["vals"], other["ctxs"], other["poss"])
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
         b, t = valid_tokens(lengths, acts.shape[1]).nonzero(as_tuple=True)  # [tokens]
-        order = torch.sort(ctx_ids[b], stable=True).indices  # tokens by (ctx, pos)
-        b, t = b[order], t[order]
-        n_feat, n_bins = self.bin_counts.shape
+        n_feat = self.n_features
         feat = torch.arange(n_feat, device=acts.device)
-        step = max(1, min(ROWS_PER_STEP, ELEMENTS_PER_STEP // max(1, n_feat)))
-        found = []
+        step = max(1, ELEMENTS_PER_STEP // max(1, n_feat))
         for r in range(0, b.numel(), step):
             x = acts[b[r:r + step], t[r:r + step]]  # [tokens, feat]
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
-            bins = torch.zeros(x.shape, dtype=torch.int64, device=x.device)  # [tokens, feat]
-            for q in range(n_bins - 1):
-                bins += x >= self.device_edges[:, q]
-            self.bin_counts += torch.bincount((feat * n_bins + bins).flatten(),
-                                              minlength=self.bin_counts.numel()).view_as(self.bin_counts)
+            group = feat * N_FINE + fine_bins_t(x)  # [tokens, feat]
+            self.fine_counts += torch.bincount(group.flatten(), minlength=self.fine_counts.numel()
+                                               ).view_as(self.fine_counts)
             prio = priority_t(token_hash_t(self.seed, ctx, pos), self.keys)  # [tokens, feat]
-            # rows are in (ctx, pos) order, so the row index breaks priority ties exactly
-            key = prio * ROWS_PER_STEP + torch.arange(x.shape[0], device=x.device)[:, None]
-            for q in range(n_bins):
-                best = torch.topk(torch.where(bins == q, key, _NO_KEY), min(self.per_bin, x.shape[0]),
-                                  dim=0, largest=False)  # [per_bin, feat]
-                row, f = best.indices, feat.expand_as(best.indices)
-                ok = best.values != _NO_KEY
-                row, f = row[ok], f[ok]
-                found.append((f * n_bins + q, prio[row, f], x[row, f], ctx[row], pos[row]))
-        if found:
-            self._keep_best(*(torch.cat(cols) for cols in zip(*found)))
+            threshold = self.prio.view(-1, self.per_bin)[:, -1]
+            row, f = (prio <= threshold[group]).nonzero(as_tuple=True)  # candidates only
+            self._keep_best(group[row, f], prio[row, f], x[row, f], ctx[row], pos[row])
 
     def _merge_torch(self, other: dict[str, torch.Tensor]) -> None:
-        self.bin_counts += other["bin_counts"]
-        group = torch.arange(self.bin_counts.numel(), device=self.device).repeat_interleave(self.per_bin)
+        self.fine_counts += other["fine_counts"]
+        group = torch.arange(self.fine_counts.numel(), device=self.device).repeat_interleave(self.per_bin)
         keep = other["ctxs"].flatten() >= 0
         self._keep_best(group[keep], *(other[k].flatten()[keep] for k in ("prio", "vals", "ctxs", "poss")))
 
     def _keep_best(self, group, prio, vals, ctxs, poss) -> None:
-        """Replace the slots by the bottom per_bin of slots + candidates (flat, by group)."""
-        n_groups = self.bin_counts.numel()
-        old_group = torch.arange(n_groups, device=self.device).repeat_interleave(self.per_bin)
-        old = self.ctxs.flatten() >= 0
+        """Replace the slots of the touched groups by the bottom per_bin of slots + candidates."""
+        if group.numel() == 0:
+            return
+        k = self.per_bin
+        touched = torch.unique(group)  # sorted
+        old_group = touched.repeat_interleave(k)
+        old_flat = (touched[:, None] * k + torch.arange(k, device=self.device)).flatten()
+        flats = {name: getattr(self, name).view(-1) for name in ("prio", "vals", "ctxs", "poss")}
+        old = flats["ctxs"][old_flat] >= 0
         cols = [torch.cat([a, b]) for a, b in zip(
-            (old_group[old], self.prio.flatten()[old], self.vals.flatten()[old],
-             self.ctxs.flatten()[old], self.poss.flatten()[old]),
+            (old_group[old], *(flats[name][old_flat][old] for name in ("prio", "vals", "ctxs", "poss"))),
             (group, prio, vals, ctxs, poss.to(torch.int32)))]
         g, p, v, c, s = _sorted_unique(*cols)
         start = torch.searchsorted(g, g)
         rank = torch.arange(g.numel(), device=self.device) - start
-        sel = rank < self.per_bin
-        flat = g[sel] * self.per_bin + rank[sel]
-        for name, col, empty in (("prio", p, EMPTY_PRIORITY), ("vals", v, float("nan")),
-                                 ("ctxs", c, -1), ("poss", s, -1)):
-            out = torch.full_like(getattr(self, name).flatten(), empty)
-            out[flat] = col[sel]
-            setattr(self, name, out.view(getattr(self, name).shape))
+        sel = rank < k
+        for name, empty in (("prio", EMPTY_PRIORITY), ("vals", float("nan")), ("ctxs", -1), ("poss", -1)):
+            flats[name][old_flat] = empty
+        flat = g[sel] * k + rank[sel]
+        for name, col in (("prio", p), ("vals", v), ("ctxs", c), ("poss", s)):
+            flats[name][flat] = col[sel]
+
+
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """Non-negative int64 as uint32 when every value fits (smaller checkpoints)."""
+    return a.astype(np.uint32) if a.size == 0 or a.max() <= 0xFFFFFFFF else a
 
 
 def _sorted_unique(group, prio, vals, ctxs, poss):

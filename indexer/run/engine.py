@@ -2,9 +2,8 @@
 recorders, checkpoints, and finalizes.
 
 The run only loops; what is recorded lives in ``indexer.recorders``, what is written in
-``indexer.run.finalize``. Quantile edges are estimated once, before the main pass, from the
-first ``warmup_tokens`` tokens of the whole (unsharded) stream, so every shard bins with the
-same edges and shards merge exactly.
+``indexer.run.finalize``. There is one pass: quantile bin edges are cut at the end from
+fine-bin counts over every token of the run (shards and resumed runs included).
 """
 
 from __future__ import annotations
@@ -85,6 +84,7 @@ class Run:
         self.seconds = 0.0
         self.corpus_tokens: dict[str, int] = {}
         self.notes: dict[str, Any] = {}
+        self.finalize_phases: dict[str, float] = {}  # seconds per finalize phase, set by finalize
         self.recorders: dict[Site, FeatureRecorders] = {}
 
     @classmethod
@@ -111,13 +111,14 @@ class Run:
     # --- starting points -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Fresh recorders, with quantile edges estimated from the start of the stream."""
-        self.recorders = self.new_recorders(self.estimate_edges())
+        """Fresh recorders. Quantile bins need no warm-up: their edges are cut at the end from
+        fine-bin counts over every token (``indexer.recorders.quantiles``)."""
+        self.recorders = self.new_recorders()
 
-    def new_recorders(self, edges: dict[Site, np.ndarray]) -> dict[Site, FeatureRecorders]:
+    def new_recorders(self) -> dict[Site, FeatureRecorders]:
         cfg = self.cfg
         return {
-            site: FeatureRecorders.create(site.n_features, edges[site], cfg.top_k, cfg.per_bin,
+            site: FeatureRecorders.create(site.n_features, cfg.quantiles, cfg.top_k, cfg.per_bin,
                                           site_salt(cfg.seed, site), default_backend(self.device), self.device)
             for site in self.plan
         }
@@ -133,42 +134,11 @@ class Run:
         self.corpus_tokens = progress["corpus_tokens"]
 
     def reset(self) -> None:
-        """Back to an empty stream position with empty recorders of the same edges (bench)."""
+        """Back to an empty stream position with empty recorders (bench)."""
         self.position = self.tokens_done = self.batches_done = 0
         self.seconds = 0.0
         self.corpus_tokens = {}
-        self.recorders = self.new_recorders({s: r.samples.edges for s, r in self.recorders.items()})
-
-    def estimate_edges(self) -> dict[Site, np.ndarray]:
-        """Per-feature quantile edges from the first ``warmup_tokens`` tokens of the global stream."""
-        import torch
-
-        from indexer.forward.runner import SiteForward, make_batch
-        from indexer.recorders import estimate_edges as quantile_edges
-
-        stream = ContextStream(
-            self.contexts.specs, self.model.tokenizer, self.model.info.bos_token_id, self.ctx_len,
-            self.cfg.tokens, self.cfg.skip_bad_records, **stream_options(self.cfg, self.model),
-        )
-        forward = SiteForward(self.model, self.plan, self.cfg.dtype)
-        samples: dict[Site, list] = {site: [] for site in self.plan}
-        seen = 0
-        for contexts in batches(iter(stream), self.cfg.batch_size):
-            batch = make_batch(contexts, self.model.info.bos_token_id, self.device, self.ctx_len)
-            for site, acts in forward(batch).items():
-                for row, ctx in enumerate(contexts):
-                    samples[site].append(acts[row, 1 : len(ctx.token_ids)])  # BOS is never recorded
-            seen += batch.n_text_tokens
-            if seen >= self.cfg.warmup_tokens:
-                break
-        if seen == 0:
-            raise CorpusError(f"nothing to index: {_what_was_read(stream)}")
-        # Sorting 4M values at a time bounds the transient memory of the estimate (~100 MB).
-        return {
-            site: quantile_edges(torch.cat(rows)[: self.cfg.warmup_tokens], self.cfg.quantiles, max_elements=1 << 22)
-            .cpu().numpy()
-            for site, rows in samples.items()
-        }
+        self.recorders = self.new_recorders()
 
     # --- the streaming pass ----------------------------------------------------------------
 
@@ -181,6 +151,8 @@ class Run:
         if default_backend(self.device) == "numba":
             warm_up()  # compile or load the kernels now, not inside the first batches
         forward = SiteForward(self.model, self.plan, self.cfg.dtype)
+        if progress:
+            print(self.memory_line(), file=sys.stderr)
         bar = tqdm(
             total=self.expected_tokens(), initial=self.tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True,
             disable=not progress, file=sys.stderr, desc="indexing", smoothing=0.05,
@@ -203,7 +175,16 @@ class Run:
             if self.batches_done % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
+        if self.tokens_done == 0:
+            raise CorpusError(f"nothing to index: {_what_was_read(self.contexts)}")
         self.checkpoint()
+
+    def memory_line(self) -> str:
+        """One line: recorder state per feature and in all (flat: it does not grow with the corpus)."""
+        n_bytes = sum(rec.nbytes() for rec in self.recorders.values())
+        n_feat = sum(site.n_features for site in self.plan)
+        return (f"recorder state: {n_bytes / max(1, n_feat) / 1024:.0f} KB per feature, "
+                f"{n_bytes / 2**20:.0f} MB for {n_feat} features on {self.device}")
 
     def expected_tokens(self) -> int | None:
         if self.cfg.tokens is None:
@@ -260,6 +241,7 @@ class Run:
             "timing": {
                 "stream_seconds": round(self.seconds, 3),
                 "finalize_seconds": round(finalize_seconds, 3),
+                "finalize_phases_s": self.finalize_phases,
                 "tokens_per_second": round(self.tokens_done / self.seconds, 1) if self.seconds else None,
             },
             "versions": versions(),

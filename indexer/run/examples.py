@@ -68,15 +68,17 @@ class ExampleSet:
             self.doc_id[idx] = ctx.doc_id
 
 
-def collect_examples(site: Any, rec: Any) -> ExampleSet:
-    """The top-k and quantile-sample examples held by a site's recorders (empty slots dropped)."""
+def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = None) -> ExampleSet:
+    """The top-k and quantile-sample examples held by a site's recorders (empty slots dropped);
+    ``bands``: ``rec.samples.bands()`` if already computed."""
     values, ctx_ids, pos = (np.asarray(a) for a in rec.topk.result())  # [feat, k]
     n, k = values.shape
     top = dict(
         feature=np.repeat(np.arange(n), k), kind=np.zeros(n * k), bin_=np.full(n * k, -1),
         rank=np.tile(np.arange(k), n), value=values.ravel(), ctx_id=ctx_ids.ravel(), pos=pos.ravel(),
     )
-    s_values, s_ctx, s_pos = _sample_arrays(rec.samples)  # [feat, bin, per_bin]
+    samples = bands if bands is not None else rec.samples.samples()
+    s_values, s_ctx, s_pos = (np.asarray(samples[k]) for k in ("value", "ctx_id", "pos"))  # [feat, bin, per_bin]
     # Within a bin, rank 0 is the highest value (the sample itself is uniform).
     order = np.argsort(np.where(s_ctx >= 0, -s_values, np.inf), axis=-1, kind="stable")
     s_values, s_ctx, s_pos = (np.take_along_axis(a, order, -1) for a in (s_values, s_ctx, s_pos))
@@ -91,11 +93,6 @@ def collect_examples(site: Any, rec: Any) -> ExampleSet:
     return ExampleSet(site, **{key: value[keep] for key, value in merged.items()})
 
 
-def _sample_arrays(sampler: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    samples = sampler.samples()
-    return (np.asarray(samples["value"]), np.asarray(samples["ctx_id"]), np.asarray(samples["pos"]))
-
-
 def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> dict[str, Any]:
     """Columns of the examples table (without the site/feature key columns, plus 'feature')."""
     n = len(examples)
@@ -107,10 +104,7 @@ def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> d
     at = examples.pos - examples.window_start
     token_id = tokens[np.arange(n), at] if n else np.zeros(0, np.int32)
     prev_id = tokens[np.arange(n), np.maximum(at - 1, 0)] if n else np.zeros(0, np.int32)
-    texts = tokenizer.batch_decode(
-        [t[: length].tolist() for t, length in zip(tokens, examples.window_len)],
-        skip_special_tokens=True, clean_up_tokenization_spaces=False,
-    )
+    texts = decode_many(tokenizer, [t[: length].tolist() for t, length in zip(tokens, examples.window_len)])
     return {
         "feature": examples.feature,
         "kind": KINDS[examples.kind],
@@ -129,3 +123,14 @@ def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> d
         "window_token_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(tokens[mask], pa.int32())),
         "window_acts": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[mask], pa.float32())),
     }
+
+
+def decode_many(tokenizer: Any, sequences: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+    """``tokenizer.batch_decode(sequences, skip_special_tokens=...,
+    clean_up_tokenization_spaces=False)``, straight through the Rust backend of a fast
+    tokenizer: transformers' wrapper spends seconds checking every id in Python."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if getattr(tokenizer, "is_fast", False) and hasattr(backend, "decode_batch"):
+        return backend.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+    return tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens,
+                                  clean_up_tokenization_spaces=False)

@@ -18,7 +18,7 @@ import numpy as np
 from indexer.forward.sites import HEAD_METRICS, Site
 from indexer.recorders import FeatureRecorders, hist_edges
 from indexer.run.checkpoint import FINAL_STATE, remove_checkpoints, save_states, seal
-from indexer.run.examples import ExampleSet, collect_examples, window_columns
+from indexer.run.examples import ExampleSet, collect_examples, decode_many, window_columns
 from indexer.store.schema import Contexts, Examples, HeadExamples, HeadScores, Heads, Neurons, Vocab
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
@@ -37,7 +37,9 @@ def write_index(run: Any, progress: bool = True) -> Path:
     writer = IndexWriter(run.out)
     vocab = vocab_strings(run.model.tokenizer, run.model.info.d_vocab)
     writer.write(Vocab, {"token_id": np.arange(len(vocab), dtype=np.int32), "token_str": vocab})
-    sets = [collect_examples(site, rec) for site, rec in run.recorders.items()]
+    bands = {site: rec.samples.bands() for site, rec in run.recorders.items()}
+    sets = [collect_examples(site, rec, bands[site]) for site, rec in run.recorders.items()]
+    phases = {"examples": time.perf_counter() - started}
     kept = set().union(*(s.ctx_ids() for s in sets)) if sets else set()
     wanted = None if run.cfg.store_contexts == "all" else kept
     forward = SiteForward(run.model, run.plan, run.cfg.dtype)
@@ -55,11 +57,14 @@ def write_index(run: Any, progress: bool = True) -> Path:
             example_set.fill_windows(batch, features[example_set.site], run.cfg.window_before, run.cfg.window_after)
     contexts.close()
     bar.close()
+    phases["windows"] = time.perf_counter() - started - phases["examples"]
     for (site, rec), example_set in zip(run.recorders.items(), sets):
-        _write_site(writer, site, rec, example_set, vocab, run.model.tokenizer)
+        _write_site(writer, site, rec, bands[site], example_set, vocab, run.model.tokenizer)
     if any(site.name == "heads" for site in run.plan):
         _write_head_scores(writer, run)
     atomic_write_bytes(run.out / FINAL_STATE, seal(save_states(run.recorders)), point="state-write")
+    phases["write"] = time.perf_counter() - started - phases["examples"] - phases["windows"]
+    run.finalize_phases = {k: round(v, 3) for k, v in phases.items()}
     writer.write_manifest(run.manifest(finalize_seconds=time.perf_counter() - started))
     remove_checkpoints(run.out)  # state.npz and the manifest now say it all
     return run.out
@@ -71,8 +76,8 @@ def _write_head_scores(writer: IndexWriter, run: Any) -> None:
     writer.write(HeadScores, head_scores(run.model, [s.layer for s in run.plan if s.name == "heads"]))
 
 
-def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, examples: ExampleSet, vocab: np.ndarray,
-                tokenizer: Any) -> None:
+def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, bands: dict[str, np.ndarray],
+                examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> None:
     stats = rec.stats.summary()
     n = site.n_features
     feature = np.arange(n, dtype=np.int32)
@@ -80,9 +85,12 @@ def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, examples
         "n_tokens": stats["n_tokens"], "mean": stats["mean"], "std": stats["std"],
         "min": stats["min"], "max": stats["max"], "frac_active": stats["frac_active"],
         "hist": list(stats["hist"]),
-        "quantile_edges": list(np.asarray(rec.samples.edges, dtype=np.float32)),
-        "bin_counts": list(rec.samples.counts()),
+        "quantile_edges": list(bands["edges"].astype(np.float32)),
+        "bin_counts": list(bands["counts"]),
         "hist_edges": [hist_edges().astype(np.float32)] * n,
+        "quantiles": [rec.samples.quantiles.astype(np.float32)] * n,
+        "bin_shares": list(bands["shares"]),
+        "bin_status": bands["status"],
     }
     rows = window_columns(examples, vocab, tokenizer)
     if site.name == "heads":
@@ -140,6 +148,6 @@ class _ContextWriter:
 def vocab_strings(tokenizer: Any, d_vocab: int) -> np.ndarray:
     """Each token id decoded on its own (the model's vocab may exceed the tokenizer's)."""
     n = min(d_vocab, len(tokenizer))
-    strings = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+    strings = decode_many(tokenizer, [[i] for i in range(n)], skip_special_tokens=False)
     strings += [f"<unused {i}>" for i in range(n, d_vocab)]
     return np.array(strings, dtype=object)

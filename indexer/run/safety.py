@@ -2,7 +2,8 @@
 into one line that says what is kept.
 
 The estimate counts what the options size, per feature of every planned site: the recorder
-states (top-k, quantile-bin samples, stats and histogram; twice, for a checkpoint's copy),
+states (top-k, the quantile sampler's fine-bin counts and per-fine-bin samples, stats and
+histogram; twice, for a checkpoint's copy),
 the examples' windows at finalize (``window_before + window_after + 1`` values and token ids
 per example), and the activations of one batch. It is an estimate of the index's own memory,
 not of the model's; it is printed at start-up and a run whose estimate exceeds the memory
@@ -21,14 +22,17 @@ from indexer.config import IndexConfig
 from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 
 HIST_BINS = 129  # indexer.recorders.histogram.N_BINS (not imported: keeps this module torch-free)
-ENTRY_BYTES = 24  # value f32 + ctx_id i64 + pos i32 + priority f64, as the recorders keep them
+N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature (tests check they agree)
+ENTRY_BYTES = 24  # value f32 + ctx_id i64 + pos i32 + priority i64, as the recorders keep them
 
 
 def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int) -> dict[str, int]:
     """Bytes, by part, that the options make the run hold at once for ``n_features`` features."""
     bins = len(cfg.quantiles) + 1
     examples = cfg.top_k + bins * cfg.per_bin
-    recorders = n_features * (examples * ENTRY_BYTES + 6 * 8 + HIST_BINS * 8) * 2
+    # top-k entries, then per fine bin a count and per_bin sample entries, then stats + histogram
+    per_feature = cfg.top_k * ENTRY_BYTES + N_FINE * (8 + cfg.per_bin * ENTRY_BYTES) + 6 * 8 + HIST_BINS * 8
+    recorders = n_features * per_feature * 2
     window = cfg.window_before + cfg.window_after + 1
     windows = n_features * examples * window * (4 + 4) * 2
     batch = cfg.batch_size * ctx_len * n_features * 4 * 3

@@ -163,6 +163,9 @@ class _Stats:
     quantile_edges: list[Float32]  # value edges of the quantile bins that `bin` counts in
     bin_counts: list[int]  # tokens that fell in each quantile bin
     hist_edges: list[Float32] | None = None  # len(hist) + 1 edges of the histogram bins
+    quantiles: list[Float32] | None = None  # the requested quantiles; quantile_edges are these over all tokens
+    bin_shares: list[float] | None = None  # bin_counts / n_tokens
+    bin_status: str | None = None  # 'ok'; 'near_constant' (some quantile bin is empty); 'dead' (all ~0)
 
 
 @_table

@@ -13,9 +13,15 @@ def test_bench_reports_ratios_and_memory(tiny_model_dir):
     result = bench(str(tiny_model_dir), tokens=1500, batch_size=4)
     for sites in ("mlp", "mlp+heads"):
         figures = result[sites]
-        assert set(figures["tokens_per_s"]) == {"forward", "index", "naive"}
+        assert set(figures["tokens_per_s"]) == {"forward", "stream", "job", "naive"}
         assert all(v > 0 for v in figures["tokens_per_s"].values())
         assert figures["vs_forward"] > 0 and figures["vs_naive"] > 0
+        for part in ("job", "stream"):
+            assert figures[part]["vs_forward"] > 0 and figures[part]["vs_naive"] > 0
+        phases = figures["job"]["phases_s"]
+        assert {"stream", "examples", "windows", "write", "total"} <= set(phases)
+        assert phases["total"] >= phases["stream"] > 0
+        assert figures["job"]["vs_forward"] <= figures["stream"]["vs_forward"] * 1.5  # the job includes the stream
     small, large = result["peak_rss_mb"].values()
     assert small > 100 and large > 100
     assert result["peak_rss_growth"] == round(large / small - 1, 4)

@@ -108,3 +108,28 @@ def top_k(ref: Reference, key: str, feature: int, k: int) -> list[tuple[float, i
             best.append((float(acts[pos, feature]), ctx_id, pos))
     best.sort(key=lambda t: (-t[0], t[1]))
     return best[:k]
+
+
+def fine_quantile_bands(values: np.ndarray, quantiles) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boundaries [feat, Q], edges [feat, Q], counts [feat, Q+1]) from every token's value:
+    per feature and quantile q, the fine-grid boundary whose share of tokens below is nearest
+    q (ties: below the target, then the boundary next to it), found by trying every boundary.
+    values [token, feat] float32."""
+    from indexer.recorders.finebins import N_FINE, fine_bins_np, lower_edges
+
+    fine = fine_bins_np(values)  # [token, feat]
+    n_tok, n_feat = fine.shape
+    bounds = np.zeros((n_feat, len(quantiles)), np.int64)
+    every = np.arange(N_FINE)
+    for f in range(n_feat):
+        below = np.searchsorted(np.sort(fine[:, f]), every, side="left")  # tokens in bins < j
+        for i, q in enumerate(quantiles):
+            target = q * n_tok
+            dist = np.abs(below - target)
+            side = below >= target
+            # lexicographic: distance, then below-the-target first, then nearest the target
+            key = np.lexsort((np.where(side, every, -every), side, dist))
+            bounds[f, i] = every[key[0]]
+    bins = (fine[:, :, None] >= bounds[None]).sum(-1)  # [token, feat]
+    counts = np.stack([(bins == b).sum(0) for b in range(len(quantiles) + 1)], axis=1)
+    return bounds, lower_edges()[bounds], counts

@@ -2,7 +2,7 @@
 
 Each indexed model is compared, for every site and every feature, with a brute-force pass
 that keeps every activation of every token: top-k values and positions, stats, quantile
-edges and bin counts, sampled examples, and finalize windows.
+edges (fine-bin quantiles of all tokens) and bin counts, sampled examples, and finalize windows.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from helpers.brute import recorded, reference, top_k
+from helpers.brute import fine_quantile_bands, recorded, reference, top_k
 from helpers.configs import base_config
 from indexer.api import Index
 from indexer.config import IndexConfig, parse_sites
@@ -100,21 +100,30 @@ def test_stats_equal_brute_force(indexed):
 
 
 def test_quantile_edges_and_bin_counts(indexed):
+    """Edges are the fine-bin quantiles of ALL tokens (not a prefix); counts and shares exact."""
     cfg, ix, ref = indexed
     quantiles = list(cfg.quantiles)
     for site in ref.plan:
         stats, _ = site_frames(ix, site)
         values, _, _ = recorded(ref, site.key)
-        warmup = values[: cfg.warmup_tokens].astype(np.float64)
-        want = np.maximum.accumulate(np.quantile(warmup, quantiles, axis=0).T, axis=1)
         edges = np.stack(stats["quantile_edges"].to_numpy())
-        tol = HEAD_TOL if site.name == "heads" else dict(rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(edges, want, **tol)
-        if site.name == "heads":
-            continue  # a value within float noise of an edge may bin either way
+        counts = np.stack(stats["bin_counts"].to_numpy())
+        assert (counts.sum(1) == len(values)).all()
+        np.testing.assert_allclose(np.stack(stats["bin_shares"].to_numpy()), counts / len(values))
+        np.testing.assert_allclose(np.stack(stats["quantiles"].to_numpy()), np.float32([quantiles] * len(stats)))
+        assert set(stats["bin_status"]) <= {"ok", "near_constant", "dead"}
+        if site.name == "heads":  # a value within float noise of a fine-bin edge may bin either way
+            bins = (values[:, :, None] >= edges[None].astype(np.float32)).sum(-1)
+            brute = np.stack([(bins == b).sum(0) for b in range(len(quantiles) + 1)], axis=1)
+            assert np.abs(brute - counts).sum() <= 0.001 * counts.sum() + 4
+            continue
+        _, want_edges, want_counts = fine_quantile_bands(values, quantiles)
+        np.testing.assert_array_equal(edges, want_edges)
+        np.testing.assert_array_equal(counts, want_counts)
         bins = (values[:, :, None] >= edges[None].astype(np.float32)).sum(-1)  # [token, feat]
-        counts = np.stack([(bins == b).sum(0) for b in range(len(quantiles) + 1)], axis=1)
-        np.testing.assert_array_equal(np.stack(stats["bin_counts"].to_numpy()), counts)
+        np.testing.assert_array_equal(counts, np.stack([(bins == b).sum(0) for b in range(len(quantiles) + 1)], axis=1))
+        status = np.where((counts == 0).any(1), "near_constant", "ok")
+        assert [s if s == "dead" else t for s, t in zip(stats["bin_status"], status)] == list(stats["bin_status"])
 
 
 def test_samples_lie_in_their_bins(indexed):

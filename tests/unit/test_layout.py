@@ -103,3 +103,11 @@ def test_every_package_states_its_layer_rule():
     for init in list((ROOT / "indexer").glob("*/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert "Layer rule" in doc, f"{init.relative_to(ROOT)} has no 'Layer rule' in its docstring"
+
+
+def test_memory_estimate_constants_match_the_recorders():
+    from indexer.recorders.finebins import N_FINE
+    from indexer.recorders.histogram import N_BINS
+    from indexer.run import safety
+
+    assert (safety.N_FINE, safety.HIST_BINS) == (N_FINE, N_BINS)

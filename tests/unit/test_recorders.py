@@ -8,14 +8,15 @@ import torch
 
 from indexer.recorders import (
     N_BINS,
+    N_FINE,
     FeatureRecorders,
     QuantileSampler,
     RecorderError,
     Stats,
     TopK,
-    estimate_edges,
     hist_edges,
 )
+from indexer.recorders.finebins import ZERO, choose_boundaries, fine_bins_np, lower_edges, magnitudes
 from indexer.recorders.hashing import feature_keys, priority_np, priority_t, seed_of, token_hash_t
 
 BACKENDS = ["numba", "torch"]
@@ -50,9 +51,12 @@ def tokens(batches):
     return np.array(vals, np.float32), np.array(ctx, np.int64), np.array(pos, np.int64)
 
 
-def edges_for(batches, quantiles=(0.3, 0.5, 0.9)):
-    acts, lengths, _ = batches[0]
-    return estimate_edges(acts[:, 1:].reshape(-1, acts.shape[2]), quantiles).numpy()
+QUANTILES = (0.3, 0.5, 0.9)
+
+
+def edges_for(batches, quantiles=QUANTILES):
+    """The requested quantiles (the sampler now cuts its edges from all tokens)."""
+    return quantiles
 
 
 def brute_topk(batches, k):
@@ -73,10 +77,40 @@ def brute_topk(batches, k):
     return out_v, out_c, out_p
 
 
-def brute_quantiles(batches, edges, per_bin, salt):
+def brute_fine(batches, per_bin, salt):
+    """Fine-bin counts [feat, N_FINE] and bottom-per_bin (prio, ctx, pos) per fine bin."""
     vals, ctx, pos = tokens(batches)
-    n_feat, n_bins = vals.shape[1], edges.shape[1] + 1
-    bins = (vals[:, :, None] >= edges[None]).sum(axis=2)  # [tokens, feat]
+    n_feat = vals.shape[1]
+    bins = fine_bins_np(vals)  # [tokens, feat]
+    counts = np.zeros((n_feat, N_FINE), np.int64)
+    samples = np.full((n_feat, N_FINE, per_bin, 3), -1, np.int64)
+    for f in range(n_feat):
+        prio = priority_np(salt, np.full(len(ctx), f), ctx, pos)
+        counts[f] = np.bincount(bins[:, f], minlength=N_FINE)
+        for q in np.unique(bins[:, f]):
+            idx = np.flatnonzero(bins[:, f] == q)
+            for i, row in enumerate(sorted(zip(prio[idx], ctx[idx], pos[idx]))[:per_bin]):
+                samples[f, q, i] = row
+    return counts, samples
+
+
+def brute_boundary(column: np.ndarray, q: float) -> int:
+    """The fine boundary j whose share below is nearest q*n (ties: below, then the boundary
+    next to the target), found by trying every boundary."""
+    below = np.array([(column < j).sum() for j in range(N_FINE)])
+    target = q * len(column)
+    keys = [(abs(b - target), 0, -j) if b < target else (abs(b - target), 1, j) for j, b in enumerate(below)]
+    return int(min(range(N_FINE), key=keys.__getitem__))
+
+
+def brute_quantiles(batches, quantiles, per_bin, salt):
+    """Band counts [feat, Q+1] and band samples [feat, Q+1, per_bin, 3] (prio, ctx, pos) from
+    every token: edges at the fine boundaries nearest the quantiles of all tokens."""
+    vals, ctx, pos = tokens(batches)
+    n_feat, n_bins = vals.shape[1], len(quantiles) + 1
+    fine = fine_bins_np(vals)
+    bounds = np.array([[brute_boundary(fine[:, f], q) for q in quantiles] for f in range(n_feat)])
+    bins = (fine[:, :, None] >= bounds[None]).sum(axis=2)  # [tokens, feat]
     counts = np.zeros((n_feat, n_bins), np.int64)
     samples = np.full((n_feat, n_bins, per_bin, 3), -1, np.int64)  # prio, ctx, pos
     for f in range(n_feat):
@@ -87,7 +121,7 @@ def brute_quantiles(batches, edges, per_bin, salt):
             rows = sorted(zip(prio[idx], ctx[idx], pos[idx]))[:per_bin]
             for i, row in enumerate(rows):
                 samples[f, q, i] = row
-    return counts, samples
+    return counts, samples, bounds
 
 
 def brute_hist_bin(x):
@@ -118,10 +152,16 @@ def test_topk_matches_brute_force(backend):
 @pytest.mark.parametrize("n_feat", [24, 150])
 def test_quantiles_match_brute_force(backend, n_feat):
     batches = make_batches(n_feat=n_feat, n_batches=4)
-    edges = edges_for(batches)
-    rec = run(lambda: QuantileSampler(n_feat, edges, PER_BIN, SALT, backend), batches)
-    counts, want = brute_quantiles(batches, edges, PER_BIN, SALT)
+    rec = run(lambda: QuantileSampler(n_feat, QUANTILES, PER_BIN, SALT, backend), batches)
+    fine_counts, fine_want = brute_fine(batches, PER_BIN, SALT)
+    np.testing.assert_array_equal(rec._numpy("fine_counts"), fine_counts)
+    np.testing.assert_array_equal(rec._numpy("ctxs"), fine_want[..., 1])
+    np.testing.assert_array_equal(rec._numpy("prio"), np.where(fine_want[..., 0] < 0, 2**32, fine_want[..., 0]))
+    counts, want, bounds = brute_quantiles(batches, QUANTILES, PER_BIN, SALT)
+    bands = rec.bands()
+    np.testing.assert_array_equal(bands["boundaries"], bounds)
     np.testing.assert_array_equal(rec.counts(), counts)
+    edges = rec.edges
     s = rec.samples()
     np.testing.assert_array_equal(s["prio"], np.where(want[..., 0] < 0, 2**32, want[..., 0]))
     np.testing.assert_array_equal(s["ctx_id"], want[..., 1])
@@ -168,8 +208,10 @@ def everything(rec) -> dict[str, np.ndarray]:
         return {f"{p}.{k}": v for p in ("topk", "samples", "stats") for k, v in everything(getattr(rec, p)).items()}
     if isinstance(rec, TopK):
         return dict(zip(("vals", "ctxs", "poss"), rec.result()))
-    if isinstance(rec, QuantileSampler):
-        return {"counts": rec.counts(), **rec.samples()}
+    if isinstance(rec, QuantileSampler):  # the fine state itself, and the bands cut from it
+        fine = {name: rec._numpy(name) for name in rec.arrays}
+        bands = {k: v for k, v in rec.bands().items() if k != "status"}
+        return {**fine, **bands, "status": rec.bands()["status"].astype(str)}
     return rec.summary()
 
 
@@ -246,13 +288,77 @@ def test_priority_is_a_uniform_pure_function():
     assert not np.array_equal(priority_np(SALT + 1, feat, ctx, pos), prio)
 
 
-def test_estimate_edges_matches_torch_quantile():
-    sample = torch.randn(1000, 7, dtype=torch.float64)
-    q = [0.5, 0.9, 0.99]
-    got = estimate_edges(sample, q, max_elements=3000)
-    want = torch.quantile(sample, torch.tensor(q, dtype=torch.float64), dim=0).T.float()
-    torch.testing.assert_close(got, want)
-    assert (got.diff(dim=1) >= 0).all()
+def test_fine_bins_match_lower_edges():
+    m = magnitudes().astype(np.float32)
+    x = np.concatenate([m, -m, np.nextafter(m, np.float32(0)), np.nextafter(-m, np.float32(0)), m * 1.01, -m * 0.99,
+                        [0.0, -0.0, 1e-9, -1e-9, 1e6, -1e6, np.inf, -np.inf]]).astype(np.float32)
+    bins = fine_bins_np(x)
+    e = lower_edges()
+    by_edges = (x[:, None] >= e[None, :]).sum(axis=1) - 1  # x >= e_j exactly when bin(x) >= j
+    np.testing.assert_array_equal(bins, by_edges)
+    assert (np.diff(e) > 0).all() and fine_bins_np(np.float32([0.0, -0.0]))[0] == ZERO
+    t = torch.from_numpy(x)
+    from indexer.recorders.finebins import fine_bins_t
+    np.testing.assert_array_equal(fine_bins_t(t).numpy(), bins)
+    rec = QuantileSampler(len(x), (0.5,), 1, 0, "numba")
+    rec.update(torch.from_numpy(np.stack([x, x]))[None], torch.tensor([2]), torch.tensor([0]))
+    np.testing.assert_array_equal(rec._numpy("fine_counts").argmax(axis=1), bins)
+
+
+def test_boundaries_are_the_nearest_fine_quantiles():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0, 1, 5000), rng.exponential(3, 200)]).astype(np.float32)
+    fine = fine_bins_np(values)
+    q = np.array([0.25, 0.5, 0.9, 0.99, 0.999])
+    counts = np.bincount(fine, minlength=N_FINE)[None]
+    got = choose_boundaries(counts, q)[0]
+    assert got.tolist() == [brute_boundary(fine, x) for x in q]
+    share = np.array([(fine < j).mean() for j in got])
+    assert np.all(np.abs(share - q) < 0.01)  # 64 bins per octave: edges land close
+    constant = choose_boundaries(np.eye(1, N_FINE, ZERO + 5, dtype=np.int64) * 7, q)
+    assert set(constant[0].tolist()) <= {ZERO + 5, ZERO + 6}
+
+
+def test_band_samples_are_uniform():
+    """Fixed seeds: a band made of fine bins of unequal mass must draw from each fine bin in
+    proportion to its tokens (chi-square over many salts), and from no other band."""
+    rng = np.random.default_rng(11)
+    # one feature: 3 fine bins of masses 1000, 300, 100 in the top band (value >= 2), the rest below
+    values = np.concatenate([rng.uniform(0.1, 1.5, 4600), np.full(1000, 2.0), np.full(300, 2.2), np.full(100, 3.0)])
+    values = rng.permutation(values).astype(np.float32)
+    acts = torch.from_numpy(values.reshape(60, 100, 1))
+    lengths, ctx = torch.full((60,), 100), torch.arange(60)
+    recorded = values.reshape(60, 100)[:, 1:]  # BOS rows (pos 0) are not recorded
+    top = int((recorded >= 2).sum())
+    picks = np.zeros(3, np.int64)
+    for salt in range(200):
+        rec = QuantileSampler(1, (0.5, 1 - top / recorded.size), 4, salt, "numba")
+        rec.update(acts, lengths, ctx)
+        bands = rec.bands()
+        assert bands["counts"][0, 2] == top
+        v = bands["value"][0, 2]
+        picks += [(v == 2.0).sum(), (v == np.float32(2.2)).sum(), (v == 3.0).sum()]
+        assert (v >= 2.0).all()
+    mass = np.array([(recorded == x).sum() for x in (2.0, np.float32(2.2), 3.0)])
+    expected = picks.sum() * mass / mass.sum()
+    chi2 = ((picks - expected) ** 2 / expected).sum()
+    assert chi2 < 13.8, (picks, expected)  # 2 dof: p(> 13.8) = 0.001
+
+
+def test_planted_sparse_feature_gets_upper_bins():
+    """A feature that is 0 everywhere but fires on a handful of tokens late in the stream."""
+    acts = torch.zeros(40, 64, 2)
+    acts[:, :, 1] = torch.linspace(-1, 1, 40 * 64).view(40, 64)  # a dense companion
+    acts[37, 5, 0], acts[38, 9, 0], acts[39, 3, 0] = 4.0, 5.0, 6.0
+    for backend in BACKENDS:
+        rec = QuantileSampler(2, (0.5, 0.9, 0.99, 0.999), 3, 1, backend)
+        for b in range(0, 40, 8):
+            rec.update(acts[b:b + 8], torch.full((8,), 64), torch.arange(b, b + 8))
+        bands = rec.bands()
+        assert bands["counts"][0, -1] == 3 and sorted(bands["value"][0, -1].tolist()) == [4.0, 5.0, 6.0]
+        assert bands["status"].tolist() == ["near_constant", "ok"]
+        assert 0 < bands["edges"][0, -1] <= 4.0
+        np.testing.assert_allclose(bands["shares"][1][:3], [0.5, 0.4, 0.09], rtol=0.1)  # 2,520 tokens only
 
 
 def test_bad_inputs_raise_recorder_error():
