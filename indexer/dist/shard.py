@@ -26,7 +26,7 @@ from indexer.config import IndexConfig
 from indexer.dist.cluster import host_of
 from indexer.errors import NeuroscopeError
 from indexer.forward.sites import Site
-from indexer.run.checkpoint import CHECKPOINT, load_states, read_extra, save_states
+from indexer.run.checkpoint import load_states, read_checkpoint, read_extra, save_states
 from indexer.run.engine import RESUME_FREE, Run
 from indexer.store.writer import atomic_write_bytes
 
@@ -72,10 +72,10 @@ def _index_shard(cfg_dict: dict[str, Any], shards_root: str, i: int, n: int, top
     lost = _read_json(folder / PROGRESS_FILE)  # what the previous attempt reported last, if any
     run = _open(cfg, folder, worker, workers_per_host)
     opened = time.perf_counter()
-    checkpoint = folder / CHECKPOINT
+    checkpoint = read_checkpoint(folder)  # the newest good one (checksummed), or None
     resumed_from = {"batches": 0, "tokens": 0}
-    if checkpoint.is_file() and _same_shard(read_extra(checkpoint.read_bytes(), "config"), cfg):
-        run.restore(checkpoint.read_bytes())
+    if checkpoint is not None and _same_shard(read_extra(checkpoint, "config"), cfg):
+        run.restore(checkpoint)
         resumed_from = {"batches": run.batches_done, "tokens": run.tokens_done}
     else:
         run.start()
