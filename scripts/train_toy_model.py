@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cache of the tokenized corpora (keyed by file hashes)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--attn-only", action="store_true", help="no MLPs (an attention-only model)")
+    p.add_argument("--init-from", default=None,
+                   help="continue from this model folder's model.safetensors (same architecture)")
     p.add_argument("--n-heads", type=int, default=4, help="heads per layer (d_head = 256 / n_heads)")
     p.add_argument("--repeat-frac", type=float, default=0.0,
                    help="fraction of contexts that are synthetic repeats: half [BOS] r r with r "
@@ -270,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- model
     bridge = build_native_bridge(config)
+    if args.init_from:
+        from safetensors.torch import load_file
+
+        bridge.load_state_dict(load_file(str(Path(args.init_from) / "model.safetensors")), strict=True)
+        log(f"initialised from {args.init_from}")
     bridge.train()
     n_params = sum(p.numel() for p in bridge.parameters())
     decay = [p for p in bridge.parameters() if p.ndim >= 2]
