@@ -125,7 +125,15 @@ def head_card(ld: dict) -> str:
         for h in range(len(values)):
             rows.append(f"| {layer} | {h} | {heads['prev_token'][layer][h]:.3f} | {values[h]:.3f} | "
                         f"{heads['duplicate_token'][layer][h]:.3f} | {heads['bos'][layer][h]:.3f} |")
-    return (f"\n## Heads\n\n{round(100 * ld.get('repeat_frac', 0))}% of the training contexts were synthetic "
+    phases, cur = [], ld
+    while cur is not None:
+        a = cur["args"]
+        phases.append(f"{cur.get('tokens_seen', '?') if cur is ld else cur['tokens_seen']:,} tokens at lr {a['lr']}, "
+                      f"{round(100 * a.get('repeat_frac', 0))}% repeats")
+        cur = cur.get("continued_from")
+    history = ("Trained in phases (last first, cumulative tokens): " + "; ".join(phases) + ".\n\n"
+               if len(phases) > 1 else "")
+    return (f"\n## Heads\n\n{history}{round(100 * ld.get('repeat_frac', 0))}% of the training contexts were synthetic "
             "repeats (half `[BOS] r r` with `r` random tokens, half a training span repeated), which "
             "makes induction heads form within a few million tokens. Head scores of the final model "
             "on held-out `[BOS] r r` (`indexer.forward.head_scores`, mean attention to the relevant "

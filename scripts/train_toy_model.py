@@ -293,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
                for i, c in enumerate(CORPORA)}
     train_log, heldout_log = [], []
     tokens_seen = 0
+    step0 = 0  # steps and tokens of the run this one continues (--init-from), for the curves
+    prior = None
+    if args.init_from and (Path(args.init_from) / "training_log.json").is_file():
+        prior = json.loads((Path(args.init_from) / "training_log.json").read_text())
+        train_log, heldout_log = list(prior["train_loss"]), list(prior["heldout_loss"])
+        tokens_seen, step0 = int(prior["tokens_seen"]), int(prior["steps"])
+    tokens_start = tokens_seen
     tokens_by_corpus = {c: 0 for c in (*CORPORA, "repeat")}
     chunks_by_corpus = {c: 0 for c in (*CORPORA, "repeat")}
     window_loss, window_n = 0.0, 0
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         r = evaluate(bridge, eval_sets, args.batch_size, bos)
         r["mix"] = sum(weights[c] * r[c] for c in CORPORA)
         heads = head_probe(bridge, d_vocab, bos, args.ctx_len)
-        heldout_log.append({"step": step, "tokens": tokens_seen, "heldout_loss": r["mix"],
+        heldout_log.append({"step": step0 + step, "tokens": tokens_seen, "heldout_loss": r["mix"],
                             "code": r["code"], "prose": r["prose"],
                             "induction_max": heads["induction_max"],
                             "prev_token_max": heads["prev_token_max"], "head_scores": heads})
@@ -317,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_seconds += time.time() - t0
         return r
 
-    run_eval(0)
+    if prior is None:
+        run_eval(0)
     eval_seconds = 0.0
     t_train = t_window = time.time()
     for step in range(total_steps):
@@ -357,11 +365,11 @@ def main(argv: list[str] | None = None) -> int:
             now = time.time()
             rate = tok_window / (now - t_window)
             busy = now - t_train - eval_seconds
-            avg_rate = tokens_seen / busy
+            avg_rate = (tokens_seen - tokens_start) / busy
             n_evals_left = (total_steps - 1) // args.eval_every - done // args.eval_every + 1
             eval_each = eval_seconds / max(1, len(heldout_log) - 1) if len(heldout_log) > 1 else 8.0
             eta = (total_steps - done) * busy / done + n_evals_left * eval_each
-            train_log.append({"step": done, "tokens": tokens_seen,
+            train_log.append({"step": step0 + done, "tokens": tokens_seen,
                               "train_loss": window_loss / window_n, "lr": lr})
             log(f"step {done}/{total_steps} tokens {tokens_seen:,} loss {window_loss / window_n:.4f} "
                 f"lr {lr:.2e} | {rate:,.0f} tok/s (avg {avg_rate:,.0f}) | "
@@ -389,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": config,
         "seed": args.seed,
         "args": vars(args),
+        "continued_from": None if prior is None else {
+            "folder": str(args.init_from), "steps": prior["steps"], "tokens_seen": prior["tokens_seen"],
+            "args": prior["args"], "continued_from": prior.get("continued_from")},
         "n_params": n_params,
         "batch_size": args.batch_size,
         "ctx_len": args.ctx_len,
@@ -400,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                       "weight_decay": args.weight_decay, "weight_decay_on": "params with ndim >= 2",
                       "grad_clip": args.grad_clip, "warmup_steps": warmup,
                       "schedule": f"linear warmup, cosine decay to {args.min_lr_frac} x lr"},
-        "steps": total_steps,
+        "steps": step0 + total_steps,
         "tokens_target": int(args.tokens),
         "tokens_seen": tokens_seen,
         "tokens_seen_by_corpus": tokens_by_corpus,
@@ -409,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
         "wall_seconds": round(wall, 1),
-        "tokens_per_second": round(tokens_seen / train_seconds, 1),
+        "tokens_per_second": round((tokens_seen - tokens_start) / train_seconds, 1),
         "train_loss": train_log,
         "heldout_loss": heldout_log,
         "final_heldout_loss": {"code": final["code"], "prose": final["prose"], "mix": final["mix"],
@@ -432,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(f.stat().st_size for f in out_dir.iterdir())
     log(f"wrote {out_dir} ({size / 1e6:.1f} MB); final held-out loss mix {final['mix']:.4f} "
         f"(code {final['code']:.4f}, prose {final['prose']:.4f}) vs unigram entropy "
-        f"{unigram['mix_nats']:.4f}; {tokens_seen:,} tokens in {train_seconds / 60:.1f} min "
-        f"({tokens_seen / train_seconds:,.0f} tok/s)")
+        f"{unigram['mix_nats']:.4f}; {tokens_seen - tokens_start:,} tokens in {train_seconds / 60:.1f} min "
+        f"({(tokens_seen - tokens_start) / train_seconds:,.0f} tok/s)")
     return 0
 
 
