@@ -72,11 +72,16 @@ def _attention_rows(run: Any, ex: Any, tokens: dict[int, np.ndarray], layers: li
     bos = run.model.info.bos_token_id
     ctx_ids = sorted(tokens)
     by_ctx = {cid: grp for cid, grp in ex.groupby("ctx_id")}
-    patterns: dict[int, torch.Tensor] = {}
+    # Per layer, the (batch row, head, pos) pattern rows the batch's examples need: only those
+    # leave the hook (a whole [batch, head, q, k] pattern per layer would not fit for big models).
+    wanted: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    rows_of: dict[int, torch.Tensor] = {}
 
     def keep(layer: int, last: bool):
         def hook(tensor: torch.Tensor, hook: Any) -> None:
-            patterns[layer] = tensor.detach().float()
+            if layer in wanted:
+                i, h, q = wanted[layer]
+                rows_of[layer] = tensor[i.to(tensor.device), h.to(tensor.device), q.to(tensor.device)].float().cpu()
             if last:
                 raise Stop
 
@@ -93,6 +98,15 @@ def _attention_rows(run: Any, ex: Any, tokens: dict[int, np.ndarray], layers: li
         batch = np.full((len(group), width), bos, np.int64)
         for i, c in enumerate(group):
             batch[i, : len(tokens[c])] = tokens[c]
+        index: dict[int, list[tuple[int, int, int]]] = {}
+        for i, c in enumerate(group):
+            for r in by_ctx[c].itertuples(index=False):
+                index.setdefault(int(r.layer), []).append((i, int(r.head), int(r.pos)))
+        wanted.clear()
+        rows_of.clear()
+        for layer, triples in index.items():
+            wanted[layer] = tuple(torch.tensor(col, dtype=torch.long) for col in zip(*triples))
+        slot = {layer: 0 for layer in index}
         with torch.inference_mode(), bridge.hooks(fwd_hooks=hooks):
             try:
                 bridge(torch.from_numpy(batch).to(device))
@@ -101,7 +115,8 @@ def _attention_rows(run: Any, ex: Any, tokens: dict[int, np.ndarray], layers: li
         for i, c in enumerate(group):
             for r in by_ctx[c].itertuples(index=False):
                 lo, hi = 0, int(r.pos) + 1  # causal: nothing after the destination
-                w = patterns[int(r.layer)][i, int(r.head), int(r.pos), lo:hi].cpu().numpy()
+                w = rows_of[int(r.layer)][slot[int(r.layer)], lo:hi].numpy()
+                slot[int(r.layer)] += 1
                 keep_idx = np.flatnonzero(w >= THRESHOLD)
                 keep_idx = keep_idx[np.argsort(-w[keep_idx], kind="stable")][:MAX_SOURCES]
                 for col in ("layer", "head", "metric", "kind", "bin", "rank", "ctx_id", "pos"):
