@@ -135,7 +135,7 @@ def head_card(ld: dict) -> str:
                if len(phases) > 1 else "")
     return (f"\n## Heads\n\n{history}{round(100 * ld.get('repeat_frac', 0))}% of the training contexts were synthetic "
             "repeats (half `[BOS] r r` with `r` random tokens, half a training span repeated), which "
-            "makes induction heads form within a few million tokens. Head scores of the final model "
+            "are meant to make induction heads form. Head scores of the final model "
             "on held-out `[BOS] r r` (`indexer.forward.head_scores`, mean attention to the relevant "
             "key; the curve during training is `induction.png`):\n\n" + "\n".join(rows) + "\n")
 
