@@ -27,6 +27,8 @@ def save_outputs(out_dir: Path, bridge, config: dict, log_data: dict, args) -> N
         shutil.copy2(TOKENIZER_DIR / f, tmp / f)
     (tmp / "training_log.json").write_text(json.dumps(log_data, indent=2) + "\n")
     plot_loss(tmp / "loss.png", log_data)
+    if any("induction_max" in r for r in log_data["heldout_loss"]):
+        plot_induction(tmp / "induction.png", log_data)
     (tmp / "README.md").write_text(model_card(config, log_data))
 
     # Self-check: the saved weights load strictly into a fresh bridge built from the saved
@@ -76,12 +78,66 @@ def plot_loss(path: Path, log_data: dict) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.set_ylim(0, max(10.0, h + 1))
     ax.set_title(f"{log_data['name']}: {log_data['config']['n_layers']}L "
-                 f"{log_data['config']['act_fn']}")
+                 f"{'attention-only' if log_data['config']['attn_only'] else log_data['config']['act_fn']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_induction(path: Path, log_data: dict) -> None:
+    """Held-out loss and the best head's induction / previous-token score against training
+    tokens, on one figure (two axes), so the induction-head phase change is visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ho = [r for r in log_data["heldout_loss"] if "induction_max" in r]
+    x = [r["tokens"] for r in ho]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot(x, [r["heldout_loss"] for r in ho], "o-", ms=3, color="tab:blue", label="held-out loss (mix)")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("held-out loss (nats/token)", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["induction_max"] for r in ho], "s-", ms=3, color="tab:red", label="best induction score")
+    ax2.plot(x, [r["prev_token_max"] for r in ho], "^--", ms=3, color="tab:green", label="best previous-token score")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("head score on held-out [BOS] r r", color="tab:red")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax2.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="center right")
+    ax.set_title(f"{log_data['name']}: loss and head scores during training")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def head_card(ld: dict) -> str:
+    """The card's head-score section (attention-probe scores of the final model)."""
+    heads = ld.get("final_head_scores")
+    if not heads:
+        return ""
+    rows = ["| layer | head | prev_token | induction | duplicate_token | bos |", "|---|---|---|---|---|---|"]
+    for layer, values in enumerate(heads["induction"]):
+        for h in range(len(values)):
+            rows.append(f"| {layer} | {h} | {heads['prev_token'][layer][h]:.3f} | {values[h]:.3f} | "
+                        f"{heads['duplicate_token'][layer][h]:.3f} | {heads['bos'][layer][h]:.3f} |")
+    phases, cur = [], ld
+    while cur is not None:
+        a = cur["args"]
+        phases.append(f"{cur.get('tokens_seen', '?') if cur is ld else cur['tokens_seen']:,} tokens at lr {a['lr']}, "
+                      f"{round(100 * a.get('repeat_frac', 0))}% repeats")
+        cur = cur.get("continued_from")
+    history = ("Trained in phases (last first, cumulative tokens): " + "; ".join(phases) + ".\n\n"
+               if len(phases) > 1 else "")
+    return (f"\n## Heads\n\n{history}{round(100 * ld.get('repeat_frac', 0))}% of the training contexts were synthetic "
+            "repeats (half `[BOS] r r` with `r` random tokens, half a training span repeated), which "
+            "are meant to make induction heads form. Head scores of the final model "
+            "on held-out `[BOS] r r` (`indexer.forward.head_scores`, mean attention to the relevant "
+            "key; the curve during training is `induction.png`):\n\n" + "\n".join(rows) + "\n")
 
 
 def model_card(config: dict, ld: dict) -> str:
@@ -118,4 +174,4 @@ The training curve is in `loss.png`, the full record in `training_log.json`.
 
 This is a toy: a few million tokens on one CPU; its neurons are for exercising the indexer,
 not for research conclusions.
-"""
+""" + head_card(ld)

@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default="/tmp/neuroscope_token_cache",
                    help="cache of the tokenized corpora (keyed by file hashes)")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--attn-only", action="store_true", help="no MLPs (an attention-only model)")
+    p.add_argument("--init-from", default=None,
+                   help="continue from this model folder's model.safetensors (same architecture)")
+    p.add_argument("--n-heads", type=int, default=4, help="heads per layer (d_head = 256 / n_heads)")
+    p.add_argument("--repeat-frac", type=float, default=0.0,
+                   help="fraction of contexts that are synthetic repeats: half [BOS] r r with r "
+                        "random tokens, half a training span repeated (teaches induction)")
     return p.parse_args(argv)
 
 
@@ -79,8 +86,8 @@ def model_config(args: argparse.Namespace, d_vocab: int) -> dict:
         "model_name": args.name,
         "n_layers": args.layers,
         "d_model": 256,
-        "n_heads": 4,
-        "d_head": 64,
+        "n_heads": args.n_heads,
+        "d_head": 256 // args.n_heads,
         "d_mlp": 1024,
         "n_ctx": args.ctx_len,
         "d_vocab": d_vocab,
@@ -88,7 +95,7 @@ def model_config(args: argparse.Namespace, d_vocab: int) -> dict:
         "normalization_type": "LN",
         "eps": 1e-5,
         "positional_embedding_type": "standard",
-        "attn_only": False,
+        "attn_only": bool(args.attn_only),
         "gated_mlp": False,
         "final_rms": False,
         "tie_word_embeddings": False,
@@ -131,6 +138,42 @@ def evaluate(bridge, eval_sets: dict, batch_size: int, bos: int) -> dict[str, fl
                 n += int((targets != IGNORE).sum())
             out[name] = total / n
     bridge.train(was_training)
+    return out
+
+
+def repeated_chunk(rng: np.random.Generator, stream: ChunkStream, d_vocab: int, body: int) -> np.ndarray:
+    """A synthetic repeat (no BOS): random tokens ``r r`` or a training span ``s s``."""
+    if rng.random() < 0.5:
+        length = int(rng.integers(8, body // 2 + 1))
+        r = rng.integers(1, d_vocab, size=length)
+    else:
+        chunk = stream.next()
+        length = int(rng.integers(8, min(len(chunk), body // 2) + 1))
+        start = int(rng.integers(0, len(chunk) - length + 1))
+        r = chunk[start : start + length]
+    return np.concatenate([r, r])[:body]
+
+
+def head_probe(bridge, d_vocab: int, bos: int, n_ctx: int) -> dict:
+    """Head scores on held-out ``[BOS] r r`` (indexer.forward.head_scores): per-head lists and the
+    best head's induction / previous-token scores."""
+    import torch
+
+    from indexer.forward.head_scores import repeated_tokens, scores_from_pattern
+
+    tokens = repeated_tokens(d_vocab, bos, n_ctx)
+    length = (tokens.shape[1] - 1) // 2
+    was_training = bridge.training
+    bridge.eval()
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    bridge.train(was_training)
+    out: dict = {}
+    for layer in range(bridge.cfg.n_layers):
+        for name, values in scores_from_pattern(cache[f"blocks.{layer}.attn.hook_pattern"], length).items():
+            out.setdefault(name, []).append([round(float(v), 4) for v in values])
+    out["induction_max"] = max(max(r) for r in out["induction"])
+    out["prev_token_max"] = max(max(r) for r in out["prev_token"])
     return out
 
 
@@ -229,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- model
     bridge = build_native_bridge(config)
+    if args.init_from:
+        from safetensors.torch import load_file
+
+        bridge.load_state_dict(load_file(str(Path(args.init_from) / "model.safetensors")), strict=True)
+        log(f"initialised from {args.init_from}")
     bridge.train()
     n_params = sum(p.numel() for p in bridge.parameters())
     decay = [p for p in bridge.parameters() if p.ndim >= 2]
@@ -245,8 +293,15 @@ def main(argv: list[str] | None = None) -> int:
                for i, c in enumerate(CORPORA)}
     train_log, heldout_log = [], []
     tokens_seen = 0
-    tokens_by_corpus = {c: 0 for c in CORPORA}
-    chunks_by_corpus = {c: 0 for c in CORPORA}
+    step0 = 0  # steps and tokens of the run this one continues (--init-from), for the curves
+    prior = None
+    if args.init_from and (Path(args.init_from) / "training_log.json").is_file():
+        prior = json.loads((Path(args.init_from) / "training_log.json").read_text())
+        train_log, heldout_log = list(prior["train_loss"]), list(prior["heldout_loss"])
+        tokens_seen, step0 = int(prior["tokens_seen"]), int(prior["steps"])
+    tokens_start = tokens_seen
+    tokens_by_corpus = {c: 0 for c in (*CORPORA, "repeat")}
+    chunks_by_corpus = {c: 0 for c in (*CORPORA, "repeat")}
     window_loss, window_n = 0.0, 0
     t_train = time.time()
     t_window, tok_window = time.time(), 0
@@ -258,14 +313,19 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         r = evaluate(bridge, eval_sets, args.batch_size, bos)
         r["mix"] = sum(weights[c] * r[c] for c in CORPORA)
-        heldout_log.append({"step": step, "tokens": tokens_seen, "heldout_loss": r["mix"],
-                            "code": r["code"], "prose": r["prose"]})
+        heads = head_probe(bridge, d_vocab, bos, args.ctx_len)
+        heldout_log.append({"step": step0 + step, "tokens": tokens_seen, "heldout_loss": r["mix"],
+                            "code": r["code"], "prose": r["prose"],
+                            "induction_max": heads["induction_max"],
+                            "prev_token_max": heads["prev_token_max"], "head_scores": heads})
         log(f"held-out @ step {step}: mix {r['mix']:.4f} code {r['code']:.4f} "
-            f"prose {r['prose']:.4f} ({time.time() - t0:.1f}s)")
+            f"prose {r['prose']:.4f} | best induction {heads['induction_max']:.3f} "
+            f"prev-token {heads['prev_token_max']:.3f} ({time.time() - t0:.1f}s)")
         eval_seconds += time.time() - t0
         return r
 
-    run_eval(0)
+    if prior is None:
+        run_eval(0)
     eval_seconds = 0.0
     t_train = t_window = time.time()
     for step in range(total_steps):
@@ -275,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         from_code = rng.random(args.batch_size) < args.code_frac
         names = ["code" if fc else "prose" for fc in from_code]
         chunks = [streams[n].next() for n in names]
+        for i in np.flatnonzero(rng.random(args.batch_size) < args.repeat_frac):
+            chunks[i] = repeated_chunk(rng, streams[names[i]], d_vocab, args.ctx_len - 1)
+            names[i] = "repeat"
         tokens, targets = make_batch(chunks, bos)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
             # autocast runs cross_entropy in fp32
@@ -302,11 +365,11 @@ def main(argv: list[str] | None = None) -> int:
             now = time.time()
             rate = tok_window / (now - t_window)
             busy = now - t_train - eval_seconds
-            avg_rate = tokens_seen / busy
+            avg_rate = (tokens_seen - tokens_start) / busy
             n_evals_left = (total_steps - 1) // args.eval_every - done // args.eval_every + 1
             eval_each = eval_seconds / max(1, len(heldout_log) - 1) if len(heldout_log) > 1 else 8.0
             eta = (total_steps - done) * busy / done + n_evals_left * eval_each
-            train_log.append({"step": done, "tokens": tokens_seen,
+            train_log.append({"step": step0 + done, "tokens": tokens_seen,
                               "train_loss": window_loss / window_n, "lr": lr})
             log(f"step {done}/{total_steps} tokens {tokens_seen:,} loss {window_loss / window_n:.4f} "
                 f"lr {lr:.2e} | {rate:,.0f} tok/s (avg {avg_rate:,.0f}) | "
@@ -320,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train_seconds = time.time() - t_train - eval_seconds  # optimisation steps only
     final = run_eval(total_steps)
+    final_heads = heldout_log[-1]["head_scores"]
     wall = time.time() - t_start
 
     versions = {}
@@ -333,16 +397,21 @@ def main(argv: list[str] | None = None) -> int:
         "config": config,
         "seed": args.seed,
         "args": vars(args),
+        "continued_from": None if prior is None else {
+            "folder": str(args.init_from), "steps": prior["steps"], "tokens_seen": prior["tokens_seen"],
+            "args": prior["args"], "continued_from": prior.get("continued_from")},
         "n_params": n_params,
         "batch_size": args.batch_size,
         "ctx_len": args.ctx_len,
         "code_frac": args.code_frac,
+        "repeat_frac": args.repeat_frac,
+        "final_head_scores": final_heads,
         "precision": "fp32 weights, bf16 autocast" if not args.no_bf16 else "fp32",
         "optimizer": {"name": "AdamW", "lr": args.lr, "betas": [0.9, 0.95],
                       "weight_decay": args.weight_decay, "weight_decay_on": "params with ndim >= 2",
                       "grad_clip": args.grad_clip, "warmup_steps": warmup,
                       "schedule": f"linear warmup, cosine decay to {args.min_lr_frac} x lr"},
-        "steps": total_steps,
+        "steps": step0 + total_steps,
         "tokens_target": int(args.tokens),
         "tokens_seen": tokens_seen,
         "tokens_seen_by_corpus": tokens_by_corpus,
@@ -351,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
         "wall_seconds": round(wall, 1),
-        "tokens_per_second": round(tokens_seen / train_seconds, 1),
+        "tokens_per_second": round((tokens_seen - tokens_start) / train_seconds, 1),
         "train_loss": train_log,
         "heldout_loss": heldout_log,
         "final_heldout_loss": {"code": final["code"], "prose": final["prose"], "mix": final["mix"],
@@ -374,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(f.stat().st_size for f in out_dir.iterdir())
     log(f"wrote {out_dir} ({size / 1e6:.1f} MB); final held-out loss mix {final['mix']:.4f} "
         f"(code {final['code']:.4f}, prose {final['prose']:.4f}) vs unigram entropy "
-        f"{unigram['mix_nats']:.4f}; {tokens_seen:,} tokens in {train_seconds / 60:.1f} min "
-        f"({tokens_seen / train_seconds:,.0f} tok/s)")
+        f"{unigram['mix_nats']:.4f}; {tokens_seen - tokens_start:,} tokens in {train_seconds / 60:.1f} min "
+        f"({(tokens_seen - tokens_start) / train_seconds:,.0f} tok/s)")
     return 0
 
 

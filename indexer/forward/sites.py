@@ -68,9 +68,14 @@ def plan_sites(info: ModelInfo, sites: tuple[str, ...] | None = None, layers: tu
 
 
 def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
+    if sites is None and info.attn_only:
+        return {"heads"}
     if sites is None:
         return {"mlp_post", "heads"} | ({"mlp_pre", "mlp_mid"} if info.is_solu else set())
     sites = tuple(canonical_site(s) for s in sites)  # an old index or checkpoint may hold old names
+    if info.attn_only and set(sites) - {"heads"}:
+        raise ConfigError(f"--sites {','.join(sorted(set(sites) - {'heads'}))}: {info.name} is attention-only "
+                          "(no MLPs); its only site is heads")
     unknown = set(sites) - set(SITES)
     if unknown or not sites:
         raise ConfigError(f"--sites: unknown {', '.join(sorted(unknown))}; expected {', '.join(SITES)}")

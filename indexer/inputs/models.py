@@ -36,6 +36,7 @@ class ModelInfo:
         n_layers, d_model, d_mlp, n_heads, d_head, n_ctx, d_vocab: the architecture.
         act_fn: the MLP activation ('gelu', 'solu_ln', ...).
         bos_token_id: the token put at position 0 of every context.
+        attn_only: the model has no MLPs (only the ``heads`` site exists).
     """
 
     name: str
@@ -49,6 +50,7 @@ class ModelInfo:
     d_vocab: int
     act_fn: str
     bos_token_id: int
+    attn_only: bool = False
 
     @property
     def is_solu(self) -> bool:
@@ -189,6 +191,7 @@ def _finish(spec: str, source: str, bridge: Any, tokenizer: Any) -> LoadedModel:
         d_vocab=int(cfg.d_vocab),
         act_fn=str(cfg.act_fn or "gelu"),
         bos_token_id=int(bos),
+        attn_only=bool(getattr(cfg, "attn_only", False)),
     )
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, info=info)
 

@@ -19,7 +19,10 @@ from indexer.forward.sites import HEAD_METRICS, Site
 from indexer.recorders import FeatureRecorders, hist_edges
 from indexer.run.checkpoint import FINAL_STATE, remove_checkpoints, save_states, seal
 from indexer.run.examples import ExampleSet, collect_examples, decode_many, window_columns
-from indexer.store.schema import Contexts, Examples, HeadExamples, HeadScores, Heads, Neurons, Vocab
+from indexer.run.head_attention import write_head_attention
+from indexer.store.schema import (
+    Contexts, Examples, HeadComposition, HeadExamples, HeadScores, Heads, HeadWiki, Neurons, Vocab,
+)
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
 CONTEXT_ROWS_PER_FILE = 8192
@@ -62,6 +65,7 @@ def write_index(run: Any, progress: bool = True) -> Path:
         _write_site(writer, site, rec, bands[site], example_set, vocab, run.model.tokenizer)
     if any(site.name == "heads" for site in run.plan):
         _write_head_scores(writer, run)
+        write_head_attention(run, writer, progress)
     atomic_write_bytes(run.out / FINAL_STATE, seal(save_states(run.recorders)), point="state-write")
     phases["write"] = time.perf_counter() - started - phases["examples"] - phases["windows"]
     run.finalize_phases = {k: round(v, 3) for k, v in phases.items()}
@@ -73,7 +77,14 @@ def write_index(run: Any, progress: bool = True) -> Path:
 def _write_head_scores(writer: IndexWriter, run: Any) -> None:
     from indexer.forward.head_scores import head_scores
 
-    writer.write(HeadScores, head_scores(run.model, [s.layer for s in run.plan if s.name == "heads"]))
+    from indexer.forward.head_composition import composition_scores
+    from indexer.forward.head_scores import head_wiki
+
+    layers = [s.layer for s in run.plan if s.name == "heads"]
+    writer.write(HeadScores, head_scores(run.model, layers))
+    writer.write(HeadWiki, head_wiki(run.model, layers))
+    if len(layers) > 1:
+        writer.write(HeadComposition, composition_scores(run.model.bridge, layers))
 
 
 def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, bands: dict[str, np.ndarray],

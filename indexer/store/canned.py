@@ -137,6 +137,16 @@ UNPIVOT (score FOR kind IN ({", ".join(f'"{c}"' for c in _HEAD_SCORE_COLUMNS)}))
 ORDER BY score DESC, layer, head, kind""",
     ),
     **{f"{c.replace('_', '-')}-heads": _head_kind_query(c) for c in _HEAD_SCORE_COLUMNS},
+    "composing-heads": (
+        "pairs of heads that compose most (Q-, K- or V-composition from the weights); score = composition",
+        """SELECT layer_a, head_a, layer_b, head_b, kind, score, layer_b AS layer, head_b AS head
+FROM head_composition
+ORDER BY score DESC, layer_a, head_a, layer_b, head_b, kind""",
+    ),
+    "head-wiki": (
+        "every head with all its scores; score = induction",
+        """SELECT *, induction AS score FROM head_wiki ORDER BY score DESC, layer, head""",
+    ),
 }
 
 

@@ -265,6 +265,54 @@ class HeadScores(Table):
     bos: Float32
 
 
+@_table
+class HeadWiki(Table):
+    """One row per head, a column per score (indexer.forward.head_scores): the head wiki. Its
+    max-activating examples are head_examples rows with the same (layer, head), per metric."""
+
+    NAME: ClassVar[str] = "head_wiki"
+    LOCATION: ClassVar[str] = "head_wiki.parquet"
+    layer: Int32
+    head: Int32
+    prev_token: Float32
+    induction: Float32
+    duplicate_token: Float32
+    bos: Float32
+    self_attention: Float32
+    mean_attn_distance: Float32  # tokens, on the [BOS] r r probe
+    successor: Float32  # NaN when the tokenizer has no ordinal sequences
+
+
+@_table
+class HeadComposition(Table):
+    """Q-/K-/V-composition of an earlier head (a) into a later one (b), from the weights
+    (indexer.forward.head_composition)."""
+
+    NAME: ClassVar[str] = "head_composition"
+    LOCATION: ClassVar[str] = "head_composition.parquet"
+    layer_a: Int32
+    head_a: Int32
+    layer_b: Int32
+    head_b: Int32
+    kind: str  # 'q', 'k' or 'v'
+    score: Float32
+
+
+@_table
+class HeadAttention(_Slot, _HeadKey):
+    """Where a head example's destination token attends: the window's source positions with
+    weight >= a small threshold, largest first, bounded per example (indexer.run.head_attention).
+    Joins head_examples on (layer, head, metric, kind, bin, rank)."""
+
+    NAME: ClassVar[str] = "head_attention"
+    LOCATION: ClassVar[str] = "head_attention"
+    PARTITIONS: ClassVar[tuple[str, ...]] = ("layer",)
+    ctx_id: int
+    pos: Int32  # the destination (query) position
+    src_pos: list[Int32]  # context positions of the source (key) tokens
+    weights: list[Float32]  # attention from pos to each src_pos
+
+
 # Analyses: written later by `neuroscope analyze`, one folder each under analyses/.
 
 
@@ -379,6 +427,9 @@ TABLES: tuple[type[Table], ...] = (
     Heads,
     HeadExamples,
     HeadScores,
+    HeadWiki,
+    HeadComposition,
+    HeadAttention,
     Flags,
     RegexScores,
     TrigramScores,

@@ -61,6 +61,15 @@ def build_index(root: Path | str, analyses: bool = False, seed: int = 0) -> Path
     layer, head = np.divmod(np.arange(len(LAYERS) * N_HEADS), N_HEADS)
     scores = {c: rng.random(len(layer)) for c in ("prev_token", "induction", "duplicate_token", "bos")}
     writer.write(schema.HeadScores, {"layer": layer, "head": head, **scores})
+    extra = {c: rng.random(len(layer)) for c in ("self_attention", "mean_attn_distance", "successor")}
+    writer.write(schema.HeadWiki, {"layer": layer, "head": head, **scores, **extra})
+    # composition of every layer-0 head into every layer-1 head; (0, 1) -> (1, 0) K-composes most
+    ha, hb = np.divmod(np.arange(N_HEADS * N_HEADS), N_HEADS)
+    kinds = np.repeat(["q", "k", "v"], len(ha))
+    comp = rng.random(len(kinds)) * 0.5
+    comp[(kinds == "k") & (np.tile(ha, 3) == 1) & (np.tile(hb, 3) == 0)] = 0.9
+    writer.write(schema.HeadComposition, {"layer_a": 0, "head_a": np.tile(ha, 3), "layer_b": 1,
+                                          "head_b": np.tile(hb, 3), "kind": kinds, "score": comp})
     if analyses:
         write_analyses(writer)
     writer.write_manifest({"format": "neuroscope-index", "status": "complete", "model": {"name": "synthetic"}})

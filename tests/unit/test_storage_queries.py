@@ -21,7 +21,7 @@ from indexer.store.query import check_read_only, format_result, open_index, run_
 from indexer.store.manifest import read_manifest
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
-from helpers.fixtures_index import D_MLP, DEAD, LAYERS, PER_BIN, BINS, TOP_K, build_index, write_analyses
+from helpers.fixtures_index import D_MLP, DEAD, LAYERS, N_HEADS, PER_BIN, BINS, TOP_K, build_index, write_analyses
 
 # The contract's minimum columns (DESIGN.md, "Index layout and SQL views").
 CONTRACT = {
@@ -33,6 +33,9 @@ CONTRACT = {
     "vocab": "token_id token_str",
     "head_examples": "layer head metric kind bin rank activation value window_acts corpus ctx_id pos",
     "head_scores": "layer head prev_token induction duplicate_token bos",
+    "head_wiki": "layer head prev_token induction duplicate_token bos self_attention mean_attn_distance successor",
+    "head_composition": "layer_a head_a layer_b head_b kind score",
+    "head_attention": "layer head metric kind bin rank ctx_id pos src_pos weights",
     "flags": "site layer neuron flag score detail",
     "regex_scores": "site layer neuron pattern_name pattern precision recall f1",
     "trigram_scores": "site layer neuron score prev_token_str token_str",
@@ -294,6 +297,11 @@ def test_canned_results(conn):
     tokens, _ = run_sql(conn, "token-neurons t1")
     assert tokens["score"].is_monotonic_decreasing and (tokens["score"] > 0).all()
     assert run_sql(conn, "top-neurons-for-token x'; SELECT 1 --")[0].empty
+    pairs, _ = run_sql(conn, "composing-heads")
+    assert pairs["score"].is_monotonic_decreasing and len(pairs) == 3 * N_HEADS * N_HEADS
+    assert pairs[["layer_a", "head_a", "layer_b", "head_b", "kind"]].iloc[0].tolist() == [0, 1, 1, 0, "k"]
+    wiki, _ = run_sql(conn, "head-wiki")
+    assert wiki["score"].is_monotonic_decreasing and len(wiki) == len(LAYERS) * N_HEADS
 
 
 def test_trigram_neurons_best_first(tmp_path):
