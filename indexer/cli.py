@@ -34,7 +34,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             default = f.metadata["cli"] or f.default
             parser.add_argument(flag, type=str, default=default, help=f"{help_text} (default: {default})")
         else:
-            base = int if kind in (int, int | None) else str
+            base = int if kind in (int, int | None) else float if kind is float else str
             default = f.default if f.default is not dataclasses.MISSING else None
             parser.add_argument(flag, type=base, default=default, help=f"{help_text} (default: {default})")
 
@@ -117,41 +117,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     index(config, progress=True)
     print(f"demo index written to {out}\n")
     _print_demo_summary(out)
-    _demo_heads(out.with_name(out.name + "-heads"), min(args.tokens, DEMO_HEAD_TOKENS))
     if args.no_view:
         return 0
     if importlib.util.find_spec("viewer.launch") is None:
         print("(the viewer is not part of this version yet: explore with `neuroscope sql` or indexer.api.Index)")
         return 0
     return _view(out, args.host, args.port)
-
-
-DEMO_HEAD_MODEL = "attn-only-2l"  # an attention-only model with a real induction head
-DEMO_HEAD_TOKENS = 200_000
-
-
-def _demo_heads(out: Path, tokens: int) -> None:
-    """Index the embedded attention-only model too (heads only), so head pages have an
-    induction head and a previous-token head to show."""
-    from indexer.inputs.models import embedded_names
-    from indexer.run.engine import index
-    from indexer.store.query import format_result, run_sql
-
-    if DEMO_HEAD_MODEL not in embedded_names():
-        return
-    config = IndexConfig(model=DEMO_HEAD_MODEL, corpus=["code", "prose"], out=str(out), tokens=tokens,
-                         overwrite=out.exists())
-    index(config, progress=True)
-    print(f"head demo index ({DEMO_HEAD_MODEL}) written to {out}\n")
-    queries = {
-        "Head wiki, best induction heads first": "SELECT layer, head, induction, prev_token, duplicate_token, bos, "
-        "mean_attn_distance FROM head_wiki ORDER BY induction DESC",
-        "Heads that compose most": "composing-heads",
-    }
-    for title, query in queries.items():
-        df, _ = run_sql(out, query, limit=5)
-        print(f"{title}:\n{format_result(df, 'table')}\n")
-    print(f"Try: neuroscope sql {out} head-wiki")
 
 
 def _print_demo_summary(out: Path) -> None:

@@ -144,7 +144,8 @@ class IndexConfig:
     seed: int = _opt(0, "seed of the random example sampling")
     store_contexts: StoreContexts = _opt("kept", "kept: only contexts some example uses; all: every context", _choice("store-contexts", get_args(StoreContexts)))
     skip_bad_records: bool = _opt(False, "skip malformed corpus records (and report how many) instead of failing")
-    checkpoint_every: int = _opt(50, "batches between checkpoints")
+    checkpoint_every: int = _opt(1000, "batches between checkpoints (also see --checkpoint-minutes)")
+    checkpoint_minutes: float = _opt(5.0, "also checkpoint when this many minutes have passed since the last checkpoint (a checkpoint holds every recorder state: ~100 MB for a 1k-neuron model)")
     resume: bool = _opt(False, "continue from the checkpoint in --out")
     overwrite: bool = _opt(False, "delete the index in --out first (only an index: its manifest or checkpoint must be there)")
     shard: tuple[int, int] = _opt((0, 1), "I/N: index only contexts with ctx_id % N == I (combine with `neuroscope merge`)", parse_shard, "0/1")
@@ -175,6 +176,8 @@ class IndexConfig:
         for name in ("batch_size", "top_k", "per_bin", "checkpoint_every", "warmup_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes > 0):
+            raise ConfigError("--checkpoint-minutes must be a positive number")
         if self.window_before < 1 or self.window_after < 0:
             raise ConfigError("--window-before must be at least 1 and --window-after at least 0")
         if self.tokens is not None and self.tokens < 1:

@@ -70,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attn-only", action="store_true", help="no MLPs (an attention-only model)")
     p.add_argument("--init-from", default=None,
                    help="continue from this model folder's model.safetensors (same architecture)")
-    p.add_argument("--n-heads", type=int, default=4, help="heads per layer (d_head = 256 / n_heads)")
+    p.add_argument("--n-heads", type=int, default=4, help="heads per layer (d_head = d_model / n_heads)")
+    p.add_argument("--d-model", type=int, default=256, help="residual stream width")
     p.add_argument("--repeat-frac", type=float, default=0.0,
                    help="fraction of contexts that are synthetic repeats: half [BOS] r r with r "
                         "random tokens, half a training span repeated (teaches induction)")
@@ -85,9 +86,9 @@ def model_config(args: argparse.Namespace, d_vocab: int) -> dict:
     return {
         "model_name": args.name,
         "n_layers": args.layers,
-        "d_model": 256,
+        "d_model": args.d_model,
         "n_heads": args.n_heads,
-        "d_head": 256 // args.n_heads,
+        "d_head": args.d_model // args.n_heads,
         "d_mlp": 1024,
         "n_ctx": args.ctx_len,
         "d_vocab": d_vocab,

@@ -115,7 +115,7 @@ def merge_results(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def _open(cfg: IndexConfig, folder: Path, worker: dict[str, Any], workers_per_host: dict[str, int]) -> Run:
     """A Run for this shard; the model is loaded once per worker process."""
-    key = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("shard", "out", "checkpoint_every")},
+    key = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("shard", "out", "checkpoint_every", "checkpoint_minutes")},
                      sort_keys=True)
     with _LOCK:
         base = _OPENED.get(key)

@@ -32,7 +32,7 @@ from indexer.store.killpoint import kill_point
 from indexer.store.manifest import FORMAT_VERSION, MANIFEST
 
 # Fields that may differ between a run and its resumption.
-RESUME_FREE = {"resume", "overwrite", "checkpoint_every", "device", "allow_large"}
+RESUME_FREE = {"resume", "overwrite", "checkpoint_every", "checkpoint_minutes", "device", "allow_large"}
 
 
 def index(cfg: IndexConfig, progress: bool = True) -> Path:
@@ -159,6 +159,7 @@ class Run:
         )
         contexts = islice(self.contexts.contexts(), self.position, None)
         started = time.perf_counter() - self.seconds
+        last_checkpoint = time.perf_counter()
         for group in batches(contexts, self.cfg.batch_size):
             batch = make_batch(group, self.model.info.bos_token_id, self.device, self.ctx_len)
             features = forward(batch)
@@ -172,8 +173,10 @@ class Run:
             self.seconds = time.perf_counter() - started
             bar.update(batch.n_text_tokens)
             kill_point("batch")
-            if self.batches_done % self.cfg.checkpoint_every == 0:
+            if (self.batches_done % self.cfg.checkpoint_every == 0
+                    or time.perf_counter() - last_checkpoint >= 60 * self.cfg.checkpoint_minutes):
                 self.checkpoint()
+                last_checkpoint = time.perf_counter()
         bar.close()
         if self.tokens_done == 0:
             raise CorpusError(f"nothing to index: {_what_was_read(self.contexts)}")
