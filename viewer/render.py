@@ -26,7 +26,7 @@ background:#fff;color:#111;margin:2px 0 8px 0}
 .ns-out{color:#888}
 .ns-head{font-size:13px;color:#444;margin:6px 0 0 0;font-family:sans-serif}
 .ns-head b.ns-val{color:#b00020}
-.ns-head code{background:#f3f3f3;padding:0 3px;border-radius:3px}
+.ns-head code{background:#f3f3f3;padding:0 3px;border-radius:3px;white-space:pre}
 .ns-ctx summary{cursor:pointer;font-size:13px;color:#555;font-family:sans-serif;margin:-4px 0 8px 0}
 .ns-bin{font-family:sans-serif;font-size:15px;margin:14px 0 2px 0}
 .ns-table{border-collapse:collapse;font-size:14px}

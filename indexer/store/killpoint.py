@@ -13,6 +13,9 @@ sends itself SIGKILL, exactly as an out-of-memory killer or a pulled plug would.
 - ``manifest-write``: the manifest's temporary file is half written;
 - ``state-write``: ``state.npz`` is half written.
 
+``NEUROSCOPE_TEST_SLOW_AT=NAME:SECONDS`` makes every hit of a point sleep that long, so a test
+can stop a run mid-way on a fast machine (e.g. kill a Dask worker while its shard streams).
+
 Lives in the store, the lowest layer that writes files, so every writer can reach it.
 """
 
@@ -20,13 +23,22 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "NEUROSCOPE_TEST_KILL_AT"
+SLOW_ENV = "NEUROSCOPE_TEST_SLOW_AT"
 _hits: dict[str, int] = {}
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process if ``NEUROSCOPE_TEST_KILL_AT`` names this point and hit count."""
+    """SIGKILL this process if ``NEUROSCOPE_TEST_KILL_AT`` names this point and hit count
+    (and first sleep if ``NEUROSCOPE_TEST_SLOW_AT`` names it)."""
+    slow = os.environ.get(SLOW_ENV)
+    if slow:
+        for item in slow.split(","):
+            point, _, seconds = item.strip().partition(":")
+            if point == name:
+                time.sleep(float(seconds))
     spec = os.environ.get(ENV)
     if not spec:
         return

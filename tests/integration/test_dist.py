@@ -67,7 +67,9 @@ def test_a_worker_killed_mid_shard_resumes_that_shard_from_its_checkpoint(cfg, s
     # Checkpoints every 4 batches; the kill lands after batch 6, so some work is lost and redone.
     out = tmp_path / "killed"
     args = ["index", "--quiet", *replace(cfg, out=str(out), dask="local:2", checkpoint_every=4).to_argv()]
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    # 0.1 s per batch, so the kill lands mid-shard however fast the machine (workers inherit the env).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROSCOPE_TEST_SLOW_AT": "batch:0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     shard = out / ".shards" / "shard-0-of-2"
     deadline = time.time() + 300
@@ -118,7 +120,8 @@ def test_a_stopped_client_resumes_the_job_from_the_shard_checkpoints(cfg, single
     out = tmp_path / "stopped"
     args = ["index", "--quiet", *replace(cfg, out=str(out), dask="local:2", checkpoint_every=4).to_argv()]
     # Its own process group: the client, the nannies and the workers all go at once.
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "NEUROSCOPE_TEST_SLOW_AT": "batch:0.1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     shard = out / ".shards" / "shard-0-of-2"
     deadline = time.time() + 300
