@@ -48,10 +48,10 @@ def render(ix: Index, path: str, key: float) -> None:
                       on_change=_pick_metric, args=(layer, head, f"hd_metric_{layer}_{head}_{metric}"))
     cols[3].caption(f"deep link: `{head_query(layer, head, metric)}`")
     described = (ix.manifest.get("head_metrics") or {}).get(metric)
-    if described:
+    if metric in METRIC_NOTES:  # top examples that are not "where the head is most active"
+        st.caption(f"{metric}: {described or metric}. Note: {METRIC_NOTES[metric]}.")
+    elif described:
         st.caption(f"{metric}: {described} (the value at the destination token, which is marked)")
-    if metric in METRIC_NOTES:
-        st.caption(f"Note: {metric} is {described or metric}, so {METRIC_NOTES[metric]}.")
     _scores(ix, path, key, layer, head)
     page = state.head_page(ix, path, key, layer, head, metric)
     if page.attention:

@@ -21,9 +21,9 @@ def head_link(layer: int, head: int, metric: str) -> str:
 
 
 def wiki_table(wiki: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """The wiki with a link column first (to the head's first metric) and one per metric."""
+    """The wiki with a link column ``open`` first (to the head's first metric) and one per metric."""
     first = metrics[0] if metrics else "max_attn"
-    out = pd.DataFrame({"head": [head_link(l, h, first) for l, h in zip(wiki["layer"], wiki["head"])]})
+    out = pd.DataFrame({"open": [head_link(l, h, first) for l, h in zip(wiki["layer"], wiki["head"])]})
     out = pd.concat([out, wiki.reset_index(drop=True)], axis=1)
     for m in metrics:
         out[f"{m} examples"] = [head_query(l, h, m) for l, h in zip(wiki["layer"], wiki["head"])]
@@ -53,7 +53,7 @@ def render(ix: Index, path: str, key: float) -> None:
                    "mean attention distance in tokens). Click a column to sort; each link opens the head's "
                    "max-activating examples for that metric.")
         table = wiki_table(wiki, metrics)
-        config = {"head": st.column_config.LinkColumn("head", display_text=r"#head-(.*)$")}
+        config = {"open": st.column_config.LinkColumn("open", display_text=r"#head-(.*)$")}
         config.update({f"{m} examples": st.column_config.LinkColumn(f"{m} examples", display_text=r"metric=(\w+)")
                        for m in metrics})
         config.update({c: st.column_config.NumberColumn(c, format="%.3f") for c in wiki.columns
