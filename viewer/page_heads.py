@@ -61,7 +61,8 @@ def render(ix: Index, path: str, key: float) -> None:
         st.dataframe(table, hide_index=True, column_config=config, key="hw_wiki")
     st.subheader("Heads that compose most")
     pairs = state.top_compositions(ix, path, key)
-    if pairs is None:
+    layers = len(state.head_counts(ix, path, key))
+    if pairs is None or (pairs.empty and layers > 1):
         st.info(f"This index has no `head_composition` table: {PRODUCED_BY}.")
     elif pairs.empty:
         st.info("No composition scores: composition is between heads of different layers, and this index has "
