@@ -31,7 +31,6 @@ background:#fff;color:#111;margin:2px 0 8px 0}
 .ns-bin{font-family:sans-serif;font-size:15px;margin:14px 0 2px 0}
 .ns-table{border-collapse:collapse;font-size:14px}
 .ns-table td,.ns-table th{border-bottom:1px solid #ddd;padding:3px 10px;text-align:left}
-.ns-src{text-decoration:none}
 .ns-attn{font-family:sans-serif;font-size:12px;color:#00704a;margin:-6px 0 8px 8px}
 .ns-attn code{background:#eef7f2;padding:0 3px;border-radius:3px}
 """
