@@ -47,10 +47,10 @@ def main() -> None:
 
 
 def _pages():
-    from viewer import page_head, page_neuron, page_overview, page_search, page_sql
+    from viewer import page_head, page_heads, page_neuron, page_overview, page_search, page_sql
 
     return {"overview": page_overview.render, "neuron": page_neuron.render, "head": page_head.render,
-            "search": page_search.render, "sql": page_sql.render}
+            "heads": page_heads.render, "search": page_search.render, "sql": page_sql.render}
 
 
 main()

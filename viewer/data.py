@@ -7,7 +7,7 @@ on an index without them and with extra columns in them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,11 @@ from indexer.store.query import run_sql
 DENSE_FRACTION = 0.5
 # Analysis views shown on a neuron page, in page order; any of them may be missing or empty.
 NEURON_ANALYSES = ("logit_effects", "flags", "minimal_examples", "regex_scores", "trigram_scores", "site_agreement")
-HEAD_ANALYSES = ("head_wiki", "head_composition", "head_attention")
+HEAD_ANALYSES = ("head_wiki", "head_composition")
+# Drawn on the head examples rather than shown as a table; joins head_examples on EXAMPLE_SLOT.
+ATTENTION = "head_attention"
+EXAMPLE_SLOT = ("kind", "bin", "rank")
+COMPOSITION_LIMIT = 50
 # Sort order of an analysis table: the first of these columns it has (descending unless rank).
 _ORDER_BY = ("rank", "score", "f1", "top_k_overlap", "value")
 SEARCH_LIMIT = 200
@@ -88,6 +92,8 @@ class FeaturePage:
     record: NeuronRecord
     contexts: dict[int, np.ndarray]  # ctx_id -> its stored token ids
     analyses: dict[str, pd.DataFrame | None]  # view -> its rows for this feature (None: no view)
+    # (kind, bin, rank) of a head example -> (source positions, weights) from head_attention
+    attention: dict[tuple[str, int, int], tuple[list[int], list[float]]] = field(default_factory=dict)
 
 
 def neuron_page(ix: Index, site: str, layer: int, neuron: int, catalog: dict[str, list[str]] | None = None) -> FeaturePage:
@@ -102,9 +108,51 @@ def neuron_page(ix: Index, site: str, layer: int, neuron: int, catalog: dict[str
 def head_page(ix: Index, layer: int, head: int, metric: str, catalog: dict[str, list[str]] | None = None) -> FeaturePage:
     record = ix.head(layer=layer, head=head, metric=metric)
     catalog = analysis_catalog(ix) if catalog is None else catalog
-    key = {"layer": layer, "head": head}
-    found = {name: analysis_rows(ix, name, key, catalog) for name in HEAD_ANALYSES}
-    return FeaturePage(record, contexts(ix, record.top["ctx_id"].tolist()), found)
+    found = {"head_wiki": analysis_rows(ix, "head_wiki", {"layer": layer, "head": head}, catalog),
+             "head_composition": head_compositions(ix, layer, head, catalog)}
+    attention = head_attention(ix, layer, head, metric, catalog)
+    # The contexts of every example that attends outside its window (to name the source token).
+    ctx_ids = set(record.top["ctx_id"].tolist()) | set(record.quantiles["ctx_id"].tolist())
+    return FeaturePage(record, contexts(ix, sorted(int(c) for c in ctx_ids)), found, attention)
+
+
+def head_attention(ix: Index, layer: int, head: int, metric: str,
+                   catalog: dict[str, list[str]]) -> dict[tuple[str, int, int], tuple[list[int], list[float]]]:
+    """Where each example of one head metric attends (empty when the index has no head_attention)."""
+    if not catalog.get(ATTENTION):
+        return {}
+    df = sql(ix, f"SELECT {cols(schema.HeadAttention, *EXAMPLE_SLOT, 'src_pos', 'weights')} FROM head_attention "
+                 "WHERE layer = ? AND head = ? AND metric = ?", [int(layer), int(head), metric])
+    return {(str(k), int(b), int(r)): ([int(p) for p in src], [float(w) for w in ws])
+            for k, b, r, src, ws in zip(df["kind"], df["bin"], df["rank"], df["src_pos"], df["weights"])}
+
+
+def head_compositions(ix: Index, layer: int, head: int, catalog: dict[str, list[str]]) -> pd.DataFrame | None:
+    """The composition pairs one head is part of (as the earlier or the later head), best first."""
+    if "head_composition" not in catalog:
+        return None
+    if not catalog["head_composition"]:
+        return pd.DataFrame()
+    return sql(ix, f"SELECT {cols(schema.HeadComposition, 'layer_a', 'head_a', 'layer_b', 'head_b', 'kind', 'score')} "
+                   "FROM head_composition WHERE (layer_a = ? AND head_a = ?) OR (layer_b = ? AND head_b = ?) "
+                   f"ORDER BY score DESC, layer_a, head_a, layer_b, head_b, kind LIMIT {COMPOSITION_LIMIT}",
+               [int(layer), int(head), int(layer), int(head)])
+
+
+def head_wiki(ix: Index) -> pd.DataFrame | None:
+    """Every head with its wiki scores (None: the index has no head_wiki view)."""
+    if view_columns(ix, "head_wiki") is None:
+        return None
+    return sql(ix, f"SELECT * FROM head_wiki ORDER BY {cols(schema.HeadWiki, 'layer', 'head')}")
+
+
+def top_compositions(ix: Index, limit: int = COMPOSITION_LIMIT) -> pd.DataFrame | None:
+    """The pairs of heads that compose most, best first (None: no head_composition view)."""
+    if view_columns(ix, "head_composition") is None:
+        return None
+    return sql(ix, f"SELECT {cols(schema.HeadComposition, 'layer_a', 'head_a', 'layer_b', 'head_b', 'kind', 'score')} "
+                   "FROM head_composition ORDER BY score DESC, layer_a, head_a, layer_b, head_b, kind "
+                   f"LIMIT {int(limit)}")
 
 
 def contexts(ix: Index, ctx_ids: list[int]) -> dict[int, np.ndarray]:
@@ -149,7 +197,7 @@ def analysis_catalog(ix: Index) -> dict[str, list[str]]:
     """Every analysis view the index has that holds rows -> its columns (views with no rows map
     to an empty list, so a page skips their query)."""
     out = {}
-    for name in NEURON_ANALYSES + HEAD_ANALYSES:
+    for name in NEURON_ANALYSES + HEAD_ANALYSES + (ATTENTION,):
         columns = view_columns(ix, name)
         if columns is not None:
             out[name] = columns if analysis_count(ix, name) else []

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from indexer.api import Index
 from indexer.errors import IndexDirError
 from viewer import data
-from viewer.render import CSS, bins, example_header, example_html
+from viewer.render import CSS, METRIC_NOTES, bins, example_header, example_window
 
 MARKER = ".neuroscope-export"
 
@@ -36,6 +36,9 @@ def export_html(index_dir: Path | str, out: Path | str, progress: bool = True) -
         heads = data.sql(ix, "SELECT * FROM heads ORDER BY layer, head, metric")
         head_examples = data.sql(ix, "SELECT * FROM head_examples ORDER BY layer, head, metric, bin, rank")
         head_scores = ix.head_scores()
+        attention = _attention(ix)
+        # Contexts of the head examples that attend outside their window (to name the source token).
+        head_contexts = data.contexts(ix, sorted({int(c) for c in head_examples["ctx_id"]})) if attention else {}
         manifest = ix.manifest
     (out / "style.css").write_text(CSS + _PAGE_CSS)
     quantiles = manifest.get("quantiles")
@@ -64,7 +67,10 @@ def export_html(index_dir: Path | str, out: Path | str, progress: bool = True) -
     for i, (layer, head) in enumerate(head_keys):
         rows = by_head[(layer, head)].to_dict("records")
         sections = [_section(st, head_groups.get((layer, head, st["metric"]), []), vocab, quantiles,
-                             name=f"{st['metric']}: {(manifest.get('head_metrics') or {}).get(st['metric'], '')}")
+                             name=f"{st['metric']}: {(manifest.get('head_metrics') or {}).get(st['metric'], '')}",
+                             note=METRIC_NOTES.get(st["metric"], ""),
+                             attention={k[3:]: v for k, v in attention.items() if k[:3] == (layer, head, st["metric"])},
+                             contexts=head_contexts)
                     for st in rows]
         srow = head_scores[(head_scores["layer"] == layer) & (head_scores["head"] == head)]
         scores = {c: float(srow[c].iloc[0]) for c in score_cols} if len(srow) else None
@@ -114,13 +120,31 @@ def _groups(examples: pd.DataFrame, key: list[str]) -> dict[tuple, list[dict]]:
     return out
 
 
-def _section(stats: dict, rows: list[dict], vocab: list[str], quantiles, name: str = "") -> dict:
+def _attention(ix: Index) -> dict[tuple, tuple[list[int], list[float]]]:
+    """(layer, head, metric, kind, bin, rank) -> (source positions, weights); empty without head_attention."""
+    if data.view_columns(ix, data.ATTENTION) is None:
+        return {}
+    df = data.sql(ix, "SELECT layer, head, metric, kind, bin, rank, src_pos, weights FROM head_attention")
+    return {(int(l), int(h), str(m), str(k), int(b), int(r)): ([int(p) for p in src], [float(w) for w in ws])
+            for l, h, m, k, b, r, src, ws in zip(df["layer"], df["head"], df["metric"], df["kind"], df["bin"],
+                                                 df["rank"], df["src_pos"], df["weights"])}
+
+
+def _section(stats: dict, rows: list[dict], vocab: list[str], quantiles, name: str = "", note: str = "",
+             attention: dict | None = None, contexts: dict | None = None) -> dict:
     vmax, vmin = float(stats["max"]), float(stats["min"])
+    attention, contexts = attention or {}, contexts or {}
+
+    def _example(r: dict, label: str) -> Markup:
+        # render.example_header/example_window escape every string from the index (render.esc).
+        where = attention.get((str(r["kind"]), int(r["bin"]), int(r["rank"])))
+        return Markup(example_header(r, label) + example_window(r, vocab, vmax, vmin, where, contexts.get(int(r["ctx_id"]))))
+
     top = sorted((r for r in rows if r["kind"] == "top"), key=lambda r: r["rank"])
     qrows = [r for r in rows if r["kind"] == "quantile"]
     table = bins(stats, quantiles)
     by_bin = [
-        {**b, "examples": [_example(r, vocab, vmax, vmin, f"bin {b['bin']} #{int(r['rank'])}")
+        {**b, "examples": [_example(r, f"bin {b['bin']} #{int(r['rank'])}")
                            for r in sorted((r for r in qrows if int(r["bin"]) == b["bin"]), key=lambda r: r["rank"])]}
         for b in reversed(table)
     ]
@@ -129,17 +153,14 @@ def _section(stats: dict, rows: list[dict], vocab: list[str], quantiles, name: s
         corpora[r["corpus"]] = corpora.get(r["corpus"], 0) + 1
     return {
         "name": name,
+        "note": note,
+        "attention": bool(attention),
         "stats": {k: stats[k] for k in ("max", "mean", "std", "min", "frac_active", "n_tokens")},
-        "top": [_example(r, vocab, vmax, vmin, f"#{int(r['rank'])}") for r in top],
+        "top": [_example(r, f"#{int(r['rank'])}") for r in top],
         "bins": by_bin,
         "corpora": corpora,
         "histogram": Markup(_svg_histogram(stats)),
     }
-
-
-def _example(row: dict, vocab: list[str], vmax: float, vmin: float, label: str) -> Markup:
-    # render.example_header/example_html escape every string from the index (render.esc).
-    return Markup(example_header(row, label) + example_html(row, vocab, vmax, vmin))
 
 
 def _svg_histogram(stats: dict, width: int = 480, height: int = 90) -> str:
@@ -186,5 +207,5 @@ _PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px;color:#222}
 table{border-collapse:collapse;font-size:14px}td,th{border-bottom:1px solid #ddd;padding:2px 10px;text-align:left}
 nav a{margin-right:14px}.stats span{margin-right:18px}.hist{display:block;margin:8px 0}
-.neurons{columns:5;font-size:13px}.neurons a{display:block}
+.neurons{columns:5;font-size:13px}.neurons a{display:block}.note{color:#555;font-size:14px}
 """

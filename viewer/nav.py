@@ -2,7 +2,7 @@
 
 Every page lives at the app's root; its state is the query string, so any view can be copied
 and shared: ``?site=mlp_post&layer=0&neuron=5`` (a neuron), ``?layer=0&head=1&metric=max_attn``
-(a head), ``?page=search&token=...``, ``?page=sql&q=...``, ``?page=overview``.
+(a head), ``?page=heads`` (the head wiki), ``?page=search&token=...``, ``?page=sql&q=...``, ``?page=overview``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import streamlit as st
 
 from indexer.errors import NeuroscopeError
 
-PAGES = {"overview": "Overview", "neuron": "Neuron", "head": "Head", "search": "Search", "sql": "SQL"}
+PAGES = {"overview": "Overview", "neuron": "Neuron", "head": "Head", "heads": "Heads", "search": "Search",
+         "sql": "SQL"}
 
 
 class BadParam(NeuroscopeError):

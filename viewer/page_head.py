@@ -1,5 +1,6 @@
 """The head page: the head's scores against known head types, and for each metric its
-statistics and top and quantile examples, the destination token marked."""
+statistics and top and quantile examples, the destination token marked and the tokens it
+attends to underlined (from ``head_attention``), its wiki row and the heads it composes with."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from indexer.api import Index
 from indexer.store import schema
 from viewer import nav, state
 from viewer.page_neuron import render_feature
-from viewer.render import head_query
+from viewer.render import METRIC_NOTES, attn_colour, head_query
 
-HEAD_ANALYSIS_TITLES = {"head_wiki": "Head wiki", "head_composition": "Composition with other heads",
-                        "head_attention": "Attention patterns"}
+HEAD_ANALYSIS_TITLES = {"head_wiki": "Head wiki", "head_composition": "Composition with other heads"}
+# What writes the head tables (at indexing time, with the `heads` site), for older indexes.
+HEAD_TABLES_BY = "re-indexing with this version (`neuroscope index ...` with the `heads` site) writes it"
 
 
 def render(ix: Index, path: str, key: float) -> None:
@@ -46,20 +48,30 @@ def render(ix: Index, path: str, key: float) -> None:
                       on_change=_pick_metric, args=(layer, head, f"hd_metric_{layer}_{head}_{metric}"))
     cols[3].caption(f"deep link: `{head_query(layer, head, metric)}`")
     described = (ix.manifest.get("head_metrics") or {}).get(metric)
-    if described:
+    if metric in METRIC_NOTES:  # top examples that are not "where the head is most active"
+        st.caption(f"{metric}: {described or metric}. Note: {METRIC_NOTES[metric]}.")
+    elif described:
         st.caption(f"{metric}: {described} (the value at the destination token, which is marked)")
     _scores(ix, path, key, layer, head)
     page = state.head_page(ix, path, key, layer, head, metric)
+    if page.attention:
+        st.html(f'<div class="ns-head">Where the marked token attends: the source tokens are underlined in '
+                f'<span style="box-shadow:inset 0 -4px 0 {attn_colour(1.0)}">green</span>, darker for more weight '
+                f'(hover: <code>attn w</code>); sources before the window are named under it.</div>')
+    else:
+        st.caption(f"No `head_attention` rows for this head's examples: {HEAD_TABLES_BY}.")
     render_feature(ix, path, key, page, unit="head metric")
     for name, title in HEAD_ANALYSIS_TITLES.items():
         df = page.analyses.get(name)
-        if df is not None and not df.empty:
-            st.subheader(title)
+        st.subheader(title)
+        if df is None:
+            st.caption(f"This index has no `{name}` table: {HEAD_TABLES_BY}.")
+        elif df.empty:
+            st.caption(f"No `{name}` rows for this head" + (" (composition needs heads in two or more layers)."
+                                                            if name == "head_composition" else "."))
+        else:
             st.dataframe(df, hide_index=True)
-    missing = [n for n in HEAD_ANALYSIS_TITLES if page.analyses.get(n) is None or page.analyses[n].empty]
-    if missing:
-        st.caption(f"No {', '.join(f'`{m}`' for m in missing)} rows for this head: "
-                   f"`neuroscope analyze {ix.root}` produces them.")
+    st.caption("All heads: [the head wiki](?page=heads)")
 
 
 def _pick_metric(layer: int, head: int, widget: str) -> None:

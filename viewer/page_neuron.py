@@ -10,7 +10,7 @@ import streamlit as st
 from indexer.api import Index
 from indexer.errors import NeuroscopeError
 from viewer import charts, data, nav, state
-from viewer.render import bins, esc, example_block, example_header, example_html, neuron_query
+from viewer.render import bins, esc, example_block, example_header, example_window, neuron_query
 
 ANALYSIS_TITLES = {
     "logit_effects": "Logit effects",
@@ -97,7 +97,7 @@ def render_feature(ix: Index, path: str, key: float, page: data.FeaturePage, uni
     _corpus_split(top, manifest)
     # One HTML block for all top examples (each with its whole context in a <details>): far
     # fewer Streamlit elements than one per example, and expanding needs no round trip.
-    st.html("".join(example_block(row, vocab, vmax, vmin, page.contexts.get(int(row["ctx_id"])))
+    st.html("".join(example_block(row, vocab, vmax, vmin, page.contexts.get(int(row["ctx_id"])), _attention(page, row))
                     for row in top.to_dict("records")))
     _quantiles(page, vocab, vmax, vmin, manifest)
 
@@ -134,8 +134,15 @@ def _quantiles(page: data.FeaturePage, vocab: list[str], vmax: float, vmin: floa
         rows = q[q["bin"] == b["bin"]]
         head = (f'<div class="ns-bin"><b>Bin {b["bin"]}</b> (quantiles {esc(b["quantiles"])}): values {b["low"]:.4g} to '
                 f'{b["high"]:.4g}, {b["tokens"]:,} tokens ({b["share"]:.2%}), {len(rows)} sampled</div>')
-        st.html(head + "".join(example_header(row, f"bin {b['bin']} #{int(row['rank'])}") + example_html(row, vocab, vmax, vmin)
+        st.html(head + "".join(example_header(row, f"bin {b['bin']} #{int(row['rank'])}")
+                               + example_window(row, vocab, vmax, vmin, _attention(page, row),
+                                                page.contexts.get(int(row["ctx_id"])))
                                for row in rows.to_dict("records")))
+
+
+def _attention(page: data.FeaturePage, row: dict):
+    """Where a head example attends (None for neurons and for heads without head_attention)."""
+    return page.attention.get((str(row["kind"]), int(row["bin"]), int(row["rank"]))) if page.attention else None
 
 
 def _analyses(ix: Index, page: data.FeaturePage, site: str, layer: int, neuron: int, vocab: list[str]) -> None:

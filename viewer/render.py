@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlencode
 
 # Escaped beyond html.escape: Markdown ([]()*_`#|~!), LaTeX ($), template braces and backslash.
@@ -31,7 +31,20 @@ background:#fff;color:#111;margin:2px 0 8px 0}
 .ns-bin{font-family:sans-serif;font-size:15px;margin:14px 0 2px 0}
 .ns-table{border-collapse:collapse;font-size:14px}
 .ns-table td,.ns-table th{border-bottom:1px solid #ddd;padding:3px 10px;text-align:left}
+.ns-attn{font-family:sans-serif;font-size:12px;color:#00704a;margin:-6px 0 8px 8px}
+.ns-attn code{background:#eef7f2;padding:0 3px;border-radius:3px}
 """
+
+# Where a head example attends: (source context positions, weights), as head_attention stores them.
+Attention = tuple[Sequence[int], Sequence[float]]
+
+# How many sources outside an example's window are named under it (largest weights first).
+MAX_ATTN_NOTES = 5
+# What a head metric's top examples mean when it is not "where the head is most active".
+METRIC_NOTES = {
+    "entropy": "its top examples are where this head's attention is most diffuse (spread over many tokens, "
+               "often an idle head), not where the head is most active",
+}
 
 
 def esc(text: object) -> str:
@@ -61,38 +74,79 @@ def colour(value: float, vmax: float, vmin: float) -> str:
     return f"rgba(255,96,0,{a:.2f})" if value > 0 else f"rgba(40,110,255,{a * 0.6:.2f})"
 
 
+def attn_colour(weight: float) -> str:
+    """The underline of a source token: green, more opaque for more attention."""
+    a = min(max(float(weight), 0.0), 1.0)
+    return f"rgba(0,140,80,{0.25 + 0.75 * a:.2f})"
+
+
 def token_spans(tokens: Sequence[str], values: Sequence[float | None], mark: int | None,
-                vmax: float, vmin: float) -> str:
+                vmax: float, vmin: float, attn: Mapping[int, float] | None = None) -> str:
     """One ``<span>`` per token, coloured by its value, the value in its hover title; token
-    ``mark`` (an index into ``tokens``) gets the max-token outline. None values are uncoloured."""
+    ``mark`` (an index into ``tokens``) gets the max-token outline. None values are uncoloured.
+    ``attn`` (index -> weight): the tokens the marked one attends to, underlined in green by
+    weight, ``attn w`` in their hover title."""
     parts = []
     for i, (tok, val) in enumerate(zip(tokens, values)):
         text = esc(show_token(tok))
+        w = attn.get(i) if attn else None
+        src = "" if w is None else f";box-shadow:inset 0 -4px 0 {attn_colour(w)}"
+        note = "" if w is None else f" · attn {w:.3g}"
         if val is None:
-            parts.append(f'<span class="ns-out">{text}</span>')
+            if w is None:
+                parts.append(f'<span class="ns-out">{text}</span>')
+            else:
+                parts.append(f'<span class="ns-out ns-src" style="{src[1:]}" title="{esc(f"{tok!r}{note}")}">{text}</span>')
             continue
         cls = "ns-tok ns-max" if i == mark else "ns-tok"
-        title = esc(f"{tok!r}: {val:.4g}")
-        parts.append(f'<span class="{cls}" style="background:{colour(val, vmax, vmin)}" title="{title}">{text}</span>')
+        cls += "" if w is None else " ns-src"
+        title = esc(f"{tok!r}: {val:.4g}{note}")
+        parts.append(f'<span class="{cls}" style="background:{colour(val, vmax, vmin)}{src}" title="{title}">{text}</span>')
     return "".join(parts)
 
 
 def example_html(row: dict, vocab: Sequence[str], vmax: float, vmin: float,
-                 context: Sequence[int] | None = None) -> str:
+                 context: Sequence[int] | None = None, attention: Attention | None = None) -> str:
     """One example's text: its window coloured (or, given ``context``, the whole stored context
-    with the window coloured and the rest plain), the example's token marked."""
+    with the window coloured and the rest plain), the example's token marked; ``attention``
+    (source positions, weights) underlines the tokens it attends to."""
     ids = [int(t) for t in row["window_token_ids"]]
     values = [float(v) for v in row["window_acts"]]
     start = int(row["window_start"])
     mark = int(row["pos"]) - start
+    src = {int(p): float(w) for p, w in zip(*attention)} if attention else {}
     if context is not None:
         full = [int(t) for t in context]
         vals: list[float | None] = [None] * len(full)
         for i, v in enumerate(values):
             if 0 <= start + i < len(full):
                 vals[start + i] = v
-        return f'<div class="ns-ex">{token_spans([_tok(vocab, t) for t in full], vals, int(row["pos"]), vmax, vmin)}</div>'
-    return f'<div class="ns-ex">{token_spans([_tok(vocab, t) for t in ids], values, mark, vmax, vmin)}</div>'
+        attn = {p: w for p, w in src.items() if 0 <= p < len(full)}
+        return (f'<div class="ns-ex">{token_spans([_tok(vocab, t) for t in full], vals, int(row["pos"]), vmax, vmin, attn)}'
+                '</div>')
+    attn = {p - start: w for p, w in src.items() if 0 <= p - start < len(ids)}
+    return f'<div class="ns-ex">{token_spans([_tok(vocab, t) for t in ids], values, mark, vmax, vmin, attn)}</div>'
+
+
+def attention_notes(row: dict, attention: Attention | None, vocab: Sequence[str],
+                    context: Sequence[int] | None) -> str:
+    """``← attends to 'tok' at pos P (w)`` for each source outside the example's window (the
+    largest MAX_ATTN_NOTES); the token is named from ``context`` (the stored context), '?' without it."""
+    if not attention:
+        return ""
+    start, n = int(row["window_start"]), len(row["window_token_ids"])
+    outside = sorted(((int(p), float(w)) for p, w in zip(*attention) if not 0 <= int(p) - start < n),
+                     key=lambda pw: -pw[1])
+    if not outside:
+        return ""
+    notes = []
+    for p, w in outside[:MAX_ATTN_NOTES]:
+        tok = repr(_tok(vocab, int(context[p]))) if context is not None and 0 <= p < len(context) else "?"
+        notes.append(f'<div class="ns-attn" title="{esc(f"attn {w:.3g}")}">← attends to <code>{esc(tok)}</code> '
+                     f'at pos {p} ({w:.3g})</div>')
+    if len(outside) > MAX_ATTN_NOTES:
+        notes.append(f'<div class="ns-attn">… and {len(outside) - MAX_ATTN_NOTES} more sources outside the window</div>')
+    return "".join(notes)
 
 
 def example_header(row: dict, label: str) -> str:
@@ -103,13 +157,22 @@ def example_header(row: dict, label: str) -> str:
             f'pos {int(row["pos"])}</div>')
 
 
-def example_block(row: dict, vocab: Sequence[str], vmax: float, vmin: float, context: Sequence[int] | None) -> str:
-    """Header, coloured window and, when the stored context is longer, the whole context in a
-    native ``<details>`` (expands in the browser, no server round trip)."""
-    out = example_header(row, f"#{int(row['rank'])}") + example_html(row, vocab, vmax, vmin)
+def example_window(row: dict, vocab: Sequence[str], vmax: float, vmin: float, attention: Attention | None = None,
+                   context: Sequence[int] | None = None) -> str:
+    """The coloured window, its sources underlined, and the notes naming the sources outside
+    it (their tokens read from ``context``, the example's whole stored context)."""
+    return example_html(row, vocab, vmax, vmin, attention=attention) + attention_notes(row, attention, vocab, context)
+
+
+def example_block(row: dict, vocab: Sequence[str], vmax: float, vmin: float, context: Sequence[int] | None,
+                  attention: Attention | None = None) -> str:
+    """Header, coloured window (where the example's token attends, for a head) and, when the
+    stored context is longer, the whole context in a native ``<details>`` (expands in the
+    browser, no server round trip)."""
+    out = example_header(row, f"#{int(row['rank'])}") + example_window(row, vocab, vmax, vmin, attention, context)
     if context is not None and len(context) > len(row["window_token_ids"]):
         out += (f'<details class="ns-ctx"><summary>whole context {int(row["ctx_id"])} ({len(context)} tokens)</summary>'
-                f'{example_html(row, vocab, vmax, vmin, context=context)}</details>')
+                f'{example_html(row, vocab, vmax, vmin, context=context, attention=attention)}</details>')
     return out
 
 

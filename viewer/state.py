@@ -132,3 +132,13 @@ def flag_names(_ix: Index, path: str, key: float) -> list[str] | None:
 def search(_ix: Index, path: str, key: float, kind: str, args: tuple) -> pd.DataFrame:
     fn = {"token": data.search_token, "text": data.search_text, "stats": data.search_stats, "flag": data.search_flag}
     return fn[kind](_ix, *args)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def head_wiki(_ix: Index, path: str, key: float) -> pd.DataFrame | None:
+    return data.head_wiki(_ix)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def top_compositions(_ix: Index, path: str, key: float) -> pd.DataFrame | None:
+    return data.top_compositions(_ix)
