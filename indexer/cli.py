@@ -116,6 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     index(config, progress=True)
     print(f"demo index written to {out}\n")
+    _demo_analyses(out)
     _print_demo_summary(out)
     if args.no_view:
         return 0
@@ -123,6 +124,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("(the viewer is not part of this version yet: explore with `neuroscope sql` or indexer.api.Index)")
         return 0
     return _view(out, args.host, args.port)
+
+
+def _demo_analyses(out: Path) -> None:
+    """Run every analysis on the demo index (about half a minute for toy-1l at 1M tokens), so
+    the viewer's flags, logit effects, minimal examples and regex sections have content."""
+    from indexer.analyses.runner import analyze
+
+    for name, r in analyze(out, force=True).items():
+        print(f"analysis {name}: {r['status']} in {r.get('seconds', 0):.1f} s")
+    print()
 
 
 def _print_demo_summary(out: Path) -> None:
