@@ -13,7 +13,7 @@ stamp=.venv/.neuroscope-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing dependencies into .venv/ (first run takes a few minutes)" >&2
-  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet --upgrade pip "setuptools>=77"
   # torch first and pinned: here this takes the local CPU wheel; unpinned, pip would pull
   # a multi-GB CUDA build. On a CUDA machine, install the torch you want before this script.
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
