@@ -13,14 +13,15 @@ HEAD_KEY = ["layer", "head", "metric", "kind", "bin", "rank"]
 
 def tables(out: str) -> dict[str, pd.DataFrame]:
     """Every table of an index, in a canonical row order, for comparing whole indexes."""
-    ix = Index.open(out)
-    return {
-        "examples": ix.sql(f"SELECT * FROM examples ORDER BY {', '.join(EXAMPLE_KEY)}"),
-        "head_examples": ix.sql(f"SELECT * FROM head_examples ORDER BY {', '.join(HEAD_KEY)}"),
-        "neurons": ix.sql("SELECT * FROM neurons ORDER BY site, layer, neuron"),
-        "heads": ix.sql("SELECT * FROM heads ORDER BY layer, head, metric"),
-        "contexts": ix.sql("SELECT * FROM contexts ORDER BY ctx_id"),
-    }
+    with Index.open(out) as ix:
+        return {
+            "examples": ix.sql(f"SELECT * FROM examples ORDER BY {', '.join(EXAMPLE_KEY)}"),
+            "head_examples": ix.sql(f"SELECT * FROM head_examples ORDER BY {', '.join(HEAD_KEY)}"),
+            "neurons": ix.sql("SELECT * FROM neurons ORDER BY site, layer, neuron"),
+            "heads": ix.sql("SELECT * FROM heads ORDER BY layer, head, metric"),
+            "contexts": ix.sql("SELECT * FROM contexts ORDER BY ctx_id"),
+            "vocab": ix.sql("SELECT * FROM vocab ORDER BY token_id"),
+        }
 
 
 def assert_same_index(a: str, b: str, exact_floats: bool = True) -> None:

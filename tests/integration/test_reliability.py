@@ -30,7 +30,7 @@ from indexer.run.merge import merge
 from indexer.run.outdir import TEMP_FILE
 from indexer.store.manifest import read_manifest
 
-from helpers.compare import assert_same_index
+from helpers.indexes import assert_same_index
 from helpers.configs import base_config
 
 # (point, hit): before the first checkpoint, mid-stream, inside checkpoint writes (the first
