@@ -10,41 +10,15 @@ viewer-head.png. Without --neuron it picks the neuron with the largest max activ
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from viewer.serve import free_port, start_viewer, stop  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_viewer(index_dir: str, port: int) -> subprocess.Popen:
-    """`neuroscope view` in a subprocess; returns once the server answers its health check."""
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "view", index_dir, "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"neuroscope view exited: {proc.stdout.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("neuroscope view did not answer within 60 s")
 
 
 def wait_rendered(page, timeout_ms: int = 60_000) -> None:
@@ -99,8 +73,7 @@ def main() -> None:
                 print(f"{out / name}  <- {url}")
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 if __name__ == "__main__":

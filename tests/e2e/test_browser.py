@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from helpers.viewer import free_port, start_viewer, stop
+from viewer.serve import free_port, start_viewer, stop
 from indexer.api import Index
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from helpers.viewer import free_port, start_viewer, stop
+from viewer.serve import free_port, start_viewer, stop
 from helpers.viewer_load import run_load
 from indexer.api import Index
 

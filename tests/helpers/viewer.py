@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from helpers.paths import ROOT
 from indexer.config import IndexConfig
 
 # Text a corpus may hold that must show as text, never act: HTML, script, Markdown link, LaTeX.
@@ -36,44 +29,3 @@ def build_viewer_index(folder: Path) -> Path:
         window_before=32, window_after=8,
     )
     return index(cfg, progress=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_viewer(index_dir: Path, port: int, timeout_s: float = 90) -> subprocess.Popen:
-    """`neuroscope view` in a subprocess on 127.0.0.1; returns once its health check answers."""
-    # Output goes to a file: a pipe nobody reads would fill up and stall the server.
-    log = tempfile.NamedTemporaryFile("w+", prefix="neuroscope-view-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "view", str(index_dir), "--port", str(port)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    proc.log_path = log.name  # type: ignore[attr-defined]
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"neuroscope view exited {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"neuroscope view did not answer within {timeout_s} s")
-
-
-def stop(proc: subprocess.Popen) -> str:
-    """Stop the server; returns what it printed."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    path = Path(proc.log_path)  # type: ignore[attr-defined]
-    out = path.read_text()
-    path.unlink(missing_ok=True)
-    return out
