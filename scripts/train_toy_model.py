@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat-frac", type=float, default=0.0,
                    help="fraction of contexts that are synthetic repeats: half [BOS] r r with r "
                         "random tokens, half a training span repeated (teaches induction)")
+    p.add_argument("--repeat-len-max", type=int, default=None,
+                   help="longest repeated segment r of a synthetic repeat (default: half the context); "
+                        "short segments give many more optimizer steps per token, which is what "
+                        "makes induction heads form on a CPU budget")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: --tokens / the expected tokens per step)")
     return p.parse_args(argv)
 
 
@@ -142,14 +148,17 @@ def evaluate(bridge, eval_sets: dict, batch_size: int, bos: int) -> dict[str, fl
     return out
 
 
-def repeated_chunk(rng: np.random.Generator, stream: ChunkStream, d_vocab: int, body: int) -> np.ndarray:
-    """A synthetic repeat (no BOS): random tokens ``r r`` or a training span ``s s``."""
+def repeated_chunk(rng: np.random.Generator, stream: ChunkStream, d_vocab: int, body: int,
+                   len_max: int | None = None) -> np.ndarray:
+    """A synthetic repeat (no BOS): random tokens ``r r`` or a training span ``s s``, with
+    ``len(r) <= len_max`` (default ``body // 2``)."""
+    body_half = min(body // 2, len_max or body // 2)
     if rng.random() < 0.5:
-        length = int(rng.integers(8, body // 2 + 1))
+        length = int(rng.integers(8, body_half + 1))
         r = rng.integers(1, d_vocab, size=length)
     else:
         chunk = stream.next()
-        length = int(rng.integers(8, min(len(chunk), body // 2) + 1))
+        length = int(rng.integers(min(8, len(chunk)), min(len(chunk), body_half) + 1))
         start = int(rng.integers(0, len(chunk) - length + 1))
         r = chunk[start : start + length]
     return np.concatenate([r, r])[:body]
@@ -266,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mean_len = {c: np.mean([len(x) for x in train_chunks[c]]) for c in CORPORA}
     exp_tokens_per_batch = args.batch_size * sum(weights[c] * mean_len[c] for c in CORPORA)
-    total_steps = max(1, math.ceil(args.tokens / exp_tokens_per_batch))
+    total_steps = args.steps or max(1, math.ceil(args.tokens / exp_tokens_per_batch))
     warmup = max(1, min(200, round(args.warmup_frac * total_steps)))
     log(f"{total_steps} steps of {args.batch_size} contexts (~{exp_tokens_per_batch:.0f} "
         f"tokens/step), warmup {warmup}, lr {args.lr}")
@@ -337,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         names = ["code" if fc else "prose" for fc in from_code]
         chunks = [streams[n].next() for n in names]
         for i in np.flatnonzero(rng.random(args.batch_size) < args.repeat_frac):
-            chunks[i] = repeated_chunk(rng, streams[names[i]], d_vocab, args.ctx_len - 1)
+            chunks[i] = repeated_chunk(rng, streams[names[i]], d_vocab, args.ctx_len - 1, args.repeat_len_max)
             names[i] = "repeat"
         tokens, targets = make_batch(chunks, bos)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):

@@ -63,7 +63,7 @@ class FeatureRecorders:
         st.count += int(np.maximum(lengths - 1, 0).sum())
         fused_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
                      tk.vals, tk.ctxs, tk.poss,
-                     np.uint32(qs.seed), qs.keys, qs.fine_counts,
+                     np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.thr,
                      qs.prio, qs.vals, qs.ctxs, qs.poss,
                      st.total, st.total_sq, st.lo, st.hi, st.n_active, st.hist)
 

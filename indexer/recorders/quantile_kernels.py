@@ -1,9 +1,10 @@
-"""Numba kernels for QuantileSampler. Neuron-major: thread i owns features [f0, f0 + n).
+"""Numba kernels for QuantileSampler. Feature-major (feature_major.py): thread i owns
+features [f0, f0 + n) and walks one feature at a time over the batch's tokens.
 
-Per token and feature: the fine bin from the value's bits and the priority hash (a
-vectorised pass), then a count and one compare of the hash against the largest kept
-priority of that fine bin (a gather). Only tokens under it, rare once a bin is full, meet
-the sorted per-bin list. Slots are sorted by (priority, ctx_id, pos) ascending.
+Per token: the fine bin from the value's bits and the priority hash (a vectorised pass),
+then a count and one compare of the hash against the bin's cached threshold (`thr`, 4 bytes
+per bin: one feature's thresholds stay in L1/L2). Only tokens under it, rare once a bin is
+full, meet the sorted per-bin list. Slots are sorted by (priority, ctx_id, pos) ascending.
 
 numba's on-disk cache keys on this file only: after changing the grid in finebins.py, touch
 this file (and fused.py) so the kernels recompile. Grid: 64 sub-bins per octave, 2**-10..2**10.
@@ -16,7 +17,8 @@ from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
 from indexer.recorders.finebins import fine_bin_nb
-from indexer.recorders.hashing import context_hash_nb, fmix32_nb, token_hash_nb
+from indexer.recorders.feature_major import TILE, batch_tokens, token_hashes, transpose_tile
+from indexer.recorders.hashing import fmix32_nb
 
 
 @njit(**NJIT_OPTIONS)
@@ -46,41 +48,24 @@ def sample_insert(prio, vals, ctxs, poss, f, q, p, v, c, t):
     return i
 
 
-@njit(**NJIT_OPTIONS)
-def quantile_begin(f0, n, keys):
-    """Per-chunk scratch: keys [n], fine bins [n], hashes [n]."""
-    return keys[f0:f0 + n].copy(), np.empty(n, np.int32), np.empty(n, np.uint32)
-
-
-@njit(**NJIT_OPTIONS)
-def quantile_row(x, u, t, f0, ctx, tok_hash, keys, bins, hashes, counts, prio, vals, ctxs, poss):
-    """Fold row chunk x float32 [n] (u: its int32 bits; token (ctx, t), features f0..)."""
-    n = x.shape[0]
-    last = prio.shape[2] - 1
-    for j in range(n):  # vectorised
-        bins[j] = fine_bin_nb(u[j])
-        hashes[j] = fmix32_nb(np.uint32(tok_hash ^ keys[j]))
-    for j in range(n):
-        f, q = f0 + j, bins[j]
-        counts[f, q] += 1
-        if np.int64(hashes[j]) <= prio[f, q, last]:
-            sample_insert(prio, vals, ctxs, poss, f, q, np.int64(hashes[j]), x[j], ctx, t)
-
-
 @njit(parallel=True, **NJIT_OPTIONS)
-def quantile_update(acts, lengths, ctx_ids, chunk, seed, keys, counts, prio, vals, ctxs, poss):
-    """acts float32 [batch, pos, feat]; counts [feat, N_FINE]; samples [feat, N_FINE, per_bin]."""
-    n_batch, _, n_feat = acts.shape
+def quantile_update(acts, lengths, ctx_ids, chunk, seed, keys, counts, thr, prio, vals, ctxs, poss):
+    """acts float32 [batch, pos, feat]; counts, thr [feat, N_FINE]; samples [feat, N_FINE, per_bin]."""
+    n_feat = acts.shape[2]
+    rows, tposs, starts = batch_tokens(lengths)
+    th = token_hashes(ctx_ids, starts, seed)
+    n = rows.shape[0]
     bits = acts.view(np.int32)
     for c in prange((n_feat + chunk - 1) // chunk):
-        f0 = c * chunk
-        n = min(chunk, n_feat - f0)
-        k, bins, hashes = quantile_begin(f0, n, keys)
-        for b in range(n_batch):
-            ch = context_hash_nb(seed, ctx_ids[b])
-            for t in range(1, lengths[b]):
-                quantile_row(acts[b, t, f0:f0 + n], bits[b, t, f0:f0 + n], t, f0, ctx_ids[b],
-                             token_hash_nb(ch, t), k, bins, hashes, counts, prio, vals, ctxs, poss)
+        f1c = min(c * chunk + chunk, n_feat)
+        buf = np.empty((TILE, n), np.int32)
+        qb, hb = np.empty(n, np.int32), np.empty(n, np.uint32)
+        for f0 in range(c * chunk, f1c, TILE):
+            m = min(TILE, f1c - f0)
+            transpose_tile(bits, rows, tposs, f0, m, buf)
+            for j in range(m):
+                quantile_feature(f0 + j, buf[j].view(np.float32), buf[j], th, rows, tposs, ctx_ids,
+                                 keys[f0 + j], counts, thr, prio, vals, ctxs, poss, qb, hb)
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
@@ -113,3 +98,39 @@ def band_samples(prio, vals, ctxs, poss, bounds, out_prio, out_vals, out_ctxs, o
                 if sample_insert(out_prio[f], out_vals[f], out_ctxs[f], out_poss[f], 0, band,
                                  prio[f, q, i], vals[f, q, i], ctxs[f, q, i], poss[f, q, i]) < 0:
                     break  # the fine bin's list is sorted: the rest rank lower still
+
+
+@njit(**NJIT_OPTIONS)
+def threshold_of(p):
+    """A fine bin's admission threshold (uint32) from its last slot's priority."""
+    return np.uint32(min(p, np.int64(0xFFFFFFFF)))
+
+
+@njit(**NJIT_OPTIONS)
+def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, counts, thr, prio, vals, ctxs, s_poss, qb, hb):
+    """Feature-major: fold feature f's values x float32 [n] (u: their bits; th: the tokens'
+    hashes; token i is (ctx_ids[rows[i]], poss[i])). thr[f, q] caches threshold_of the
+    bin's last priority, so the common case reads 4 bytes per bin of one feature (L1/L2)."""
+    n = x.shape[0]
+    last = prio.shape[2] - 1
+    for i in range(n):  # vectorised
+        qb[i] = fine_bin_nb(u[i])
+        hb[i] = fmix32_nb(np.uint32(th[i] ^ key))
+    cf = counts[f]
+    tf = thr[f]
+    for i in range(n):
+        q = qb[i]
+        cf[q] += 1
+        if hb[i] <= tf[q]:
+            if sample_insert(prio, vals, ctxs, s_poss, f, q, np.int64(hb[i]), x[i],
+                             ctx_ids[rows[i]], poss[i]) >= 0:
+                tf[q] = threshold_of(prio[f, q, last])
+
+
+@njit(parallel=True, **NJIT_OPTIONS)
+def thresholds(prio, thr):
+    """thr[f, q] = threshold_of(prio[f, q, last]) for every bin."""
+    last = prio.shape[2] - 1
+    for f in prange(prio.shape[0]):
+        for q in range(prio.shape[1]):
+            thr[f, q] = threshold_of(prio[f, q, last])

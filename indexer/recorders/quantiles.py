@@ -11,7 +11,7 @@ snaps to the fine-bin boundary whose share of tokens below is nearest to q; a ba
 of fine bins, its count the sum of theirs, and its sample the ``per_bin`` lowest priorities
 among its fine bins' samples: exactly the bottom-k of the band, a uniform sample of it.
 
-Memory per feature: N_FINE * (8 + per_bin * 24) bytes (328 KB at per_bin=5; on disk only
+Memory per feature: N_FINE * (12 + per_bin * 24) bytes (338 KB at per_bin=5; on disk only
 the filled slots are stored), independent of
 the corpus length. A band's share is exact; its distance from the nominal share is at most
 the share of the fine bin its edge falls in.
@@ -27,7 +27,7 @@ import torch
 from indexer.recorders.common import Recorder, RecorderError, feature_chunk, valid_tokens
 from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_t, lower_edges
 from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, priority_t, seed_of, token_hash_t
-from indexer.recorders.quantile_kernels import band_samples, quantile_merge, quantile_update
+from indexer.recorders.quantile_kernels import band_samples, quantile_merge, quantile_update, thresholds
 
 ELEMENTS_PER_STEP = 1 << 22  # torch backend: tokens x features per step, bounds the temporaries
 STATUS = ("ok", "near_constant", "dead")
@@ -41,8 +41,8 @@ def check_quantiles(quantiles) -> np.ndarray:
 
 
 def bytes_per_feature(per_bin: int) -> int:
-    """State bytes of one feature: fine counts and the per-fine-bin sample slots."""
-    return N_FINE * (8 + per_bin * (8 + 4 + 8 + 4))
+    """State bytes of one feature: fine counts, thresholds and the per-fine-bin sample slots."""
+    return N_FINE * (8 + 4 + per_bin * (8 + 4 + 8 + 4))
 
 
 class QuantileSampler(Recorder):
@@ -78,6 +78,15 @@ class QuantileSampler(Recorder):
         self.vals = self._array(np.full(shape, np.nan, np.float32))
         self.ctxs = self._array(np.full(shape, -1, np.int64))
         self.poss = self._array(np.full(shape, -1, np.int32))
+        self.thr = None  # numba backend: each bin's admission threshold, derived from prio
+        self._sync_thresholds()
+
+    def _sync_thresholds(self) -> None:
+        """Recompute the numba kernels' cached thresholds after prio changed outside them."""
+        if self.backend == "numba":
+            if self.thr is None:
+                self.thr = np.empty(self.prio.shape[:2], np.uint32)
+            thresholds(self.prio, self.thr)
 
     def config(self) -> dict[str, Any]:
         return {"n_features": self.n_features, "quantiles": self.quantiles,
@@ -126,6 +135,7 @@ class QuantileSampler(Recorder):
             raise RecorderError(f"quantile state is incomplete or of another shape: {err}") from None
         for name, a in arrays.items():
             setattr(obj, name, obj._array(a))
+        obj._sync_thresholds()
         return obj
 
     # --- results -----------------------------------------------------------------------
@@ -183,12 +193,13 @@ class QuantileSampler(Recorder):
 
     def _update_numba(self, acts, lengths, ctx_ids) -> None:
         quantile_update(acts, lengths, ctx_ids, feature_chunk(self.n_features), np.uint32(self.seed),
-                        self.keys, self.fine_counts, self.prio, self.vals, self.ctxs, self.poss)
+                        self.keys, self.fine_counts, self.thr, self.prio, self.vals, self.ctxs, self.poss)
 
     def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
         self.fine_counts += other["fine_counts"]
         quantile_merge(self.prio, self.vals, self.ctxs, self.poss,
                        other["prio"], other["vals"], other["ctxs"], other["poss"])
+        self._sync_thresholds()
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
         b, t = valid_tokens(lengths, acts.shape[1]).nonzero(as_tuple=True)  # [tokens]

@@ -1,7 +1,7 @@
-"""Numba kernels for Stats. Neuron-major: thread i owns features [f0, f0 + n).
+"""Numba kernels for Stats. Feature-major (feature_major.py): thread i owns features
+[f0, f0 + n) and walks one feature at a time over the batch's tokens, in token order.
 
-Rows are handed over as 1-d views of the thread's feature range, so the loops vectorise;
-the histogram's scatter stays scalar (about half of the cost).
+The sums and min/max vectorise; the histogram's scatter stays scalar (into 129 bins, L1).
 """
 
 from __future__ import annotations
@@ -10,49 +10,45 @@ import numpy as np
 from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
+from indexer.recorders.feature_major import TILE, batch_tokens, transpose_tile
 from indexer.recorders.histogram import N_BINS, hist_bin_nb
-
-
-@njit(**NJIT_OPTIONS)
-def stats_row(x, u, total, total_sq, lo, hi, n_active, hist, scratch):
-    """Fold one row chunk x float32 [n] (u: its int32 bits) into the chunk's state views.
-
-    All arguments are 1-d C views of the chunk (hist flattened [n * N_BINS]) indexed from
-    0: an offset index would cost a negative-index check per element and no SIMD.
-    """
-    n = x.shape[0]
-    for j in range(n):  # vectorised
-        v = x[j]
-        d = np.float64(v)
-        total[j] += d
-        total_sq[j] += d * d
-        lo[j] = min(lo[j], v)
-        hi[j] = max(hi[j], v)
-        n_active[j] += v > 0
-        scratch[j] = hist_bin_nb(u[j]) + j * N_BINS
-    for j in range(n):  # scalar scatter: the dominant cost
-        hist[scratch[j]] += 1
-
-
-@njit(**NJIT_OPTIONS)
-def stats_views(f0, n, total, total_sq, lo, hi, n_active, hist):
-    """The chunk's views of the state arrays, in stats_row's order."""
-    f1 = f0 + n
-    flat = hist.reshape(-1)[f0 * N_BINS:f1 * N_BINS]
-    return total[f0:f1], total_sq[f0:f1], lo[f0:f1], hi[f0:f1], n_active[f0:f1], flat
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
 def stats_update(acts, lengths, chunk, total, total_sq, lo, hi, n_active, hist):
     """acts float32 [batch, pos, feat]; state arrays [feat] and hist [feat, N_BINS]."""
-    n_batch, _, n_feat = acts.shape
+    n_feat = acts.shape[2]
+    rows, poss, _ = batch_tokens(lengths)
     bits = acts.view(np.int32)
     for c in prange((n_feat + chunk - 1) // chunk):
-        f0 = c * chunk
-        n = min(chunk, n_feat - f0)
-        f1 = f0 + n
-        tv, sv, lv, hv, av, histv = stats_views(f0, n, total, total_sq, lo, hi, n_active, hist)
-        scratch = np.empty(n, np.int32)
-        for b in range(n_batch):
-            for t in range(1, lengths[b]):
-                stats_row(acts[b, t, f0:f1], bits[b, t, f0:f1], tv, sv, lv, hv, av, histv, scratch)
+        f1c = min(c * chunk + chunk, n_feat)
+        buf = np.empty((TILE, rows.shape[0]), np.int32)
+        scratch = np.empty(rows.shape[0], np.int32)
+        for f0 in range(c * chunk, f1c, TILE):
+            m = min(TILE, f1c - f0)
+            transpose_tile(bits, rows, poss, f0, m, buf)
+            for j in range(m):
+                stats_feature(f0 + j, buf[j].view(np.float32), buf[j], total, total_sq, lo, hi,
+                              n_active, hist, scratch)
+
+
+@njit(**NJIT_OPTIONS)
+def stats_feature(f, x, u, total, total_sq, lo, hi, n_active, hist, scratch):
+    """Feature-major: fold feature f's values x float32 [n] (u: their int32 bits)."""
+    n = x.shape[0]
+    s, s2 = total[f], total_sq[f]
+    mn, mx = lo[f], hi[f]
+    act = n_active[f]
+    for i in range(n):  # vectorised, summed in token order
+        v = x[i]
+        d = np.float64(v)
+        s += d
+        s2 += d * d
+        mn = min(mn, v)
+        mx = max(mx, v)
+        act += v > 0
+        scratch[i] = hist_bin_nb(u[i])
+    total[f], total_sq[f], lo[f], hi[f], n_active[f] = s, s2, mn, mx, act
+    h = hist[f]
+    for i in range(n):  # scalar scatter into the feature's 129 bins (L1)
+        h[scratch[i]] += 1

@@ -1,7 +1,8 @@
-"""Numba kernels for TopK. Neuron-major: thread i owns features [f0, f0 + n).
+"""Numba kernels for TopK. Feature-major (feature_major.py): thread i owns features
+[f0, f0 + n) and walks one feature at a time over the batch's tokens.
 
-Per context, a branch-free running max / first argmax over the row chunks (vectorised);
-the sorted per-feature list is touched only when the context beats its k-th entry.
+Per context, a branch-free running max / first argmax (vectorised); the sorted per-feature
+list is touched only when the context beats its k-th entry.
 Order: value descending, then ctx_id ascending; empty slots (ctx_id -1) last.
 """
 
@@ -11,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
+from indexer.recorders.feature_major import TILE, batch_tokens, transpose_tile
 
 
 @njit(**NJIT_OPTIONS)
@@ -44,51 +46,20 @@ def topk_insert(vals, ctxs, poss, f, v, c, p):
     vals[f, i], ctxs[f, i], poss[f, i] = v, c, p
 
 
-@njit(**NJIT_OPTIONS)
-def topk_begin(best, best_pos):
-    """Reset the running max of a context (an all -inf context keeps pos 1)."""
-    for j in range(best.shape[0]):
-        best[j] = -np.inf
-        best_pos[j] = 1
-
-
-@njit(**NJIT_OPTIONS)
-def topk_row(x, t, best, best_pos):
-    """Fold row chunk x float32 [n] at position t into the running max (strict >: first pos)."""
-    tt = np.int32(t)
-    for j in range(x.shape[0]):
-        gt = x[j] > best[j]
-        best[j] = x[j] if gt else best[j]
-        best_pos[j] = tt if gt else best_pos[j]
-
-
-@njit(**NJIT_OPTIONS)
-def topk_end(f0, n, ctx, best, best_pos, vals, ctxs, poss):
-    """Offer the context's max of every feature to its list."""
-    k = vals.shape[1]
-    for j in range(n):
-        f = f0 + j
-        if ranks_before(best[j], ctx, vals[f, k - 1], ctxs[f, k - 1]):
-            topk_insert(vals, ctxs, poss, f, best[j], ctx, best_pos[j])
-
-
 @njit(parallel=True, **NJIT_OPTIONS)
 def topk_update(acts, lengths, ctx_ids, chunk, vals, ctxs, poss):
     """acts float32 [batch, pos, feat]; vals/ctxs/poss [feat, k]."""
-    n_batch, _, n_feat = acts.shape
+    n_feat = acts.shape[2]
+    rows, tposs, starts = batch_tokens(lengths)
+    bits = acts.view(np.int32)
     for c in prange((n_feat + chunk - 1) // chunk):
-        f0 = c * chunk
-        n = min(chunk, n_feat - f0)
-        f1 = f0 + n
-        best = np.empty(n, np.float32)
-        best_pos = np.empty(n, np.int32)
-        for b in range(n_batch):
-            if lengths[b] <= 1:
-                continue
-            topk_begin(best, best_pos)
-            for t in range(1, lengths[b]):
-                topk_row(acts[b, t, f0:f1], t, best, best_pos)
-            topk_end(f0, n, ctx_ids[b], best, best_pos, vals, ctxs, poss)
+        f1c = min(c * chunk + chunk, n_feat)
+        buf = np.empty((TILE, rows.shape[0]), np.int32)
+        for f0 in range(c * chunk, f1c, TILE):
+            m = min(TILE, f1c - f0)
+            transpose_tile(bits, rows, tposs, f0, m, buf)
+            for j in range(m):
+                topk_feature(f0 + j, buf[j].view(np.float32), starts, ctx_ids, vals, ctxs, poss)
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
@@ -98,3 +69,22 @@ def topk_merge(vals, ctxs, poss, other_vals, other_ctxs, other_poss):
         for i in range(vals.shape[1]):
             if other_ctxs[f, i] >= 0:
                 topk_insert(vals, ctxs, poss, f, other_vals[f, i], other_ctxs[f, i], other_poss[f, i])
+
+
+@njit(**NJIT_OPTIONS)
+def topk_feature(f, x, starts, ctx_ids, vals, ctxs, poss):
+    """Feature-major: fold feature f's values x float32 [n] (tokens in batch_tokens order,
+    context b at x[starts[b]:starts[b + 1]]) into its list: each context's first max."""
+    k = vals.shape[1]
+    for b in range(starts.shape[0] - 1):
+        s, e = starts[b], starts[b + 1]
+        if e == s:
+            continue
+        best = np.float32(-np.inf)
+        best_i = s
+        for i in range(s, e):
+            gt = x[i] > best
+            best = x[i] if gt else best
+            best_i = i if gt else best_i
+        if ranks_before(best, ctx_ids[b], vals[f, k - 1], ctxs[f, k - 1]):
+            topk_insert(vals, ctxs, poss, f, best, ctx_ids[b], np.int32(best_i - s + 1))

@@ -30,8 +30,9 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int) -> dict[str
     """Bytes, by part, that the options make the run hold at once for ``n_features`` features."""
     bins = len(cfg.quantiles) + 1
     examples = cfg.top_k + bins * cfg.per_bin
-    # top-k entries, then per fine bin a count and per_bin sample entries, then stats + histogram
-    per_feature = cfg.top_k * ENTRY_BYTES + N_FINE * (8 + cfg.per_bin * ENTRY_BYTES) + 6 * 8 + HIST_BINS * 8
+    # top-k entries, then per fine bin a count, a cached threshold and per_bin sample entries,
+    # then stats + histogram
+    per_feature = cfg.top_k * ENTRY_BYTES + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES) + 6 * 8 + HIST_BINS * 8
     recorders = n_features * per_feature * 2
     window = cfg.window_before + cfg.window_after + 1
     windows = n_features * examples * window * (4 + 4) * 2
