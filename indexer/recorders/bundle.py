@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from indexer.recorders import exactsum
 from indexer.recorders.common import RecorderError, check_batch, default_backend, feature_chunk, numpy_batch
 from indexer.recorders.fused import fused_update
 from indexer.recorders.quantiles import QuantileSampler
@@ -60,12 +61,15 @@ class FeatureRecorders:
         check_batch(acts, lengths, ctx_ids, self.n_features)
         acts, lengths, ctx_ids = numpy_batch(acts, lengths, ctx_ids)
         tk, qs, st = self.topk, self.samples, self.stats
-        st.count += int(np.maximum(lengths - 1, 0).sum())
+        n_values = int(np.maximum(lengths - 1, 0).sum())
+        exactsum.check_capacity(n_values)
+        st.count += n_values
         fused_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
                      tk.vals, tk.ctxs, tk.poss,
                      np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.thr,
                      qs.prio, qs.vals, qs.ctxs, qs.poss,
-                     st.total, st.total_sq, st.lo, st.hi, st.n_active, st.hist)
+                     st.total, st.total_sq, st.lo, st.hi, st.n_active)
+        st.normalise()
 
     def nbytes(self) -> int:
         """Bytes of recorder state (fixed at creation: it does not grow with the stream)."""

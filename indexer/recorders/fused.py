@@ -21,7 +21,7 @@ from indexer.recorders.topk_kernels import topk_feature
 @njit(parallel=True, **NJIT_OPTIONS)
 def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                  seed, keys, counts, thr, prio, s_vals, s_ctxs, s_poss,
-                 total, total_sq, lo, hi, n_active, hist):
+                 total, total_sq, lo, hi, n_active):
     """acts float32 [batch, pos, feat]; the three recorders' arrays, updated in place."""
     n_feat = acts.shape[2]
     rows, poss, starts = batch_tokens(lengths)
@@ -31,7 +31,7 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
     for c in prange((n_feat + chunk - 1) // chunk):
         f1c = min(c * chunk + chunk, n_feat)
         buf = np.empty((TILE, n), np.int32)
-        qb, hb, scratch = np.empty(n, np.int32), np.empty(n, np.uint32), np.empty(n, np.int32)
+        qb, hb = np.empty(n, np.int32), np.empty(n, np.uint32)
         for f0 in range(c * chunk, f1c, TILE):
             m = min(TILE, f1c - f0)
             transpose_tile(bits, rows, poss, f0, m, buf)
@@ -40,6 +40,6 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                 u = buf[j]
                 x = u.view(np.float32)
                 topk_feature(f, x, starts, ctx_ids, tk_vals, tk_ctxs, tk_poss)
-                stats_feature(f, x, u, total, total_sq, lo, hi, n_active, hist, scratch)
+                stats_feature(f, x, u, total, total_sq, lo, hi, n_active)
                 quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], counts, thr,
                                  prio, s_vals, s_ctxs, s_poss, qb, hb)

@@ -67,3 +67,30 @@ def hist_bins_t(x: torch.Tensor) -> torch.Tensor:
     k = (a.clamp(max=_HI - 1) - _LO) >> _SHIFT
     side = torch.where(u >= 0, ZERO_BIN + 1 + k, ZERO_BIN - 1 - k)
     return torch.where(a < _LO, torch.full_like(side, ZERO_BIN), side)
+
+
+def fine_to_hist() -> np.ndarray:
+    """int64 [N_FINE]: the histogram bin of every fine bin of the quantile sampler's grid.
+
+    The fine grid (finebins.py: 64 sub-bins per octave over 2**-10..2**10) refines this one
+    (4 per octave over 2**-8..2**8, the same clamping of what lies beyond), so each fine bin
+    lies inside one histogram bin: the histogram is a sum of fine counts, exactly. The map is
+    non-decreasing, so `hist_from_fine` can sum runs.
+    """
+    from indexer.recorders.finebins import N_FINE, ZERO, lower_edges
+
+    edges = lower_edges()  # x >= edges[j] <=> fine bin >= j: edges[j] lies in bin j
+    probe = edges.copy()
+    probe[0] = np.float32(-np.inf)
+    out = hist_bins_np(probe)
+    out[ZERO] = ZERO_BIN
+    assert out.shape == (N_FINE,) and np.all(np.diff(out) >= 0)
+    return out
+
+
+def hist_from_fine(fine_counts: np.ndarray) -> np.ndarray:
+    """int64 [feat, N_BINS]: the histogram of features whose fine-bin counts are given."""
+    lut = fine_to_hist()
+    starts = np.flatnonzero(np.diff(lut, prepend=-1))  # first fine bin of each histogram bin
+    assert len(starts) == N_BINS
+    return np.add.reduceat(np.asarray(fine_counts, np.int64), starts, axis=1)

@@ -26,6 +26,7 @@ import torch
 
 from indexer.recorders.common import Recorder, RecorderError, feature_chunk, valid_tokens
 from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_t, lower_edges
+from indexer.recorders.histogram import hist_from_fine
 from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, priority_t, seed_of, token_hash_t
 from indexer.recorders.quantile_kernels import band_samples, quantile_merge, quantile_update, thresholds
 
@@ -174,6 +175,11 @@ class QuantileSampler(Recorder):
         band_samples(*(self._read(name) for name in ("prio", "vals", "ctxs", "poss")),
                      np.ascontiguousarray(bounds, np.int64), out["prio"], out["value"], out["ctx_id"], out["pos"])
         return {k: v[:, 0] for k, v in out.items()}
+
+    def histogram(self) -> np.ndarray:
+        """int64 [feat, histogram.N_BINS]: every token in the fixed symlog bins of
+        `histogram.hist_edges()`, summed from the fine counts (exact: the grids nest)."""
+        return hist_from_fine(self._read("fine_counts"))
 
     @property
     def edges(self) -> np.ndarray:

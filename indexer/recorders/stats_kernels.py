@@ -1,7 +1,11 @@
 """Numba kernels for Stats. Feature-major (feature_major.py): thread i owns features
-[f0, f0 + n) and walks one feature at a time over the batch's tokens, in token order.
+[f0, f0 + n) and walks one feature at a time over the batch's tokens.
 
-The sums and min/max vectorise; the histogram's scatter stays scalar (into 129 bins, L1).
+Every per-value step is order-free, so the loop over a feature's tokens vectorises: the sums
+of x and x**2 go into exact integer limbs (``indexer.recorders.exactsum``; the caller
+normalises them once the update call is over), and min/max compare the float32 values as
+order-preserving int32 keys (integer min/max reassociate; float min/max do not). Only values
+beyond ``exactsum.BOUND`` (rare) take a second, scalar pass for the float64 side sums.
 """
 
 from __future__ import annotations
@@ -10,45 +14,76 @@ import numpy as np
 from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
+from indexer.recorders.exactsum import BOUND, SIDE, split_nb
 from indexer.recorders.feature_major import TILE, batch_tokens, transpose_tile
-from indexer.recorders.histogram import N_BINS, hist_bin_nb
+
+
+@njit(inline="always", **NJIT_OPTIONS)
+def order_key(u):
+    """An int32 whose integer order is the float order of the float32 with bits u (-0.0 < 0.0)."""
+    return u ^ ((u >> np.int32(31)) & np.int32(0x7FFFFFFF))
+
+
+@njit(**NJIT_OPTIONS)
+def stats_feature(f, x, u, total, total_sq, lo, hi, n_active):
+    """Fold feature f's values x float32 [n] (u: their int32 bits) into its state.
+
+    total, total_sq: int64 [exactsum.ROWS, feat] limbs; lo, hi, n_active [feat].
+    """
+    n = x.shape[0]
+    t1 = t2 = t3 = s1 = s2 = s3 = np.int64(0)
+    n_big = np.int64(0)
+    act = np.int64(0)
+    kmin = order_key(np.array([lo[f]]).view(np.int32)[0])
+    kmax = order_key(np.array([hi[f]]).view(np.int32)[0])
+    for i in range(n):  # vectorised
+        d = np.float64(x[i])
+        small = abs(d) < BOUND  # False for inf and NaN too: they go to the side sums
+        kept = d if small else 0.0
+        n_big += not small
+        a, b, c = split_nb(kept)
+        t1 += a
+        t2 += b
+        t3 += c
+        a, b, c = split_nb(kept * kept)
+        s1 += a
+        s2 += b
+        s3 += c
+        k = order_key(u[i])
+        kmin = k if k < kmin else kmin
+        kmax = k if k > kmax else kmax
+        act += x[i] > 0
+    total[1, f] += t1
+    total[2, f] += t2
+    total[3, f] += t3
+    total_sq[1, f] += s1
+    total_sq[2, f] += s2
+    total_sq[3, f] += s3
+    n_active[f] += act
+    lo[f] = np.array([order_key(kmin)]).view(np.float32)[0]
+    hi[f] = np.array([order_key(kmax)]).view(np.float32)[0]
+    if n_big:  # token order: the side sums are float64 sums (exactsum's docstring)
+        side = total[SIDE, f:f + 1].view(np.float64)
+        side_sq = total_sq[SIDE, f:f + 1].view(np.float64)
+        for i in range(n):
+            d = np.float64(x[i])
+            if not abs(d) < BOUND:
+                side[0] += d
+                side_sq[0] += d * d
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
-def stats_update(acts, lengths, chunk, total, total_sq, lo, hi, n_active, hist):
-    """acts float32 [batch, pos, feat]; state arrays [feat] and hist [feat, N_BINS]."""
+def stats_update(acts, lengths, chunk, total, total_sq, lo, hi, n_active):
+    """acts float32 [batch, pos, feat]; total, total_sq int64 [exactsum.ROWS, feat]; lo, hi,
+    n_active [feat]. The limbs are left for the caller to normalise."""
     n_feat = acts.shape[2]
     rows, poss, _ = batch_tokens(lengths)
     bits = acts.view(np.int32)
     for c in prange((n_feat + chunk - 1) // chunk):
         f1c = min(c * chunk + chunk, n_feat)
         buf = np.empty((TILE, rows.shape[0]), np.int32)
-        scratch = np.empty(rows.shape[0], np.int32)
         for f0 in range(c * chunk, f1c, TILE):
             m = min(TILE, f1c - f0)
             transpose_tile(bits, rows, poss, f0, m, buf)
             for j in range(m):
-                stats_feature(f0 + j, buf[j].view(np.float32), buf[j], total, total_sq, lo, hi,
-                              n_active, hist, scratch)
-
-
-@njit(**NJIT_OPTIONS)
-def stats_feature(f, x, u, total, total_sq, lo, hi, n_active, hist, scratch):
-    """Feature-major: fold feature f's values x float32 [n] (u: their int32 bits)."""
-    n = x.shape[0]
-    s, s2 = total[f], total_sq[f]
-    mn, mx = lo[f], hi[f]
-    act = n_active[f]
-    for i in range(n):  # vectorised, summed in token order
-        v = x[i]
-        d = np.float64(v)
-        s += d
-        s2 += d * d
-        mn = min(mn, v)
-        mx = max(mx, v)
-        act += v > 0
-        scratch[i] = hist_bin_nb(u[i])
-    total[f], total_sq[f], lo[f], hi[f], n_active[f] = s, s2, mn, mx, act
-    h = hist[f]
-    for i in range(n):  # scalar scatter into the feature's 129 bins (L1)
-        h[scratch[i]] += 1
+                stats_feature(f0 + j, buf[j].view(np.float32), buf[j], total, total_sq, lo, hi, n_active)

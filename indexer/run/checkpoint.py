@@ -8,7 +8,9 @@ A truncated, corrupted or edited file (a stream position changed by hand include
 check and is refused (``CorruptState``). The last two checkpoints are kept
 (``checkpoint.npz`` and ``checkpoint.prev.npz``): resuming falls back to the older one when
 the newer is bad. The checksum catches accidents and careless edits, not a forger who
-recomputes it.
+recomputes it. The magic line carries the state format's version (``STATE_VERSION``): a file of
+another version is refused with a message naming both (version 2: the stats' sums became exact
+integer limbs, ``indexer.recorders.exactsum``).
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"
 NEW_CHECKPOINT = "checkpoint.new.npz"  # written in full before the rotation
 CHECKPOINTS = (CHECKPOINT, PREVIOUS_CHECKPOINT, NEW_CHECKPOINT)  # the order resume tries them in
 FINAL_STATE = "state.npz"
-MAGIC = b"NEUROSCOPE-STATE 1\n"
+STATE_VERSION = 2
+MAGIC_PREFIX = b"NEUROSCOPE-STATE "
+MAGIC = MAGIC_PREFIX + b"%d\n" % STATE_VERSION
 
 
 class CorruptState(IndexDirError):
     """A state file is truncated, corrupted or was edited (its checksum does not match)."""
+
+
+class StateVersionError(IndexDirError):
+    """A state file was written in another state format version (by another neuroscope)."""
 
 
 def seal(payload: bytes) -> bytes:
@@ -48,6 +56,10 @@ def seal(payload: bytes) -> bytes:
 
 def unseal(data: bytes, where: str = "state file") -> bytes:
     """The payload of sealed bytes; CorruptState if the seal or checksum is wrong."""
+    if data.startswith(MAGIC_PREFIX) and not data.startswith(MAGIC):
+        version = data[len(MAGIC_PREFIX):len(MAGIC_PREFIX) + 8].split(b"\n")[0].decode("ascii", "replace")
+        raise StateVersionError(f"{where} was written in state format version {version} (by another neuroscope); "
+                                f"this neuroscope reads version {STATE_VERSION}: index again (--overwrite)")
     if not data.startswith(MAGIC):
         what = "is empty" if not data else "has no neuroscope checksum header (not written by this version, or damaged)"
         raise CorruptState(f"{where} {what}")
@@ -89,7 +101,8 @@ def read_checkpoint(out: Path, warn=None) -> bytes | None:
     """The payload of the newest good checkpoint in ``out``, or None if there is none at all.
 
     A bad newer one is reported through ``warn`` and the previous one used; IndexDirError
-    if every checkpoint present is bad."""
+    if every checkpoint present is bad; StateVersionError at once for one of another version
+    (its run was made by another neuroscope: an older checkpoint would not help)."""
     problems = []
     for name in CHECKPOINTS:
         path = out / name
@@ -98,6 +111,8 @@ def read_checkpoint(out: Path, warn=None) -> bytes | None:
         try:
             payload = read_state_file(path)
             _check_npz(payload, str(path))
+        except StateVersionError:
+            raise
         except IndexDirError as e:
             problems.append(str(e))
             continue

@@ -95,7 +95,7 @@ def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, bands: d
     stat_columns = {
         "n_tokens": stats["n_tokens"], "mean": stats["mean"], "std": stats["std"],
         "min": stats["min"], "max": stats["max"], "frac_active": stats["frac_active"],
-        "hist": list(stats["hist"]),
+        "hist": list(rec.samples.histogram()),
         "quantile_edges": list(bands["edges"].astype(np.float32)),
         "bin_counts": list(bands["counts"]),
         "hist_edges": [hist_edges().astype(np.float32)] * n,

@@ -136,6 +136,49 @@ def test_every_checkpoint_bad_is_one_clear_error(model_dir, tmp_path):
         index(small(model_dir, str(out), resume=True), progress=False)
 
 
+def old_format(sealed: bytes) -> bytes:
+    """A state file as neuroscope wrote it before the exact sums: state format 1, float64
+    [n] sums of x and x**2."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    from indexer.recorders import exactsum
+    from indexer.run.checkpoint import unseal
+
+    with np.load(io.BytesIO(unseal(sealed))) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    for key in [k for k in arrays if k.endswith(("stats/total", "stats/total_sq"))]:
+        arrays[key] = np.array([float(u) / 2**64 for u in exactsum.units(arrays[key])])
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    payload = buffer.getvalue()
+    return b"NEUROSCOPE-STATE 1\n" + hashlib.sha256(payload).digest() + payload
+
+
+def test_checkpoints_and_states_of_the_older_format_are_refused_in_one_line(model_dir, whole, tmp_path):
+    from indexer.run.checkpoint import StateVersionError
+
+    out = tmp_path / "old"
+    proc = run_cli_config(small(model_dir, str(out)), {"NEUROSCOPE_TEST_KILL_AT": "batch:7"})
+    proc.communicate(timeout=600)
+    for name in CHECKPOINTS:
+        if (out / name).exists():
+            (out / name).write_bytes(old_format((out / name).read_bytes()))
+    with pytest.raises(StateVersionError, match="checkpoint.npz was written in state format version 1.*reads version 2"):
+        index(small(model_dir, str(out), resume=True), progress=False)
+    proc = run_cli_config(small(model_dir, str(out), resume=True))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "state format version 1" in err
+    shard = tmp_path / "shard"
+    shutil.copytree(whole, shard)
+    (shard / "state.npz").write_bytes(old_format((shard / "state.npz").read_bytes()))
+    with pytest.raises(StateVersionError, match="state.npz was written in state format version 1"):
+        merge([str(shard)], str(tmp_path / "m"), progress=False)
+
+
 def test_failed_checkpoint_write_keeps_the_last_good_one(model_dir, whole, tmp_path, monkeypatch):
     import indexer.run.checkpoint as checkpoint
 
@@ -247,7 +290,7 @@ def test_merge_counts_equal_the_single_run(model_dir, whole, tmp_path):
         shards.append(cfg.out)
     merge(shards, str(tmp_path / "m"), progress=False)
     assert read_manifest(tmp_path / "m")["counts"] == read_manifest(whole)["counts"]
-    assert_same_index(whole, str(tmp_path / "m"), exact_floats=False)
+    assert_same_index(whole, str(tmp_path / "m"))
 
 
 def test_overwrite_deletes_only_an_index(model_dir, whole, tmp_path):

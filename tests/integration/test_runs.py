@@ -40,8 +40,8 @@ def test_shards_merge_into_the_single_run(model_dir, single_run, tmp_path):
         shards.append(cfg.out)
     assert Index.open(shards[1]).sql("SELECT count(*) AS n FROM contexts WHERE ctx_id % 3 != 1")["n"][0] == 0
     merge(shards, str(tmp_path / "merged"), progress=False)
-    # Sums are added in another order across shards, so mean/std agree to rounding only.
-    assert_same_index(single_run, str(tmp_path / "merged"), exact_floats=False)
+    # The stats' sums are exact, so mean and std equal the single run's bit for bit.
+    assert_same_index(single_run, str(tmp_path / "merged"))
     assert Index.open(str(tmp_path / "merged")).manifest["counts"]["tokens"] == 2500
 
 
@@ -103,7 +103,7 @@ def test_torch_backend_gives_the_same_index(model_dir, single_run, tmp_path, mon
     monkeypatch.setenv("NEUROSCOPE_RECORDER_BACKEND", "torch")
     cfg = base_config(model_dir, str(tmp_path / "torch"))
     index(cfg, progress=False)
-    assert_same_index(single_run, cfg.out, exact_floats=False)
+    assert_same_index(single_run, cfg.out)
 
 
 def _cli_args(cfg) -> list[str]:
