@@ -71,7 +71,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     path = tmp_path / "secret.jsonl"
     path.write_text('{"text": "x"}\n')
     # CI runs as root, who can read anything: deny access the way the OS would report it.
-    monkeypatch.setattr("indexer.inputs.corpus.os.access", lambda p, mode: False)
+    monkeypatch.setattr("indexer.inputs.corpus_spec.os.access", lambda p, mode: False)
     with pytest.raises(CorpusError, match="not readable"):
         parse_corpus_spec(str(path))
     monkeypatch.undo()
@@ -80,7 +80,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def denied(self):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("indexer.inputs.corpus.Path.read_bytes", denied)
+    monkeypatch.setattr("indexer.inputs.corpus_files.Path.read_bytes", denied)
     real_open = open
 
     def guarded_open(file, *args, **kwargs):  # JSON Lines are read line by line with open()
