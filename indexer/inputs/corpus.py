@@ -32,7 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
-from indexer.inputs.corpus_counters import CorpusCounters, valid_unicode
+from indexer.inputs.corpus_counters import BadRecord, CorpusCounters, Repaired, bad_record, valid_unicode
 from indexer.inputs.corpus_files import file_records
 from indexer.inputs.corpus_hf import HF_SHUFFLE_BUFFER, hf_records
 from indexer.inputs.corpus_order import buffer_shuffled, parquet_rows, shuffled_list
@@ -54,8 +54,8 @@ def iter_documents(
     if spec.kind == "hf":
         records = hf_records(spec, counters, skip_bad_records, "file", 0)
     else:
-        records = file_records(spec.location, counters, skip_bad_records)
-    yield from _documents(records, counters)
+        records = file_records(spec.location, counters)
+    yield from _documents(records, counters, skip_bad_records)
 
 
 def read_documents(
@@ -71,7 +71,7 @@ def read_documents(
     instead. ``doc_id`` is always the record's index in file order.
     """
     counters.order = order
-    yield from _documents(_ordered_records(spec, counters, skip_bad_records, order, seed), counters)
+    yield from _documents(_ordered_records(spec, counters, skip_bad_records, order, seed), counters, skip_bad_records)
 
 
 def _ordered_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, order: str, seed: int) -> Iterator:
@@ -79,15 +79,18 @@ def _ordered_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, ord
         return hf_records(spec, counters, skip, order, seed)
     if Path(spec.location).suffix == ".parquet":
         return parquet_rows(spec.location, counters, skip, order, seed)
-    records = file_records(spec.location, counters, skip)  # JSON / JSON Lines / text: held in memory anyway
+    records = file_records(spec.location, counters)  # JSON / JSON Lines / text: held in memory anyway
     if order == "file":
         return records
     return shuffled_list(list(records), counters, seed)
 
 
-def _documents(records: Iterator, counters: CorpusCounters) -> Iterator[tuple[int, str | np.ndarray]]:
-    """Count and pass on the non-empty records; texts in pieces, each repaired if need be."""
+def _documents(records: Iterator, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str | np.ndarray]]:
+    """Count and pass on the non-empty records (a bad one: counted, or CorpusError)."""
     for doc_id, content in records:
+        if isinstance(content, BadRecord):
+            bad_record(counters, skip, content.message)
+            continue
         if isinstance(content, np.ndarray):
             counters.kind = "tokens"
             if len(content) == 0:
@@ -96,14 +99,23 @@ def _documents(records: Iterator, counters: CorpusCounters) -> Iterator[tuple[in
             counters.documents += 1
             yield doc_id, content
             continue
-        if not content or content.isspace():  # as `not content.strip()`, without a copy
+        text, repaired = (content.text, True) if isinstance(content, Repaired) else (content, False)
+        if not text or text.isspace():  # as `not text.strip()`, without a copy
             counters.empty_documents += 1
             continue
         counters.documents += 1
-        repaired = CorpusCounters()
-        for start in range(0, len(content), MAX_DOC_CHARS):
-            piece = valid_unicode(content[start:start + MAX_DOC_CHARS], repaired)
-            if repaired.utf8_replaced == 1:  # a record counts once, before its piece is handed on
-                counters.utf8_replaced += 1
-                repaired.utf8_replaced += 1
-            yield doc_id, piece
+        yield from _pieces(doc_id, text, repaired, counters)
+
+
+def _pieces(doc_id: int, text: str, repaired: bool, counters: CorpusCounters) -> Iterator[tuple[int, str]]:
+    """``text`` in pieces of ``MAX_DOC_CHARS``, lone surrogates replaced; a repaired record is
+    counted once, before the first piece that shows it is handed on."""
+    if repaired:
+        counters.utf8_replaced += 1
+    for start in range(0, len(text), MAX_DOC_CHARS):
+        found = CorpusCounters()
+        piece = valid_unicode(text[start:start + MAX_DOC_CHARS], found)
+        if found.utf8_replaced and not repaired:
+            counters.utf8_replaced += 1
+            repaired = True
+        yield doc_id, piece

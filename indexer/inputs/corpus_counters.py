@@ -51,6 +51,22 @@ class CorpusCounters:
         del self.bad_examples[mark[-1]:]
 
 
+@dataclass(frozen=True)
+class BadRecord:
+    """A malformed record, as a reader hands it on: counted (or refused) where the stream reaches
+    it in its order, so a shuffled order places bad records among the others."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """A record's text whose invalid UTF-8 was replaced, as a reader hands it on: counted in
+    ``utf8_replaced`` where the stream reaches it."""
+
+    text: str
+
+
 def bad_record(counters: CorpusCounters, skip: bool, message: str) -> None:
     """A malformed record: CorpusError naming it, or (``skip``) counted with an example."""
     if not skip:

@@ -3,8 +3,10 @@
 
 A UTF-8 byte-order mark is dropped; invalid UTF-8 is replaced and counted; a malformed record
 (not JSON, nested too deeply, no ``text`` string, a non-string Parquet value) is an error naming
-the file and line, or, with ``skip``, counted (``corpus_counters.bad_record``). JSON Lines files
-are read line by line; a huge record is dropped from memory as soon as its text is out.
+the file and line, or, with ``skip_bad_records``, counted: JSON and JSON Lines readers hand it on as a
+``BadRecord`` in its place, and a JSON Lines text with replaced bytes as ``Repaired``, both
+counted where the stream reaches them (``corpus.read_documents``), in whatever order.
+JSON Lines files are read line by line; a huge record's line is dropped as soon as its text is out.
 """
 
 from __future__ import annotations
@@ -14,19 +16,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from indexer.errors import CorpusError, one_line
-from indexer.inputs.corpus_counters import CorpusCounters, bad_record, decode
+from indexer.inputs.corpus_counters import BadRecord, CorpusCounters, Repaired, decode
 
 BOM = b"\xef\xbb\xbf"
 
 
-def file_records(path: str, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str]]:
-    """``(doc_id, text)`` of every record of a local corpus file, in file order."""
+def file_records(path: str, counters: CorpusCounters) -> Iterator[tuple[int, str | BadRecord]]:
+    """``(doc_id, text or BadRecord)`` of every record of a local corpus file, in file order."""
     suffix = Path(path).suffix
     if suffix == ".parquet":
-        return parquet_text_records(path, counters, skip)
+        return parquet_text_records(path, counters)
     if suffix == ".txt":
         return _text_file(path, counters)
-    return _json_records(path, counters, skip)
+    return _json_records(path, counters)
 
 
 def _text_file(path: str, counters: CorpusCounters) -> Iterator[tuple[int, str]]:
@@ -57,7 +59,7 @@ def check_text_column(path: str, file: Any) -> None:
         raise CorpusError(f"{path}: the 'text' column holds {kind}, not strings")
 
 
-def parquet_text_records(path: str, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str]]:
+def parquet_text_records(path: str, counters: CorpusCounters) -> Iterator[tuple[int, str]]:
     """The ``text`` column of a Parquet file, row by row (None: an empty document)."""
     import pyarrow.parquet as pq
 
@@ -84,40 +86,39 @@ def parquet_text_records(path: str, counters: CorpusCounters, skip: bool) -> Ite
             doc_id += 1
 
 
-def _json_records(path: str, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str]]:
+def _json_records(path: str, counters: CorpusCounters) -> Iterator[tuple[int, str | Repaired | BadRecord]]:
     if path.endswith(".json"):
         data = strip_bom(read_bytes(path))
-        whole = _whole_json(path, data, counters, skip)
+        whole = _whole_json(path, data, counters)
         del data
         if whole is not None:
-            yield from _json_array(path, whole, counters, skip)
+            yield from _json_array(path, whole)
             return
     for line_no, raw in enumerate(_lines(path), start=1):
-        text = _json_line(path, line_no, raw, counters, skip)
+        text = _json_line(path, line_no, raw)
         del raw
         if text is not None:
             yield line_no - 1, text
 
 
-def _json_line(path: str, line_no: int, raw: bytes, counters: CorpusCounters, skip: bool) -> str | None:
-    """The ``text`` of one JSON Lines record; None for a blank line or a skipped bad record."""
+def _json_line(path: str, line_no: int, raw: bytes) -> str | Repaired | BadRecord | None:
+    """The ``text`` of one JSON Lines record (Repaired if bytes were replaced), a BadRecord, or
+    None for a blank line."""
     if line_no == 1:
         raw = strip_bom(raw)
     if not raw.strip():
         return None
+    decoded = CorpusCounters()
     try:
-        record = json.loads(decode(raw, counters))
+        record = json.loads(decode(raw, decoded))
     except json.JSONDecodeError as e:
-        bad_record(counters, skip, f"{path}:{line_no}: not valid JSON ({e.msg})")
-        return None
+        return BadRecord(f"{path}:{line_no}: not valid JSON ({e.msg})")
     except RecursionError:
-        bad_record(counters, skip, f"{path}:{line_no}: JSON nested too deeply")
-        return None
+        return BadRecord(f"{path}:{line_no}: JSON nested too deeply")
     text = record.get("text") if isinstance(record, dict) else None
     if not isinstance(text, str):
-        bad_record(counters, skip, f"{path}:{line_no}: record has no 'text' string field")
-        return None
-    return text
+        return BadRecord(f"{path}:{line_no}: record has no 'text' string field")
+    return Repaired(text) if decoded.utf8_replaced else text
 
 
 def _lines(path: str) -> Iterator[bytes]:
@@ -130,7 +131,7 @@ def _lines(path: str) -> Iterator[bytes]:
         raise CorpusError(f"cannot read corpus file {path}: {e.strerror}") from None
 
 
-def _whole_json(path: str, data: bytes, counters: CorpusCounters, skip: bool) -> object | None:
+def _whole_json(path: str, data: bytes, counters: CorpusCounters) -> object | None:
     """The parsed file if it is one JSON document, None if it looks like JSON Lines."""
     decoded = CorpusCounters()  # counted only if the file is one document: else lines count
     try:
@@ -138,17 +139,16 @@ def _whole_json(path: str, data: bytes, counters: CorpusCounters, skip: bool) ->
     except json.JSONDecodeError:
         return None
     except RecursionError:
-        bad_record(counters, skip, f"{path}: JSON nested too deeply")
-        return []
+        return BadRecord(f"{path}: JSON nested too deeply")
     counters.utf8_replaced += decoded.utf8_replaced
     return whole
 
 
-def _json_array(path: str, whole: object, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str]]:
+def _json_array(path: str, whole: object) -> Iterator[tuple[int, str | BadRecord]]:
+    if isinstance(whole, BadRecord):
+        yield 0, whole
+        return
     items = whole if isinstance(whole, list) else [whole]
     for i, record in enumerate(items):
         text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            bad_record(counters, skip, f"{path}: item {i} has no 'text' string field")
-            continue
-        yield i, text
+        yield i, text if isinstance(text, str) else BadRecord(f"{path}: item {i} has no 'text' string field")

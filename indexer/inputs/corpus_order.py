@@ -73,7 +73,7 @@ def parquet_rows(path: str, counters: CorpusCounters, skip: bool, order: str, se
     names = file.schema_arrow.names
     if "tokens" not in names:
         if order == "file":
-            yield from parquet_text_records(path, counters, skip)
+            yield from parquet_text_records(path, counters)
             return
         column = "text"
         if column not in names:
