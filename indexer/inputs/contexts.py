@@ -10,7 +10,12 @@ The token budget counts the tokens of text (BOS excluded), split evenly across c
 stops the stream exactly: the last context of a corpus is cut to fit. With a budget and
 ``order='shuffle'`` each corpus is read in a seeded order spread over all of it (see
 ``corpus.read_documents``); ``counters[name].documents_used`` counts the documents the stream
-actually drew from (not those tokenized ahead).
+actually drew from (not those tokenized ahead), and when the budget ends a corpus's stream its
+other counts (documents, empty documents, bad records, repairs) are set back to what had been
+read up to the last document a context came from (``CorpusCounters.mark`` / ``cover``): the
+manifest describes exactly the documents the index covers. A corpus read to its end counts
+everything. Texts come in pieces of at most ``MAX_DOC_CHARS`` characters, tokenized one call
+at a time; a document's contexts run on across its pieces.
 
 Pre-tokenized rows (token ids) skip the tokenizer and are cut like any document; ``tokens_bos``
 says what happens to a row's leading BOS: 'auto' prepends BOS only to a row that lacks it,
@@ -26,9 +31,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from indexer.errors import CorpusError
-from indexer.inputs.corpus import CorpusCounters, CorpusSpec, read_documents
+from indexer.inputs.corpus import MAX_DOC_CHARS, CorpusCounters, CorpusSpec, read_documents
 
 DOCS_PER_ENCODE = 8  # small: a token budget then tokenizes little past its end
+CHARS_PER_ENCODE = MAX_DOC_CHARS  # characters per tokenizer call, at most about (its memory)
 
 
 @dataclass(frozen=True)
@@ -102,51 +108,75 @@ class ContextStream:
 
     def _corpus_contexts(self, spec: CorpusSpec, budget: int | None) -> Iterator[tuple[str, int, np.ndarray]]:
         counters = self.counters[spec.name]
-        docs = read_documents(spec, counters, self.skip_bad_records, self.effective_order, self.seed)
+        docs = _marked(read_documents(spec, counters, self.skip_bad_records, self.effective_order, self.seed), counters)
         left = budget
-        for doc_id, ids in self._encoded(docs, spec.name):
-            own_start = isinstance(ids, np.ndarray) and self.tokens_bos == "never"
-            room = self.ctx_len if own_start else self.ctx_len - 1
-            used = False
-            for start in range(0, len(ids), room):
-                if left is not None and left <= 0:
-                    return
-                chunk = ids[start : start + room]
-                if own_start:  # the row's first token takes BOS's place
-                    if len(chunk) < 2:
-                        continue
-                    head, chunk = chunk[0], chunk[1:]
-                else:
-                    head = self.bos_id
-                if left is not None:
-                    chunk = chunk[:left]
-                    left -= len(chunk)
-                tokens = np.empty(len(chunk) + 1, dtype=np.int32)
-                tokens[0] = head
-                tokens[1:] = chunk
-                if not used:
-                    counters.documents_used += 1
-                    used = True
-                yield spec.name, doc_id, tokens
+        covered = counters.mark()  # the counts up to the last document a context came from
+        last_doc = None
+        for doc_id, head, chunk, mark in self._chunks(self._encoded(docs, spec.name)):
+            if left is not None and left <= 0:
+                counters.cover(covered)  # the budget ends the stream: read-ahead is not counted
+                return
+            if left is not None:
+                chunk = chunk[:left]
+                left -= len(chunk)
+            tokens = np.empty(len(chunk) + 1, dtype=np.int32)
+            tokens[0] = head
+            tokens[1:] = chunk
+            if doc_id != last_doc:
+                counters.documents_used += 1
+                last_doc = doc_id
+            covered = mark
+            yield spec.name, doc_id, tokens
 
-    def _encoded(self, docs: Iterator[tuple[int, Any]], corpus: str) -> Iterator[tuple[int, Any]]:
-        """Tokenize documents a few at a time (fast tokenizers parallelise a batch); token-id rows
-        pass through (checked against the vocabulary, their leading BOS handled)."""
-        batch: list[tuple[int, str]] = []
-        for doc in docs:
-            if isinstance(doc[1], np.ndarray):
+    def _chunks(self, pieces: Iterator[tuple[int, np.ndarray, tuple, bool]]) -> Iterator[tuple[int, int, np.ndarray, tuple]]:
+        """``(doc_id, head, chunk, mark)``: each document's tokens cut into contexts. The pieces of
+        one text (consecutive, same doc_id) run on: only the document's last context is short."""
+        doc, rest, mark, own = None, np.zeros(0, np.int64), None, False
+        for doc_id, ids, piece_mark, own_start in pieces:
+            if doc_id != doc:
+                yield from self._cut(doc, rest, mark, own, final=True)
+                doc, rest, own = doc_id, ids, own_start
+            else:
+                rest = np.concatenate([rest, ids])
+            mark = piece_mark
+            rest = yield from self._cut(doc, rest, mark, own, final=False)
+        yield from self._cut(doc, rest, mark, own, final=True)
+
+    def _cut(self, doc_id, ids: np.ndarray, mark, own_start: bool, final: bool):
+        """Yield the full contexts of ``ids`` (and, if ``final``, the short last one); return the rest."""
+        room = self.ctx_len if own_start else self.ctx_len - 1
+        end = len(ids) if final else len(ids) - len(ids) % room
+        for start in range(0, end, room):
+            chunk = ids[start:start + room]
+            if own_start:  # the row's first token takes BOS's place
+                if len(chunk) < 2:
+                    continue
+                yield doc_id, int(chunk[0]), chunk[1:], mark
+            else:
+                yield doc_id, self.bos_id, chunk, mark
+        return ids[end:]
+
+    def _encoded(self, docs: Iterator[tuple[int, Any, tuple]], corpus: str) -> Iterator[tuple[int, np.ndarray, tuple, bool]]:
+        """``(doc_id, ids, mark, own_start)``: texts tokenized a few at a time (fast tokenizers
+        parallelise a batch; at most ``CHARS_PER_ENCODE`` characters per call bounds the
+        tokenizer's memory); token-id rows pass through (checked against the vocabulary, their
+        leading BOS handled)."""
+        batch: list[tuple[int, str, tuple]] = []
+        chars = 0
+        for doc_id, content, mark in docs:
+            if isinstance(content, np.ndarray):
                 yield from self._encode(batch)
-                batch = []
-                ids = self._row_ids(corpus, *doc)
+                batch, chars = [], 0
+                ids = self._row_ids(corpus, doc_id, content)
                 if len(ids):
-                    yield doc[0], ids
+                    yield doc_id, ids, mark, self.tokens_bos == "never"
                 continue
-            batch.append(doc)
-            if len(batch) == DOCS_PER_ENCODE:
+            batch.append((doc_id, content, mark))
+            chars += len(content)
+            if len(batch) == DOCS_PER_ENCODE or chars >= CHARS_PER_ENCODE:
                 yield from self._encode(batch)
-                batch = []
-        if batch:
-            yield from self._encode(batch)
+                batch, chars = [], 0
+        yield from self._encode(batch)
 
     def _row_ids(self, corpus: str, doc_id: int, ids: np.ndarray) -> np.ndarray:
         if self.vocab_size is not None and len(ids) and ids.max() >= self.vocab_size:
@@ -161,14 +191,21 @@ class ContextStream:
             return ids[1:]
         return ids
 
-    def _encode(self, batch: list[tuple[int, str]]) -> Iterator[tuple[int, list[int]]]:
+    def _encode(self, batch: list[tuple[int, str, tuple]]) -> Iterator[tuple[int, np.ndarray, tuple, bool]]:
         if not batch:
             return
-        texts = [text for _, text in batch]
+        texts = [text for _, text, _ in batch]
         encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        for (doc_id, _), ids in zip(batch, encoded):
+        del texts
+        for (doc_id, _, mark), ids in zip(batch, encoded):
             if ids:
-                yield doc_id, ids
+                yield doc_id, np.asarray(ids, dtype=np.int64), mark, False
+
+
+def _marked(docs: Iterator[tuple[int, Any]], counters: CorpusCounters) -> Iterator[tuple[int, Any, tuple]]:
+    """Each document with ``counters.mark()`` taken as it is read: the counts up to and including it."""
+    for doc_id, content in docs:
+        yield doc_id, content, counters.mark()
 
 
 def _round_robin(sources: list[Iterator]) -> Iterator:

@@ -23,6 +23,7 @@ from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 
 N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature (tests check they agree)
 ENTRY_BYTES = 24  # value f32 + ctx_id i64 + pos i32 + priority i64, as the recorders keep them
+STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and x**2 (5 words each); min, max
 
 
 def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int) -> dict[str, int]:
@@ -30,8 +31,8 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int) -> dict[str
     bins = len(cfg.quantiles) + 1
     examples = cfg.top_k + bins * cfg.per_bin
     # top-k entries, then per fine bin a count, a cached threshold and per_bin sample entries,
-    # then stats (exact sums: 2 x 5 int64 limbs; count, min, max, n_active)
-    per_feature = cfg.top_k * ENTRY_BYTES + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES) + 10 * 8 + 4 * 8
+    # then stats (the histogram is summed from the fine counts)
+    per_feature = cfg.top_k * ENTRY_BYTES + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES) + STATS_BYTES
     recorders = n_features * per_feature * 2
     window = cfg.window_before + cfg.window_after + 1
     windows = n_features * examples * window * (4 + 4) * 2

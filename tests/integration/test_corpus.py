@@ -71,7 +71,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     path = tmp_path / "secret.jsonl"
     path.write_text('{"text": "x"}\n')
     # CI runs as root, who can read anything: deny access the way the OS would report it.
-    monkeypatch.setattr("indexer.inputs.corpus.os.access", lambda p, mode: False)
+    monkeypatch.setattr("indexer.inputs.corpus_spec.os.access", lambda p, mode: False)
     with pytest.raises(CorpusError, match="not readable"):
         parse_corpus_spec(str(path))
     monkeypatch.undo()
@@ -80,7 +80,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def denied(self):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("indexer.inputs.corpus.Path.read_bytes", denied)
+    monkeypatch.setattr("indexer.inputs.corpus_files.Path.read_bytes", denied)
     real_open = open
 
     def guarded_open(file, *args, **kwargs):  # JSON Lines are read line by line with open()
@@ -157,3 +157,49 @@ def test_token_budget_is_exact(budget, tokenizer):
     assert sum(c.n_text_tokens for c in contexts) == budget
     per_corpus = {name: sum(c.n_text_tokens for c in contexts if c.corpus == name) for name in ("code", "prose")}
     assert per_corpus["code"] - per_corpus["prose"] in (0, 1)
+
+
+# --- one huge line: bounded memory ------------------------------------------------------------
+
+PEAK_CHILD = """
+import resource, sys
+from transformers import AutoTokenizer
+from indexer.inputs.contexts import ContextStream
+from indexer.inputs.corpus import parse_corpus_spec
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[2])
+stream = ContextStream([parse_corpus_spec(sys.argv[1])], tokenizer, bos_id=0, ctx_len=256, max_tokens=20000,
+                       order=sys.argv[3])
+contexts = list(stream)
+assert sum(c.n_text_tokens for c in contexts) == 20000
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def peak_bytes(corpus, order: str) -> int:
+    """Peak resident memory of a child that reads 20,000 tokens' contexts from ``corpus``."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(corpus), str(TOKENIZER_DIR), order],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split()[-1])
+
+
+def test_one_huge_line_is_read_in_bounded_memory(tmp_path):
+    """A 16 MB single-line .txt and .jsonl record against a corpus of short documents: the peak
+    grows by a few copies of the line and one piece's tokenization, not by the tokenizer's ~170
+    bytes per character of a whole-line call (+2.6 GB here; 7.7 GB for a 47 MB line before)."""
+    words = " ".join(f"word{i % 997} and some prose, {i}." for i in range(20000))
+    (tmp_path / "small.jsonl").write_text("".join(json.dumps({"text": words[i:i + 3000]}) + "\n"
+                                                  for i in range(0, len(words), 3000)))
+    line = (words + " ") * (16_000_000 // (len(words) + 1))
+    (tmp_path / "huge.txt").write_text(line)
+    (tmp_path / "huge.jsonl").write_text(json.dumps({"text": line}) + "\n")
+    base = peak_bytes(tmp_path / "small.jsonl", "file")
+    for name, order in (("huge.txt", "shuffle"), ("huge.jsonl", "file")):
+        extra = peak_bytes(tmp_path / name, order) - base
+        # a few copies of the line (bytes, text, parsed text) and one 1 Mi-character tokenizer call
+        # (~200 bytes per character); the old whole-line call took 2.6 GB more here
+        assert extra < 4 * len(line) + 256 * 2**20, (name, order, f"{extra / 2**20:.0f} MiB more than {base / 2**20:.0f}")

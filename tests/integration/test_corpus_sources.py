@@ -75,7 +75,7 @@ def test_budget_draws_a_prefix_of_the_seeded_order_from_the_whole_corpus(tokeniz
         used = [d for corpus, d in first_appearances(contexts) if corpus == name]
         assert used == order[name][: len(used)]  # exactly the first documents of the seeded order
         counters = stream.counters[name]
-        assert counters.documents_used == len(used) and counters.documents >= len(used)  # not read-ahead
+        assert counters.documents_used == len(used) == counters.documents  # not read-ahead
         assert counters.order == "shuffle" and counters.documents_in_source >= n_docs[name]
         # spread over the whole corpus, not a prefix of the file
         assert len(used) >= 8 and max(used) > 0.6 * n_docs[name] and min(used) < 0.4 * n_docs[name]
@@ -226,3 +226,45 @@ def test_shuffle_buffer_of_a_stream():
     # an item leaves the buffer only after it entered: item i is handed out no earlier than step i - 10
     assert all(position >= item - 10 for position, item in enumerate(out))
     assert list(buffer_shuffled(iter(items[:5]), 10, seed=1)) != items[:5]  # shorter than the buffer
+
+
+# --- counts under a budget ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["file", "shuffle"])
+def test_counts_cover_exactly_the_documents_the_stream_used(tokenizer, tmp_path, order):
+    """Bad, empty and repaired records past the budget, and documents tokenized ahead, are not
+    counted; a budget that outlasts the corpus counts everything."""
+    from helpers.corpora import expected_counts, write_mixed_corpus
+
+    records = write_mixed_corpus(tmp_path / "mixed.jsonl")
+    spec = parse_corpus_spec(str(tmp_path / "mixed.jsonl"))
+    total_bad = sum(kind == "bad" for kind, _ in records)
+    for budget in (7, 40, 41, 130, 333, None):
+        stream = ContextStream([spec], tokenizer, bos_id=0, ctx_len=16, max_tokens=budget, order=order, seed=3,
+                               skip_bad_records=True)
+        contexts = list(stream)
+        counters = stream.counters["mixed"]
+        want = expected_counts(records, tokenizer, budget, order, seed=3)
+        got = {key: getattr(counters, key) for key in want}
+        assert got == want, (budget, order)
+        assert counters.documents_used == len({c.doc_id for c in contexts})
+        if budget is not None and budget < 200:
+            assert got["bad_records"] < total_bad  # the corpus is hostile: bad records lie past the budget
+    assert got["bad_records"] == total_bad and len(counters.bad_examples) == 5
+
+
+def test_counts_do_not_depend_on_read_ahead(tokenizer, tmp_path, monkeypatch):
+    """The same budget with tokenizer batches of 1 or 8 documents (reading ahead 0 or 7)."""
+    import indexer.inputs.contexts as contexts
+    from helpers.corpora import write_mixed_corpus
+
+    write_mixed_corpus(tmp_path / "mixed.jsonl")
+    spec = parse_corpus_spec(str(tmp_path / "mixed.jsonl"))
+    seen = []
+    for per_encode in (1, 8):
+        monkeypatch.setattr(contexts, "DOCS_PER_ENCODE", per_encode)
+        stream = ContextStream([spec], tokenizer, bos_id=0, ctx_len=16, max_tokens=60, skip_bad_records=True)
+        list(stream)
+        seen.append(stream.counters["mixed"].to_dict())
+    assert seen[0] == seen[1]

@@ -97,6 +97,7 @@ def test_kill_then_resume_equals_the_uninterrupted_run(point, killed, whole, mod
     assert_same_index(whole, str(out))
     assert leftovers(out) == []  # no temp files, checkpoints or lock in the finished index
     assert read_manifest(out)["counts"] == read_manifest(whole)["counts"]
+    assert read_manifest(out)["corpora"] == read_manifest(whole)["corpora"]
 
 
 def test_kill_in_the_first_checkpoint_write_does_not_leave_the_user_stuck(killed, whole, model_dir, tmp_path):
@@ -291,6 +292,48 @@ def test_merge_counts_equal_the_single_run(model_dir, whole, tmp_path):
     merge(shards, str(tmp_path / "m"), progress=False)
     assert read_manifest(tmp_path / "m")["counts"] == read_manifest(whole)["counts"]
     assert_same_index(whole, str(tmp_path / "m"))
+
+
+def test_manifest_counts_cover_exactly_the_documents_indexed(model_dir, tmp_path):
+    """Bad, empty and repaired records past a small budget (--skip-bad-records): the single run,
+    a killed and resumed run, and shards + merge all count exactly the records up to the last
+    document a context came from (in the shuffled order)."""
+    from transformers import AutoTokenizer
+
+    from helpers.corpora import expected_counts, write_mixed_corpus
+    from helpers.paths import TOKENIZER_DIR
+
+    corpus = tmp_path / "mixed.jsonl"
+    records = write_mixed_corpus(corpus)
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+
+    def config(out: str, **kw):
+        return replace(small(model_dir, str(tmp_path / out), corpus=[str(corpus)], skip_bad_records=True, **kw),
+                       tokens=300)
+
+    want = {**expected_counts(records, tokenizer, 300, "shuffle", seed=config("x").seed),
+            "documents_in_source": len(records), "order": "shuffle"}
+    assert want["bad_records"] < sum(kind == "bad" for kind, _ in records)  # bad records lie past the budget
+
+    def counts(out: str) -> dict:
+        (entry,) = read_manifest(tmp_path / out)["corpora"]
+        return {key: entry[key] for key in want}
+
+    index(config("single"), progress=False)
+    assert counts("single") == want
+    proc = run_cli_config(config("killed"), {"NEUROSCOPE_TEST_KILL_AT": "batch:3"})
+    proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    index(config("killed", resume=True), progress=False)
+    assert counts("killed") == want
+    shards = []
+    for i in range(3):
+        index(config(f"s{i}", shard=(i, 3)), progress=False)
+        shards.append(str(tmp_path / f"s{i}"))
+        assert counts(f"s{i}") == want  # every shard read the same stream
+    merge(shards, str(tmp_path / "merged"), progress=False)
+    assert counts("merged") == want
+    assert read_manifest(tmp_path / "merged")["counts"] == read_manifest(tmp_path / "single")["counts"]
 
 
 def test_overwrite_deletes_only_an_index(model_dir, whole, tmp_path):
