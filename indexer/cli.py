@@ -17,6 +17,7 @@ from indexer.config import IndexConfig
 from indexer.errors import NeuroscopeError
 
 DEMO_DIR = Path("out/demo")
+HEADS_DEMO_TOKENS = 300_000  # toy-attn-2l for the head pages: 32 head features, a few seconds
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo index written to {out}\n")
     _demo_analyses(out)
     _print_demo_summary(out)
+    _demo_heads(out, args.tokens)
     if args.no_view:
         return 0
     if importlib.util.find_spec("viewer.launch") is None:
@@ -134,6 +136,31 @@ def _demo_analyses(out: Path) -> None:
     for name, r in analyze(out, force=True).items():
         print(f"analysis {name}: {r['status']} in {r.get('seconds', 0):.1f} s")
     print()
+
+
+def _demo_heads(out: Path, tokens: int) -> Path:
+    """Index the embedded attention-only toy-attn-2l (which has an induction head) next to the
+    demo index, for the head pages: toy-1l's one layer cannot hold an induction circuit."""
+    from indexer.run.engine import index
+    from indexer.store.query import format_result, run_sql
+
+    heads = out.with_name(out.name + "-heads")
+    config = IndexConfig(model="toy-attn-2l", corpus=["code", "prose"], out=str(heads),
+                         tokens=min(tokens, HEADS_DEMO_TOKENS), overwrite=heads.exists())
+    index(config, progress=True)
+    print(f"\nhead index of toy-attn-2l written to {heads} (view it with: neuroscope view {heads})\n")
+    queries = {
+        "toy-attn-2l: heads most like induction heads": "induction-heads",
+        "toy-attn-2l: where the best induction head attends most (max_attn top examples)": (
+            "SELECT e.layer, e.head, e.activation, e.token_str, e.context_text FROM head_examples e "
+            "JOIN (SELECT layer, head FROM head_wiki ORDER BY induction DESC LIMIT 1) t USING (layer, head) "
+            "WHERE e.metric = 'max_attn' AND e.kind = 'top' ORDER BY e.rank"
+        ),
+    }
+    for title, query in queries.items():
+        df, _ = run_sql(heads, query, limit=5)
+        print(f"{title}:\n{format_result(df, 'table')}\n")
+    return heads
 
 
 def _print_demo_summary(out: Path) -> None:
@@ -249,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_export_html)
 
-    p = sub.add_parser("demo", help="index the embedded toy-1l over the embedded corpora, then view it")
+    p = sub.add_parser("demo", help="index the embedded toy-1l (and toy-attn-2l's heads) over the embedded corpora, then view it")
     p.add_argument("--out", default=str(DEMO_DIR))
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--no-view", action="store_true", help="stop after indexing")

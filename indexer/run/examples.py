@@ -104,7 +104,8 @@ def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> d
     at = examples.pos - examples.window_start
     token_id = tokens[np.arange(n), at] if n else np.zeros(0, np.int32)
     prev_id = tokens[np.arange(n), np.maximum(at - 1, 0)] if n else np.zeros(0, np.int32)
-    texts = decode_many(tokenizer, [t[: length].tolist() for t, length in zip(tokens, examples.window_len)])
+    # one C-level tolist of the whole block, then list slices: a numpy tolist per row costs more
+    texts = decode_many(tokenizer, [row[:length] for row, length in zip(tokens.tolist(), examples.window_len.tolist())])
     return {
         "feature": examples.feature,
         "kind": KINDS[examples.kind],

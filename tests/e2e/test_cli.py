@@ -148,5 +148,7 @@ def test_demo_indexes_the_embedded_default_and_summarises(tmp_path):
     assert "Neurons with the highest activations" in done.stdout and "induction" in done.stdout.lower()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["name"] == "toy-1l" and [c["name"] for c in manifest["corpora"]] == ["code", "prose"]
+    heads = json.loads((tmp_path / "demo-heads" / "manifest.json").read_text())  # the head pages' model
+    assert heads["model"]["name"] == "toy-attn-2l" and "where the best induction head attends" in done.stdout
     again = neuroscope("demo", "--tokens", "3000", "--no-view", "--out", str(out))  # reruns replace the demo index
     assert again.returncode == 0, again.stderr[-2000:]
