@@ -79,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="longest repeated segment r of a synthetic repeat (default: half the context); "
                         "short segments give many more optimizer steps per token, which is what "
                         "makes induction heads form on a CPU budget")
+    p.add_argument("--repeat-random-frac", type=float, default=0.5,
+                   help="fraction of the synthetic repeats made of random tokens (the rest repeat a training span)")
+    p.add_argument("--repeat-vocab", type=int, default=None,
+                   help="random repeats draw token ids from 1..N (default: the whole vocabulary); a "
+                        "small N makes each id recur often, so the copying circuit forms sooner")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: --tokens / the expected tokens per step)")
     return p.parse_args(argv)
@@ -149,13 +154,14 @@ def evaluate(bridge, eval_sets: dict, batch_size: int, bos: int) -> dict[str, fl
 
 
 def repeated_chunk(rng: np.random.Generator, stream: ChunkStream, d_vocab: int, body: int,
-                   len_max: int | None = None) -> np.ndarray:
+                   len_max: int | None = None, random_frac: float = 0.5,
+                   vocab: int | None = None) -> np.ndarray:
     """A synthetic repeat (no BOS): random tokens ``r r`` or a training span ``s s``, with
     ``len(r) <= len_max`` (default ``body // 2``)."""
     body_half = min(body // 2, len_max or body // 2)
-    if rng.random() < 0.5:
+    if rng.random() < random_frac:
         length = int(rng.integers(8, body_half + 1))
-        r = rng.integers(1, d_vocab, size=length)
+        r = rng.integers(1, min(vocab or d_vocab, d_vocab), size=length)
     else:
         chunk = stream.next()
         length = int(rng.integers(min(8, len(chunk)), min(len(chunk), body_half) + 1))
@@ -346,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         names = ["code" if fc else "prose" for fc in from_code]
         chunks = [streams[n].next() for n in names]
         for i in np.flatnonzero(rng.random(args.batch_size) < args.repeat_frac):
-            chunks[i] = repeated_chunk(rng, streams[names[i]], d_vocab, args.ctx_len - 1, args.repeat_len_max)
+            chunks[i] = repeated_chunk(rng, streams[names[i]], d_vocab, args.ctx_len - 1, args.repeat_len_max,
+                                       args.repeat_random_frac, args.repeat_vocab)
             names[i] = "repeat"
         tokens, targets = make_batch(chunks, bos)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
