@@ -41,10 +41,12 @@ class FeatureRecorders:
 
     @classmethod
     def create(cls, n_features: int, quantiles: Any = DEFAULT_QUANTILES, k: int = 20, per_bin: int = 5,
-               salt: int = 0, backend: str | None = None, device: Any = "cpu") -> "FeatureRecorders":
-        """Fresh recorders; quantiles: the requested quantile bin edges, ascending in (0, 1)."""
+               salt: int = 0, backend: str | None = None, device: Any = "cpu",
+               window: tuple[int, int] = (0, 0)) -> "FeatureRecorders":
+        """Fresh recorders; quantiles: the requested quantile bin edges, ascending in (0, 1);
+        window: (before, after), the tokens around each top-k example whose values are kept."""
         backend = backend or default_backend(device)
-        return cls(TopK(n_features, k, backend, device),
+        return cls(TopK(n_features, k, backend, device, *window),
                    QuantileSampler(n_features, quantiles, per_bin, salt, backend, device),
                    Stats(n_features, backend, device))
 
@@ -65,7 +67,8 @@ class FeatureRecorders:
                      tk.vals, tk.ctxs, tk.poss,
                      np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.thr,
                      qs.prio, qs.vals, qs.ctxs, qs.poss,
-                     st.total, st.total_sq, st.lo, st.hi, st.n_active, st.hist)
+                     st.total, st.total_sq, st.lo, st.hi, st.n_active, st.hist,
+                     tk.wins, tk.before)
 
     def nbytes(self) -> int:
         """Bytes of recorder state (fixed at creation: it does not grow with the stream)."""
@@ -99,7 +102,7 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) every numba kernel, e.g. before a progress bar."""
     acts = torch.zeros(1, 2, 1)
     lengths, ctx_ids = torch.tensor([2]), torch.tensor([0])
-    fused = FeatureRecorders.create(1, (0.5,), 1, 1, 0, "numba")
+    fused = FeatureRecorders.create(1, (0.5,), 1, 1, 0, "numba", window=(1, 1))
     fused.update(acts, lengths, ctx_ids)
     for rec in fused.parts().values():
         rec.update(acts, lengths, ctx_ids)

@@ -21,7 +21,8 @@ from indexer.recorders.topk_kernels import topk_feature
 @njit(parallel=True, **NJIT_OPTIONS)
 def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                  seed, keys, counts, thr, prio, s_vals, s_ctxs, s_poss,
-                 total, total_sq, lo, hi, n_active, hist):
+                 total, total_sq, lo, hi, n_active, hist,
+                 tk_wins, tk_before):
     """acts float32 [batch, pos, feat]; the three recorders' arrays, updated in place."""
     n_feat = acts.shape[2]
     rows, poss, starts = batch_tokens(lengths)
@@ -39,7 +40,7 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                 f = f0 + j
                 u = buf[j]
                 x = u.view(np.float32)
-                topk_feature(f, x, starts, ctx_ids, tk_vals, tk_ctxs, tk_poss)
+                topk_feature(f, x, starts, ctx_ids, tk_vals, tk_ctxs, tk_poss, tk_wins, acts, tk_before)
                 stats_feature(f, x, u, total, total_sq, lo, hi, n_active, hist, scratch)
                 quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], counts, thr,
                                  prio, s_vals, s_ctxs, s_poss, qb, hb)
