@@ -52,6 +52,8 @@ class TopK(Recorder):
 
     @classmethod
     def _config_from_state(cls, state):
+        if "before" not in state:
+            raise RecorderError("top-k state without windows: written by an older neuroscope; re-index")
         return {"n_features": int(state["n_features"]), "k": int(state["k"]),
                 "before": int(state["before"]), "after": int(state["after"])}
 

@@ -141,6 +141,9 @@ class Run:
         self.batches_done = progress["batches_done"]
         self.seconds = progress["seconds"]
         self.corpus_tokens = progress["corpus_tokens"]
+        if "store" not in progress:
+            raise IndexDirError("--resume: the checkpoint has no context store (written by an older neuroscope); "
+                                "start again with --overwrite")
         self.store_committed = progress["store"]
 
     def reset(self) -> None:

@@ -32,9 +32,11 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int) -> dict[str
     examples = cfg.top_k + bins * cfg.per_bin
     # top-k entries, then per fine bin a count, a cached threshold and per_bin sample entries,
     # then stats + histogram
-    per_feature = cfg.top_k * ENTRY_BYTES + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES) + 6 * 8 + HIST_BINS * 8
-    recorders = n_features * per_feature * 2
     window = cfg.window_before + cfg.window_after + 1
+    # (+ each top-k entry's window of float32 values, captured while streaming)
+    per_feature = (cfg.top_k * (ENTRY_BYTES + window * 4) + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES)
+                   + 6 * 8 + HIST_BINS * 8)
+    recorders = n_features * per_feature * 2
     windows = n_features * examples * window * (4 + 4) * 2
     batch = cfg.batch_size * ctx_len * n_features * 4 * 3
     return {"recorders": recorders, "windows": windows, "batch": batch, "total": recorders + windows + batch}
