@@ -16,11 +16,13 @@ import torch
 from indexer.recorders.common import RecorderError, check_batch, default_backend, feature_chunk, numpy_batch
 from indexer.recorders.fused import fused_update
 from indexer.recorders.quantiles import QuantileSampler
+from indexer.recorders.sample_windows import SampleWindows, pool_size
 from indexer.recorders.stats import Stats
 from indexer.recorders.topk import TopK
 
 DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
-PARTS: dict[str, type] = {"topk": TopK, "samples": QuantileSampler, "stats": Stats}
+PARTS: dict[str, type] = {"topk": TopK, "samples": QuantileSampler, "stats": Stats, "windows": SampleWindows}
+SWEEP_EVERY = 8  # batches between refreshes of the sample-window caps (and in batches 1, 2 and 4)
 
 
 class FeatureRecorders:
@@ -30,12 +32,14 @@ class FeatureRecorders:
         topk: TopK.  samples: QuantileSampler.  stats: Stats.  (Same n_features, backend.)
     """
 
-    def __init__(self, topk: TopK, samples: QuantileSampler, stats: Stats):
-        sizes = {topk.n_features, samples.n_features, stats.n_features}
-        backends = {(r.backend, r.device) for r in (topk, samples, stats)}
+    def __init__(self, topk: TopK, samples: QuantileSampler, stats: Stats, windows: SampleWindows | None = None):
+        windows = windows or SampleWindows(topk.n_features, 0, topk.backend, topk.device)
+        sizes = {topk.n_features, samples.n_features, stats.n_features, windows.n_features}
+        backends = {(r.backend, r.device) for r in (topk, samples, stats, windows)}
         if len(sizes) != 1 or len(backends) != 1:
             raise RecorderError(f"parts disagree: n_features={sizes}, backend/device={backends}")
-        self.topk, self.samples, self.stats = topk, samples, stats
+        self.topk, self.samples, self.stats, self.windows = topk, samples, stats, windows
+        self._updates = 0  # batches since creation or loading: when to sweep the windows pool
         self.n_features = topk.n_features
         self.backend, self.device = topk.backend, topk.device
 
@@ -46,12 +50,12 @@ class FeatureRecorders:
         """Fresh recorders; quantiles: the requested quantile bin edges, ascending in (0, 1);
         window: (before, after), the tokens around each top-k example whose values are kept."""
         backend = backend or default_backend(device)
-        return cls(TopK(n_features, k, backend, device, *window),
-                   QuantileSampler(n_features, quantiles, per_bin, salt, backend, device),
-                   Stats(n_features, backend, device))
+        samples = QuantileSampler(n_features, quantiles, per_bin, salt, backend, device)
+        return cls(TopK(n_features, k, backend, device, *window), samples, Stats(n_features, backend, device),
+                   SampleWindows(n_features, pool_size(len(samples.quantiles), per_bin), backend, device, *window))
 
     def parts(self) -> dict[str, Any]:
-        return {"topk": self.topk, "samples": self.samples, "stats": self.stats}
+        return {"topk": self.topk, "samples": self.samples, "stats": self.stats, "windows": self.windows}
 
     def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor) -> None:
         """Record one batch: acts [batch, pos, feat], lengths [batch], ctx_ids [batch]."""
@@ -61,14 +65,17 @@ class FeatureRecorders:
             return
         check_batch(acts, lengths, ctx_ids, self.n_features)
         acts, lengths, ctx_ids = numpy_batch(acts, lengths, ctx_ids)
-        tk, qs, st = self.topk, self.samples, self.stats
+        tk, qs, st, sw = self.topk, self.samples, self.stats, self.windows
         st.count += int(np.maximum(lengths - 1, 0).sum())
         fused_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
                      tk.vals, tk.ctxs, tk.poss,
                      np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.thr,
                      qs.prio, qs.vals, qs.ctxs, qs.poss,
                      st.total, st.total_sq, st.lo, st.hi, st.n_active, st.hist,
-                     tk.wins, tk.before)
+                     tk.wins, tk.before,
+                     self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1,
+                     qs.quantiles, sw.cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
+        self._updates += 1
 
     def nbytes(self) -> int:
         """Bytes of recorder state (fixed at creation: it does not grow with the stream)."""
@@ -82,6 +89,7 @@ class FeatureRecorders:
     def merge(self, other: "FeatureRecorders") -> None:
         for name, part in self.parts().items():
             part.merge(other.parts()[name])
+        self.windows.sweep(self.samples)
 
     def state(self) -> dict[str, np.ndarray]:
         """The parts' states, keys prefixed 'topk/', 'samples/', 'stats/'."""
@@ -93,6 +101,8 @@ class FeatureRecorders:
         parts = {}
         for name, kind in PARTS.items():
             prefix = name + "/"
+            if name == "windows" and not any(k.startswith(prefix) for k in state):
+                continue  # a state without a windows pool: an empty one
             parts[name] = kind.from_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                                           backend, device)
         return cls(**parts)

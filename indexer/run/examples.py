@@ -132,6 +132,14 @@ def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = 
                                np.zeros((grid.shape[1], width), np.float32)])
         examples.window_values = np.ascontiguousarray(wins[keep])
         examples.captured = np.concatenate([np.ones(n * k, bool), np.zeros(grid.shape[1], bool)])[keep]
+    pool = getattr(rec, "windows", None)  # quantile samples whose window the stream captured
+    if window is not None and pool is not None and pool.pool and window == (pool.before, pool.after):
+        rows = np.flatnonzero(examples.kind == 1)
+        found, values = pool.lookup(examples.feature[rows], examples.ctx_id[rows], examples.pos[rows])
+        if examples.window_values is None:
+            examples.window_values = np.zeros((len(examples), window[0] + window[1] + 1), np.float32)
+        examples.window_values[rows[found]] = values[found]
+        examples.captured[rows[found]] = True
     return examples
 
 

@@ -23,6 +23,7 @@ from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 
 HIST_BINS = 129  # indexer.recorders.histogram.N_BINS (not imported: keeps this module torch-free)
 N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature (tests check they agree)
+POOL_PER_SAMPLE = 5  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
 ENTRY_BYTES = 24  # value f32 + ctx_id i64 + pos i32 + priority i64, as the recorders keep them
 
 
@@ -36,6 +37,8 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int) -> dict[str
     # (+ each top-k entry's window of float32 values, captured while streaming)
     per_feature = (cfg.top_k * (ENTRY_BYTES + window * 4) + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES)
                    + 6 * 8 + HIST_BINS * 8)
+    # (+ the pool of captured sample windows, indexer.recorders.sample_windows)
+    per_feature += POOL_PER_SAMPLE * bins * cfg.per_bin * (window * 4 + 8 + 8 + 4 + 4)
     recorders = n_features * per_feature * 2
     windows = n_features * examples * window * (4 + 4) * 2
     batch = cfg.batch_size * ctx_len * n_features * 4 * 3

@@ -1,6 +1,7 @@
 """Windows captured while streaming, and the context store, on a real tiny model: the index
 equals the one a brute-force finalize gives (every kept context run through the model again);
-finalize re-runs only the sample contexts and never reads the corpus; shards keep their store
+finalize re-runs only the contexts of samples whose window the pool missed, and never reads
+the corpus; shards keep their store
 and merge reads it."""
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monk
         assert ix.sql("SELECT count(*) AS n FROM examples WHERE kind = 'top' AND window_start = 0")["n"][0] > 0
     with Index.open(brute.out) as ix:
         assert ix.manifest["counts"]["finalize_forward_contexts"] == kept
-    assert n_rerun == sample_ctxs <= kept  # at this size nearly every kept context holds a sample
+    # Nearly every kept context holds a sample here; most samples' windows came from the stream's pool.
+    assert sample_ctxs <= kept and n_rerun < sample_ctxs / 2, (n_rerun, sample_ctxs, kept)
     assert not any((tmp_path / "captured" / name).exists() for name in STORE_FILES)  # a single run drops it
 
 

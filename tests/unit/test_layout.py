@@ -110,7 +110,9 @@ def test_memory_estimate_constants_match_the_recorders():
     from indexer.recorders.histogram import N_BINS
     from indexer.run import safety
 
-    assert (safety.N_FINE, safety.HIST_BINS) == (N_FINE, N_BINS)
+    from indexer.recorders.sample_windows import POOL_PER_SAMPLE
+
+    assert (safety.N_FINE, safety.HIST_BINS, safety.POOL_PER_SAMPLE) == (N_FINE, N_BINS, POOL_PER_SAMPLE)
 
 
 def test_memory_estimate_covers_the_recorder_state_with_windows():

@@ -406,3 +406,27 @@ def test_torch_backend_in_small_steps(monkeypatch):
     edges = edges_for(batches)
     for make_torch, make_numba in zip(makers("torch", edges)[1:3], makers("numba", edges)[1:3]):
         assert_same(run(make_torch, batches), run(make_numba, batches), exact=False)
+
+
+def test_sample_window_pool_holds_true_windows_of_most_samples():
+    batches = make_batches(n_batches=8)
+
+    def make():
+        return FeatureRecorders.create(24, QUANTILES, K, PER_BIN, SALT, "numba", window=(BEFORE, AFTER))
+
+    whole = run(make, batches)
+    halves = run(make, batches[:4]), run(make, batches[4:])
+    halves[0].merge(halves[1])
+    for rec in (whole, halves[0]):
+        pool = rec.windows
+        ctx, pos = pool._numpy("ctx"), pool._numpy("pos")
+        assert ((ctx >= 0).sum(axis=1) + pool.top == pool.pool).all()  # entries + free = the fixed pool
+        np.testing.assert_array_equal(pool._numpy("vals"), brute_windows(batches, ctx, pos, BEFORE, AFTER))
+        bands = rec.samples.bands()
+        s_ctx, s_pos = bands["ctx_id"].reshape(24, -1), bands["pos"].reshape(24, -1)
+        feature = np.broadcast_to(np.arange(24)[:, None], s_ctx.shape)
+        real = s_ctx >= 0
+        found, values = pool.lookup(feature[real], s_ctx[real], s_pos[real])
+        want = brute_windows(batches, s_ctx, s_pos, BEFORE, AFTER)[real]
+        np.testing.assert_array_equal(values[found], want[found])
+        assert found.mean() > 0.8, found.mean()  # most final samples were captured in the stream
