@@ -29,6 +29,7 @@ from indexer.recorders.finebins import N_FINE
 from indexer.recorders.topk_kernels import window_into
 
 MARGIN = 3.0  # cap = MARGIN x the expected largest final-sample priority of the band
+EDGE_BINS = 8  # fine bins either side of an estimated band edge that get the larger cap
 POOL_PER_SAMPLE = 5  # pool entries per feature = POOL_PER_SAMPLE x bands x per_bin
 NO_CAP = np.uint32(0xFFFFFFFF)
 
@@ -146,8 +147,6 @@ def sample_windows_feature(f, x, qb, hb, rows, poss, starts, ctx_ids, acts, befo
         return
     if refresh:
         refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top)
-    if w_top[f] == 0:
-        return
     cf = cap[f]
     for i in range(x.shape[0]):
         q = qb[i]
@@ -156,13 +155,19 @@ def sample_windows_feature(f, x, qb, hb, rows, poss, starts, ctx_ids, acts, befo
             c, t = ctx_ids[b], poss[i]
             if not _in_slots(s_ctxs, s_poss, f, q, c, t):
                 continue
+            if w_top[f] == 0 and not refresh:  # full: tighter caps from the counts so far may free some
+                refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q,
+                                w_free, w_top)
+                refresh = True
+                if hb[i] >= cf[q]:
+                    continue
+            if w_top[f] == 0:
+                continue  # the pool is full: finalize runs the model for this one if it stays a sample
             w_top[f] -= 1
             slot = w_free[f, w_top[f]]
             s = starts[b]
             window_into(w_vals, f, slot, x, s, starts[b + 1] - s + 1, t, before, acts, b)
             w_prio[f, slot], w_ctx[f, slot], w_pos[f, slot], w_q[f, slot] = hb[i], c, t, q
-            if w_top[f] == 0:
-                return
 
 
 @njit(**NJIT_OPTIONS)
@@ -188,14 +193,19 @@ def refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w
         lower = max(upper - 1, 0)
         cum_lower = cum_upper - counts[f, lower] if upper > 0 else 0
         bounds[j + 1] = lower if (target - cum_lower) <= (cum_upper - target) else upper
+    band_cap = np.empty(n_q + 1, np.uint32)
     for i in range(n_q + 1):
         lo, hi = bounds[i], max(bounds[i], bounds[i + 1])
         n = 0
         for q in range(lo, hi):
             n += counts[f, q]
-        c = np.uint32(min(MARGIN * per_bin * 4294967296.0 / max(n, 1), 4294967295.0))
+        band_cap[i] = np.uint32(min(MARGIN * per_bin * 4294967296.0 / max(n, 1), 4294967295.0))
         for q in range(lo, hi):
-            cap[f, q] = c
+            cap[f, q] = band_cap[i]
+    for j in range(n_q):  # edges still move: near one, either band's cap
+        c = max(band_cap[j], band_cap[j + 1])
+        for q in range(max(bounds[j + 1] - EDGE_BINS, 0), min(bounds[j + 1] + EDGE_BINS, n_fine)):
+            cap[f, q] = max(cap[f, q], c)
     top = 0
     for slot in range(w_ctx.shape[1]):
         c = w_ctx[f, slot]
