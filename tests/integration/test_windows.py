@@ -60,7 +60,7 @@ def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monk
     with Index.open(brute.out) as ix:
         assert ix.manifest["counts"]["finalize_forward_contexts"] == kept
     # Nearly every kept context holds a sample here; most samples' windows came from the stream's pool.
-    assert sample_ctxs <= kept and n_rerun < sample_ctxs / 2, (n_rerun, sample_ctxs, kept)
+    assert sample_ctxs <= kept and n_rerun < sample_ctxs / 5, (n_rerun, sample_ctxs, kept)  # 3 of 82 today
     assert not any((tmp_path / "captured" / name).exists() for name in STORE_FILES)  # a single run drops it
 
 
