@@ -1,7 +1,8 @@
 """FeatureRecorders: the top-k, quantile samples and stats of one site's features, as one.
 
-One object, one vocabulary: ``topk``, ``samples`` and ``stats`` are the parts, and update,
-merge, state and from_state act on all three. With the numba backend one fused kernel
+One object, one vocabulary: ``topk``, ``samples`` and ``stats`` are the parts (plus
+``windows``, the pool of captured quantile-sample windows, ``sample_windows.py``), and update,
+merge, state and from_state act on all of them. With the numba backend one fused kernel
 (``indexer.recorders.fused``) updates the three in a single pass over each batch; the torch
 backend updates them one after another, with identical results.
 """

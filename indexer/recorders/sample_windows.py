@@ -4,17 +4,26 @@ per-feature pool, so finalize runs the model only over the samples it missed.
 A band's final sample is the ``per_bin`` smallest priorities among its ``N`` tokens, and
 priorities are uniform in [0, 2**32): its largest is about ``per_bin * 2**32 / N``. So a
 fine-bin sample slot whose priority is below ``cap = MARGIN * per_bin * 2**32 / N̂`` (N̂: the
-count of the band its fine bin falls in, estimated from the current fine counts) is a likely
-final sample. Inside the fused kernel, after a feature's sample slots took the batch's
-tokens, each token under its bin's cap that sits in its bin's slots gets its window copied
-into a free pool entry (none free: skipped). ``sweep`` (every few batches, and after merge)
-recomputes the caps and frees entries whose priority rose above the cap or whose token left
-its bin's slots; the pool never grows past ``pool`` entries per feature.
+count of the band its fine bin falls in, estimated from the feature's current fine counts as
+the end will cut them; fine bins within ``EDGE_BINS`` of an estimated edge take the larger
+cap of the two bands, since edges still move) is a likely final sample.
+
+Inside the fused kernel, after ``quantile_feature`` folded a feature's tokens:
+``sample_windows_feature`` copies the window of each token under its bin's cap that sits in
+its bin's sample slots into a free pool entry. In batches 1, 2, 4 and every ``SWEEP_EVERY``th
+(and whenever the feature's pool is full) ``refresh_feature`` first recomputes the feature's
+caps and frees entries whose priority is now above the cap or whose token left its bin's
+slots. The pool never grows past ``pool`` entries per feature; a token met while it is full
+is not captured.
 
 Exactness does not depend on what is captured: an entry's window is the token's true window,
 and finalize runs the model over the contexts of final samples without one. Which entries
-are captured depends on batch timing (and is not carried across backends: the torch backend
-captures nothing yet, so its finalize re-runs every sample context).
+are captured depends on batch timing (and the torch backend captures none yet, so its
+finalize re-runs every sample context).
+
+numba's cache keys each kernel on its own file's contents: a change here does not recompile
+``fused_update`` (which inlines ``sample_windows_feature``); change fused.py too, or clear
+``indexer/recorders/__pycache__``.
 """
 
 from __future__ import annotations
