@@ -4,7 +4,7 @@ every kept context (the one before the context store and captured windows) would
     PYTHONPATH=. .venv/bin/python scripts/finalize_counts.py DIR
 
 DIR: a finished index. ``before``: the distinct contexts its examples (top-k and samples,
-neurons and heads) use; ``after``: ``manifest.json`` → ``counts.finalize_forward_contexts``;
+neurons and heads) use; ``after``: ``manifest.json`` → ``timing.finalize_forward_contexts``;
 ``top_only``/``samples``: the contexts that hold only top-k examples / some quantile sample.
 Counts only, no timing: safe on a busy machine.
 """
@@ -22,7 +22,7 @@ def counts(folder: str) -> dict[str, int | None]:
         rows = "SELECT ctx_id, kind FROM examples UNION ALL SELECT ctx_id, kind FROM head_examples"
         got = ix.sql(f"SELECT count(DISTINCT ctx_id) AS kept, count(DISTINCT ctx_id) FILTER (WHERE kind = 'quantile') "
                      f"AS samples FROM ({rows})").iloc[0]
-        return {"before": int(got["kept"]), "after": ix.manifest["counts"].get("finalize_forward_contexts"),
+        return {"before": int(got["kept"]), "after": ix.manifest["timing"].get("finalize_forward_contexts"),
                 "samples": int(got["samples"]), "top_only": int(got["kept"] - got["samples"]),
                 "contexts": ix.manifest["counts"]["contexts"]}
 

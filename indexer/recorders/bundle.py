@@ -89,8 +89,9 @@ class FeatureRecorders:
 
     def merge(self, other: "FeatureRecorders") -> None:
         for name, part in self.parts().items():
-            part.merge(other.parts()[name])
-        self.windows.sweep(self.samples)
+            if name != "windows":
+                part.merge(other.parts()[name])
+        self.windows.merge_with(other.windows, self.samples)  # needs the merged samples
 
     def state(self) -> dict[str, np.ndarray]:
         """The parts' states, keys prefixed 'topk/', 'samples/', 'stats/'."""

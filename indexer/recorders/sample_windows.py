@@ -128,10 +128,23 @@ class SampleWindows(Recorder):
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
         """Nothing yet: the torch backend captures no sample windows."""
 
-    def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
-        """Other's entries into free entries (the sampler's merge then sweeps)."""
+    def merge_with(self, other: "SampleWindows", samples: Any) -> None:
+        """Fold another pool in, ``samples`` already merged: first free this pool's entries the
+        merged sampler no longer needs, then take the other's entries that are still in their
+        bin's slots and under its cap, while there is room."""
+        self._check_mergeable(other)
+        if self.backend != "numba" or self.pool == 0:
+            return
+        self.sweep(samples)
+        o = {name: other._numpy(name) for name in self.arrays}
         merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
-                   other["vals"], other["prio"], other["ctx"], other["pos"], other["q"])
+                   o["vals"], o["prio"], o["ctx"], o["pos"], o["q"], self.cap, samples.ctxs, samples.poss)
+
+    def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
+        """Other's entries into free entries, unfiltered (``merge_with`` is the one runs use)."""
+        no_cap = np.full((self.n_features, N_FINE), NO_CAP, np.uint32)
+        merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
+                   other["vals"], other["prio"], other["ctx"], other["pos"], other["q"], no_cap, None, None)
 
     def _merge_torch(self, other) -> None:
         """Nothing: the torch backend keeps its own (empty) pool."""
@@ -236,10 +249,15 @@ def refresh_all(counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
-def merge_pool(w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top, o_vals, o_prio, o_ctx, o_pos, o_q):
+def merge_pool(w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top, o_vals, o_prio, o_ctx, o_pos, o_q,
+               cap, s_ctxs, s_poss):
+    """Other's entries into free entries: those under their bin's cap and (with s_ctxs) still
+    in its sample slots, not already here."""
     for f in prange(w_ctx.shape[0]):
         for i in range(o_ctx.shape[1]):
-            if o_ctx[f, i] < 0 or w_top[f] == 0:
+            if o_ctx[f, i] < 0 or w_top[f] == 0 or not o_prio[f, i] < cap[f, o_q[f, i]]:
+                continue
+            if s_ctxs is not None and not _in_slots(s_ctxs, s_poss, f, o_q[f, i], o_ctx[f, i], o_pos[f, i]):
                 continue
             dup = False
             for slot in range(w_ctx.shape[1]):

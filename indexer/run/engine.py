@@ -270,12 +270,14 @@ class Run:
             "head_metrics": {name: HEAD_METRIC_HELP[name] for name in HEAD_METRICS},
             "quantiles": list(self.cfg.quantiles),
             "hist_edges": hist_edges().tolist(),
-            "counts": {"tokens": self.tokens_done, "contexts": self.position, "batches": self.batches_done,
-                       "finalize_forward_contexts": self.finalize_forward_contexts},
+            "counts": {"tokens": self.tokens_done, "contexts": self.position, "batches": self.batches_done},
             "timing": {
                 "stream_seconds": round(self.seconds, 3),
                 "finalize_seconds": round(finalize_seconds, 3),
                 "finalize_phases_s": self.finalize_phases,
+                # contexts finalize ran the model over: those of samples whose window the
+                # stream's pool missed (depends on batch timing, like the seconds)
+                "finalize_forward_contexts": self.finalize_forward_contexts,
                 "tokens_per_second": round(self.tokens_done / self.seconds, 1) if self.seconds else None,
             },
             "versions": versions(),

@@ -50,7 +50,7 @@ def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monk
     assert calls == [1]
     assert_same_index(brute.out, cfg.out)
     with Index.open(cfg.out) as ix:
-        n_rerun = ix.manifest["counts"]["finalize_forward_contexts"]
+        n_rerun = ix.manifest["timing"]["finalize_forward_contexts"]
         sample_ctxs = ix.sql("SELECT count(DISTINCT ctx_id) AS n FROM (SELECT ctx_id FROM examples WHERE kind = 'quantile' "
                              "UNION ALL SELECT ctx_id FROM head_examples WHERE kind = 'quantile')")["n"][0]
         kept = ix.sql("SELECT count(DISTINCT ctx_id) AS n FROM (SELECT ctx_id FROM examples "
@@ -58,7 +58,7 @@ def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monk
         # Windows that reach BOS carry its activation (from the stream, as the forward gives it).
         assert ix.sql("SELECT count(*) AS n FROM examples WHERE kind = 'top' AND window_start = 0")["n"][0] > 0
     with Index.open(brute.out) as ix:
-        assert ix.manifest["counts"]["finalize_forward_contexts"] == kept
+        assert ix.manifest["timing"]["finalize_forward_contexts"] == kept
     # Nearly every kept context holds a sample here; most samples' windows came from the stream's pool.
     assert sample_ctxs <= kept and n_rerun < sample_ctxs / 5, (n_rerun, sample_ctxs, kept)  # 3 of 82 today
     assert not any((tmp_path / "captured" / name).exists() for name in STORE_FILES)  # a single run drops it
@@ -76,4 +76,6 @@ def test_shards_keep_their_store_and_merge_reads_it(model_dir, tmp_path, monkeyp
     monkeypatch.setattr(ContextStream, "contexts", _no_corpus)
     merge(shards, str(tmp_path / "merged"), progress=False)
     assert_same_index(single.out, str(tmp_path / "merged"), exact_floats=False)
+    with Index.open(str(tmp_path / "merged")) as ix:  # the shards' pools carry into the merge
+        assert ix.manifest["timing"]["finalize_forward_contexts"] < ix.manifest["counts"]["contexts"] / 5
     assert not any((tmp_path / "merged" / name).exists() for name in STORE_FILES)
