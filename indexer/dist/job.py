@@ -26,7 +26,7 @@ from typing import Any
 from indexer import errors
 from indexer.config import IndexConfig
 from indexer.dist.cluster import open_client, workers_of, workers_per_host
-from indexer.dist.shard import index_shard, merge_results
+from indexer.dist.shard import index_shard, merge_results, shard_dir
 from indexer.dist.spec import JOB_FILE, SHARDS_DIR, check_options
 from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 from indexer.run.checkpoint import load_states
@@ -73,6 +73,7 @@ def index_on_dask(cfg: IndexConfig, progress: bool = True) -> Path:
         "n_shards": n, "stream_wall_seconds": round(wall, 3),
         "redone_batches": sum(s["redone_batches"] for s in shards), "shards": shards,
     }}
+    run.store_folders = [shard_dir(root, i, n) for i in range(n)]  # the shards' context stores
     path = run.finalize(progress)
     shutil.rmtree(root, ignore_errors=True)  # the manifest is written: the checkpoints are no longer needed
     return path

@@ -1,7 +1,8 @@
 """FeatureRecorders: the top-k, quantile samples and stats of one site's features, as one.
 
-One object, one vocabulary: ``topk``, ``samples`` and ``stats`` are the parts, and update,
-merge, state and from_state act on all three. With the numba backend one fused kernel
+One object, one vocabulary: ``topk``, ``samples`` and ``stats`` are the parts (plus
+``windows``, the pool of captured quantile-sample windows, ``sample_windows.py``), and update,
+merge, state and from_state act on all of them. With the numba backend one fused kernel
 (``indexer.recorders.fused``) updates the three in a single pass over each batch; the torch
 backend updates them one after another, with identical results.
 """
@@ -17,11 +18,13 @@ from indexer.recorders import exactsum
 from indexer.recorders.common import RecorderError, check_batch, default_backend, feature_chunk, numpy_batch
 from indexer.recorders.fused import fused_update
 from indexer.recorders.quantiles import QuantileSampler
+from indexer.recorders.sample_windows import SampleWindows, pool_size
 from indexer.recorders.stats import Stats
 from indexer.recorders.topk import TopK
 
 DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
-PARTS: dict[str, type] = {"topk": TopK, "samples": QuantileSampler, "stats": Stats}
+PARTS: dict[str, type] = {"topk": TopK, "samples": QuantileSampler, "stats": Stats, "windows": SampleWindows}
+SWEEP_EVERY = 8  # batches between refreshes of the sample-window caps (and in batches 1, 2 and 4)
 
 
 class FeatureRecorders:
@@ -31,26 +34,30 @@ class FeatureRecorders:
         topk: TopK.  samples: QuantileSampler.  stats: Stats.  (Same n_features, backend.)
     """
 
-    def __init__(self, topk: TopK, samples: QuantileSampler, stats: Stats):
-        sizes = {topk.n_features, samples.n_features, stats.n_features}
-        backends = {(r.backend, r.device) for r in (topk, samples, stats)}
+    def __init__(self, topk: TopK, samples: QuantileSampler, stats: Stats, windows: SampleWindows | None = None):
+        windows = windows or SampleWindows(topk.n_features, 0, topk.backend, topk.device)
+        sizes = {topk.n_features, samples.n_features, stats.n_features, windows.n_features}
+        backends = {(r.backend, r.device) for r in (topk, samples, stats, windows)}
         if len(sizes) != 1 or len(backends) != 1:
             raise RecorderError(f"parts disagree: n_features={sizes}, backend/device={backends}")
-        self.topk, self.samples, self.stats = topk, samples, stats
+        self.topk, self.samples, self.stats, self.windows = topk, samples, stats, windows
+        self._updates = 0  # batches since creation or loading: when to sweep the windows pool
         self.n_features = topk.n_features
         self.backend, self.device = topk.backend, topk.device
 
     @classmethod
     def create(cls, n_features: int, quantiles: Any = DEFAULT_QUANTILES, k: int = 20, per_bin: int = 5,
-               salt: int = 0, backend: str | None = None, device: Any = "cpu") -> "FeatureRecorders":
-        """Fresh recorders; quantiles: the requested quantile bin edges, ascending in (0, 1)."""
+               salt: int = 0, backend: str | None = None, device: Any = "cpu",
+               window: tuple[int, int] = (0, 0)) -> "FeatureRecorders":
+        """Fresh recorders; quantiles: the requested quantile bin edges, ascending in (0, 1);
+        window: (before, after), the tokens around each top-k example whose values are kept."""
         backend = backend or default_backend(device)
-        return cls(TopK(n_features, k, backend, device),
-                   QuantileSampler(n_features, quantiles, per_bin, salt, backend, device),
-                   Stats(n_features, backend, device))
+        samples = QuantileSampler(n_features, quantiles, per_bin, salt, backend, device)
+        return cls(TopK(n_features, k, backend, device, *window), samples, Stats(n_features, backend, device),
+                   SampleWindows(n_features, pool_size(len(samples.quantiles), per_bin), backend, device, *window))
 
     def parts(self) -> dict[str, Any]:
-        return {"topk": self.topk, "samples": self.samples, "stats": self.stats}
+        return {"topk": self.topk, "samples": self.samples, "stats": self.stats, "windows": self.windows}
 
     def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor) -> None:
         """Record one batch: acts [batch, pos, feat], lengths [batch], ctx_ids [batch]."""
@@ -60,7 +67,7 @@ class FeatureRecorders:
             return
         check_batch(acts, lengths, ctx_ids, self.n_features)
         acts, lengths, ctx_ids = numpy_batch(acts, lengths, ctx_ids)
-        tk, qs, st = self.topk, self.samples, self.stats
+        tk, qs, st, sw = self.topk, self.samples, self.stats, self.windows
         n_values = int(np.maximum(lengths - 1, 0).sum())
         exactsum.check_capacity(n_values)
         st.count += n_values
@@ -68,8 +75,12 @@ class FeatureRecorders:
                      tk.vals, tk.ctxs, tk.poss,
                      np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.thr,
                      qs.prio, qs.vals, qs.ctxs, qs.poss,
-                     st.total, st.total_sq, st.lo, st.hi, st.n_active)
+                     st.total, st.total_sq, st.lo, st.hi, st.n_active,
+                     tk.wins, tk.before,
+                     self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1,
+                     qs.quantiles, sw.cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
         st.normalise()
+        self._updates += 1
 
     def nbytes(self) -> int:
         """Bytes of recorder state (fixed at creation: it does not grow with the stream)."""
@@ -82,7 +93,9 @@ class FeatureRecorders:
 
     def merge(self, other: "FeatureRecorders") -> None:
         for name, part in self.parts().items():
-            part.merge(other.parts()[name])
+            if name != "windows":
+                part.merge(other.parts()[name])
+        self.windows.merge_with(other.windows, self.samples)  # needs the merged samples
 
     def state(self) -> dict[str, np.ndarray]:
         """The parts' states, keys prefixed 'topk/', 'samples/', 'stats/'."""
@@ -94,6 +107,8 @@ class FeatureRecorders:
         parts = {}
         for name, kind in PARTS.items():
             prefix = name + "/"
+            if name == "windows" and not any(k.startswith(prefix) for k in state):
+                continue  # a state without a windows pool: an empty one
             parts[name] = kind.from_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                                           backend, device)
         return cls(**parts)
@@ -103,7 +118,7 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) every numba kernel, e.g. before a progress bar."""
     acts = torch.zeros(1, 2, 1)
     lengths, ctx_ids = torch.tensor([2]), torch.tensor([0])
-    fused = FeatureRecorders.create(1, (0.5,), 1, 1, 0, "numba")
+    fused = FeatureRecorders.create(1, (0.5,), 1, 1, 0, "numba", window=(1, 1))
     fused.update(acts, lengths, ctx_ids)
     for rec in fused.parts().values():
         rec.update(acts, lengths, ctx_ids)

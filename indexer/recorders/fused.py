@@ -14,6 +14,7 @@ from numba import njit, prange
 from indexer.recorders.common import NJIT_OPTIONS
 from indexer.recorders.feature_major import TILE, batch_tokens, token_hashes, transpose_tile
 from indexer.recorders.quantile_kernels import quantile_feature
+from indexer.recorders.sample_windows import sample_windows_feature
 from indexer.recorders.stats_kernels import stats_feature
 from indexer.recorders.topk_kernels import topk_feature
 
@@ -21,7 +22,9 @@ from indexer.recorders.topk_kernels import topk_feature
 @njit(parallel=True, **NJIT_OPTIONS)
 def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                  seed, keys, counts, thr, prio, s_vals, s_ctxs, s_poss,
-                 total, total_sq, lo, hi, n_active):
+                 total, total_sq, lo, hi, n_active,
+                 tk_wins, tk_before,
+                 sw_refresh, sw_quantiles, sw_cap, sw_vals, sw_prio, sw_ctx, sw_pos, sw_q, sw_free, sw_top):
     """acts float32 [batch, pos, feat]; the three recorders' arrays, updated in place."""
     n_feat = acts.shape[2]
     rows, poss, starts = batch_tokens(lengths)
@@ -39,7 +42,10 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                 f = f0 + j
                 u = buf[j]
                 x = u.view(np.float32)
-                topk_feature(f, x, starts, ctx_ids, tk_vals, tk_ctxs, tk_poss)
+                topk_feature(f, x, starts, ctx_ids, tk_vals, tk_ctxs, tk_poss, tk_wins, acts, tk_before)
                 stats_feature(f, x, u, total, total_sq, lo, hi, n_active)
                 quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], counts, thr,
                                  prio, s_vals, s_ctxs, s_poss, qb, hb)
+                sample_windows_feature(f, x, qb, hb, rows, poss, starts, ctx_ids, acts, tk_before, sw_refresh, counts,
+                                       sw_quantiles, sw_cap, s_ctxs, s_poss, sw_vals, sw_prio, sw_ctx, sw_pos, sw_q,
+                                       sw_free, sw_top)

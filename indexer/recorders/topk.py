@@ -20,39 +20,58 @@ class TopK(Recorder):
     ties). Lists are sorted by value descending, then ctx_id ascending; a context appears
     at most once. Empty slots: value -inf, ctx_id -1, pos -1.
 
+    Each entry keeps its window (topk_kernels.py): the feature's values from
+    ``max(pos - before, 0)`` to ``min(pos + after, length - 1)``, zero-padded to
+    ``W = before + after + 1``, so finalize needs no forward pass for top-k examples.
+
     Attributes:
         vals: float32 [feat, k].  ctxs: int64 [feat, k].  poss: int32 [feat, k].
+        wins: float32 [feat, k, W].
     """
 
     kind = "topk"
-    arrays = ("vals", "ctxs", "poss")
+    arrays = ("vals", "ctxs", "poss", "wins")
 
-    def __init__(self, n_features: int, k: int = 20, backend: str | None = None, device="cpu"):
+    def __init__(self, n_features: int, k: int = 20, backend: str | None = None, device="cpu",
+                 before: int = 0, after: int = 0):
         super().__init__(backend, device)
         if k < 1:
             raise RecorderError(f"k={k} but expected k >= 1")
+        if before < 0 or after < 0:
+            raise RecorderError(f"window before={before}, after={after} but expected both >= 0")
         self.n_features, self.k = int(n_features), int(k)
+        self.before, self.after = int(before), int(after)
+        self.width = self.before + self.after + 1
         self.vals = self._array(np.full((self.n_features, self.k), -np.inf, np.float32))
         self.ctxs = self._array(np.full((self.n_features, self.k), -1, np.int64))
         self.poss = self._array(np.full((self.n_features, self.k), -1, np.int32))
+        self.wins = self._array(np.zeros((self.n_features, self.k, self.width), np.float32))
 
     def config(self) -> dict[str, Any]:
-        return {"n_features": self.n_features, "k": self.k}
+        return {"n_features": self.n_features, "k": self.k, "before": self.before, "after": self.after}
 
     @classmethod
     def _config_from_state(cls, state):
-        return {"n_features": int(state["n_features"]), "k": int(state["k"])}
+        if "before" not in state:
+            raise RecorderError("top-k state without windows: written by an older neuroscope; re-index")
+        return {"n_features": int(state["n_features"]), "k": int(state["k"]),
+                "before": int(state["before"]), "after": int(state["after"])}
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(values float32, ctx_ids int64, pos int32), each [feat, k], best first."""
         return self._numpy("vals"), self._numpy("ctxs"), self._numpy("poss")
 
+    def windows(self) -> np.ndarray:
+        """float32 [feat, k, W]: each entry's window, in the order of ``result``."""
+        return self._numpy("wins")
+
     def _update_numba(self, acts, lengths, ctx_ids) -> None:
         topk_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
-                    self.vals, self.ctxs, self.poss)
+                    self.vals, self.ctxs, self.poss, self.wins, self.before)
 
     def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
-        topk_merge(self.vals, self.ctxs, self.poss, other["vals"], other["ctxs"], other["poss"])
+        topk_merge(self.vals, self.ctxs, self.poss, self.wins,
+                   other["vals"], other["ctxs"], other["poss"], other["wins"])
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
         n_batch, n_pos, _ = acts.shape
@@ -64,25 +83,42 @@ class TopK(Recorder):
         vals = torch.where(has, best, float("-inf")).T  # [feat, batch]
         ctxs = torch.where(has, ctx_ids[:, None], -1).expand(-1, self.n_features).T
         poss = torch.where(has, first, -1).to(torch.int32).T
-        self._keep_best(vals, ctxs, poss)
+        wins = self._windows_torch(acts, lengths, first).masked_fill(~has[:, :, None], 0)  # [batch, feat, W]
+        self._keep_best(vals, ctxs, poss, wins.transpose(0, 1))
+
+    def _windows_torch(self, acts, lengths, first) -> torch.Tensor:
+        """[batch, feat, W]: each feature's values over the window around its first max."""
+        n_pos = acts.shape[1]
+        start = (first - self.before).clamp(min=0)  # [batch, feat]
+        stop = torch.minimum(first + self.after + 1, lengths[:, None])
+        cols = start[:, :, None] + torch.arange(self.width, device=acts.device)  # [batch, feat, W]
+        inside = cols < stop[:, :, None]
+        got = acts.gather(1, cols.clamp(max=n_pos - 1).transpose(1, 2))  # [batch, W, feat]
+        return got.transpose(1, 2).masked_fill(~inside, 0)
 
     def _merge_torch(self, other: dict[str, torch.Tensor]) -> None:
-        self._keep_best(other["vals"], other["ctxs"], other["poss"])
+        self._keep_best(other["vals"], other["ctxs"], other["poss"], other["wins"])
 
-    def _keep_best(self, vals, ctxs, poss) -> None:
-        """Replace the lists by the top k of lists + candidates [feat, m]."""
+    def _keep_best(self, vals, ctxs, poss, wins) -> None:
+        """Replace the lists by the top k of lists + candidates [feat, m] (windows [feat, m, W])."""
         v = torch.cat([self.vals, vals], dim=1)
         c = torch.cat([self.ctxs, ctxs], dim=1)
         p = torch.cat([self.poss, poss], dim=1)
+        w = torch.cat([self.wins, wins], dim=1)
         # 1) order by (ctx, value desc) and blank all but the best entry of each context
-        v, c, p = _take(_lexsort(-v, _ctx_key(c)), v, c, p)
+        order = _lexsort(-v, _ctx_key(c))
+        v, c, p = _take(order, v, c, p)
+        w = w.gather(1, order[:, :, None].expand(-1, -1, self.width))
         key = _ctx_key(c)
         dup = torch.zeros_like(c, dtype=torch.bool)
         dup[:, 1:] = (key[:, 1:] == key[:, :-1]) & (c[:, 1:] >= 0)
         v, c, p = v.masked_fill(dup, float("-inf")), c.masked_fill(dup, -1), p.masked_fill(dup, -1)
+        w = w.masked_fill(dup[:, :, None], 0)
         # 2) order by (value desc, ctx) and keep k
-        v, c, p = _take(_lexsort(_ctx_key(c), -v), v, c, p)
-        self.vals, self.ctxs, self.poss = (a[:, :self.k].contiguous() for a in (v, c, p))
+        order = _lexsort(_ctx_key(c), -v)[:, :self.k]
+        v, c, p = _take(order, v, c, p)
+        w = w.gather(1, order[:, :, None].expand(-1, -1, self.width))
+        self.vals, self.ctxs, self.poss, self.wins = (a.contiguous() for a in (v, c, p, w))
 
 
 def _ctx_key(c: torch.Tensor) -> torch.Tensor:

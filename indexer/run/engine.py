@@ -25,6 +25,7 @@ from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
 from indexer.inputs.models import LoadedModel, load_model
 from indexer.recorders import FeatureRecorders, default_backend, hist_edges, warm_up
+from indexer.run.context_store import ContextStore
 from indexer.run.checkpoint import load_states, read_checkpoint, read_extra, save_states, site_salt, write_checkpoint
 from indexer.run.outdir import claimed_out_dir, meaningful_entries
 from indexer.run.safety import check_memory, failed_writes_explained
@@ -86,6 +87,13 @@ class Run:
         self.notes: dict[str, Any] = {}
         self.finalize_phases: dict[str, float] = {}  # seconds per finalize phase, set by finalize
         self.recorders: dict[Site, FeatureRecorders] = {}
+        # The context store (indexer.run.context_store): its committed lengths, the open
+        # writer while streaming, and the folders whose stores hold this run's contexts
+        # (None: finalize reads the corpus again, e.g. a Dask job whose shard stores are gone).
+        self.store_committed: dict[str, int] = {"contexts": 0, "tokens": 0}
+        self.store: ContextStore | None = None
+        self.store_folders: list[Path] | None = None
+        self.finalize_forward_contexts: int | None = None  # contexts finalize ran the model over
 
     @classmethod
     def open(cls, cfg: IndexConfig, out: Path) -> "Run":
@@ -119,7 +127,8 @@ class Run:
         cfg = self.cfg
         return {
             site: FeatureRecorders.create(site.n_features, cfg.quantiles, cfg.top_k, cfg.per_bin,
-                                          site_salt(cfg.seed, site), default_backend(self.device), self.device)
+                                          site_salt(cfg.seed, site), default_backend(self.device), self.device,
+                                          window=(cfg.window_before, cfg.window_after))
             for site in self.plan
         }
 
@@ -132,12 +141,17 @@ class Run:
         self.batches_done = progress["batches_done"]
         self.seconds = progress["seconds"]
         self.corpus_tokens = progress["corpus_tokens"]
+        if "store" not in progress:
+            raise IndexDirError("--resume: the checkpoint has no context store (written by an older neuroscope); "
+                                "start again with --overwrite")
+        self.store_committed = progress["store"]
 
     def reset(self) -> None:
         """Back to an empty stream position with empty recorders (bench)."""
         self.position = self.tokens_done = self.batches_done = 0
         self.seconds = 0.0
         self.corpus_tokens = {}
+        self.store_committed = {"contexts": 0, "tokens": 0}
         self.recorders = self.new_recorders()
 
     # --- the streaming pass ----------------------------------------------------------------
@@ -146,7 +160,7 @@ class Run:
         """Feed every remaining context of the shard to the recorders, checkpointing as it goes."""
         from tqdm import tqdm
 
-        from indexer.forward.runner import SiteForward, make_batch
+        from indexer.forward.runner import SiteForward
 
         if default_backend(self.device) == "numba":
             warm_up()  # compile or load the kernels now, not inside the first batches
@@ -158,6 +172,18 @@ class Run:
             disable=not progress, file=sys.stderr, desc="indexing", smoothing=0.05,
         )
         contexts = islice(self.contexts.contexts(), self.position, None)
+        self.store = ContextStore(self.out, [s.name for s in self.contexts.specs], self.model.info.d_vocab,
+                                  self.store_committed)
+        self.store_folders = [self.out]
+        try:
+            self._stream_batches(contexts, forward, bar)
+        finally:
+            self.store.close()
+            self.store = None
+
+    def _stream_batches(self, contexts, forward, bar) -> None:
+        from indexer.forward.runner import make_batch
+
         started = time.perf_counter() - self.seconds
         last_checkpoint = time.perf_counter()
         for group in batches(contexts, self.cfg.batch_size):
@@ -165,6 +191,7 @@ class Run:
             features = forward(batch)
             for site, rec in self.recorders.items():
                 rec.update(features[site], batch.lengths, batch.ctx_ids)
+            self.store.append(group)
             self.position += len(group)
             self.tokens_done += batch.n_text_tokens
             for ctx in group:
@@ -203,6 +230,9 @@ class Run:
         }
         extra = {"config": self.cfg.to_dict(), "progress": progress, "format_version": FORMAT_VERSION}
         try:
+            if self.store is not None:
+                self.store_committed = self.store.commit()  # durable before the checkpoint counts it
+            progress["store"] = self.store_committed
             write_checkpoint(self.out, save_states(self.recorders, extra))
         except OSError as e:
             raise IndexDirError(
@@ -245,6 +275,9 @@ class Run:
                 "stream_seconds": round(self.seconds, 3),
                 "finalize_seconds": round(finalize_seconds, 3),
                 "finalize_phases_s": self.finalize_phases,
+                # contexts finalize ran the model over: those of samples whose window the
+                # stream's pool missed (depends on batch timing, like the seconds)
+                "finalize_forward_contexts": self.finalize_forward_contexts,
                 "tokens_per_second": round(self.tokens_done / self.seconds, 1) if self.seconds else None,
             },
             "versions": versions(),

@@ -1,7 +1,10 @@
 """The examples of one site: which (feature, context, position) they are, and their windows.
 
-An ``ExampleSet`` is flat: one entry per example, top-k first, then quantile samples. Its
-windows are filled batch by batch while finalize re-runs the kept contexts.
+An ``ExampleSet`` is flat: one entry per example, top-k first, then quantile samples. The
+top-k examples' window values come from the recorder (captured while streaming); finalize
+gives every example its window's tokens from the context store (``fill_tokens``) and runs the
+model again only over the contexts of examples whose values were not captured
+(``fill_values``: today the quantile samples).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ExampleSet:
         self.window_len = np.zeros(n, np.int64)
         self.window_tokens: np.ndarray | None = None  # [example, width] int32
         self.window_values: np.ndarray | None = None  # [example, width] float32
+        self.captured = np.zeros(n, bool)  # window_values already hold the example's window
         self._by_ctx: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -41,36 +45,67 @@ class ExampleSet:
     def ctx_ids(self) -> set[int]:
         return set(self.ctx_id.tolist())
 
-    def fill_windows(self, batch: Any, acts: Any, before: int, after: int) -> None:
-        """Windows for the examples in ``batch``; acts: [batch, pos, feat] for this site."""
-        width = before + after + 1
+    def uncaptured_ctx_ids(self) -> set[int]:
+        """The contexts finalize must run the model over: those of examples without values."""
+        return set(self.ctx_id[~self.captured].tolist())
+
+    def _prepare(self, width: int) -> None:
         if self.window_tokens is None:
             self.window_tokens = np.zeros((len(self), width), np.int32)
+        if self.window_values is None:
             self.window_values = np.zeros((len(self), width), np.float32)
+        if not self._by_ctx:
             order = np.argsort(self.ctx_id, kind="stable")
             ids, starts = np.unique(self.ctx_id[order], return_index=True)
             self._by_ctx = dict(zip(ids.tolist(), np.split(order, starts[1:])))
-        acts = acts.float().cpu().numpy()  # [batch, pos, feat]
-        tokens = batch.tokens.cpu().numpy()
-        for row, ctx in enumerate(batch.contexts):
+
+    def _cols(self, idx: np.ndarray, length: int, before: int, after: int) -> np.ndarray:
+        """[example, width]: the context positions of each window (clipped into the context)."""
+        start = np.maximum(self.pos[idx] - before, 0)
+        return np.clip(start[:, None] + np.arange(before + after + 1), 0, length - 1)
+
+    def fill_tokens(self, contexts: list, before: int, after: int) -> None:
+        """Window tokens, start, length, corpus and doc of the examples in ``contexts``."""
+        self._prepare(before + after + 1)
+        for ctx in contexts:
             idx = self._by_ctx.get(ctx.ctx_id)
             if idx is None:
                 continue
             length = len(ctx.token_ids)
             start = np.maximum(self.pos[idx] - before, 0)
             stop = np.minimum(self.pos[idx] + after + 1, length)
-            cols = np.clip(start[:, None] + np.arange(width), 0, length - 1)  # [example, width]
-            self.window_tokens[idx] = tokens[row, cols]
-            self.window_values[idx] = acts[row, cols, self.feature[idx, None]]
+            self.window_tokens[idx] = ctx.token_ids[self._cols(idx, length, before, after)]
             self.window_start[idx] = start
             self.window_len[idx] = stop - start
             self.corpus[idx] = ctx.corpus
             self.doc_id[idx] = ctx.doc_id
 
+    def fill_values(self, batch: Any, acts: Any, before: int, after: int) -> None:
+        """Window values of the not yet captured examples in ``batch``; acts: [batch, pos, feat]
+        for this site."""
+        self._prepare(before + after + 1)
+        acts = acts.float().cpu().numpy()  # [batch, pos, feat]
+        for row, ctx in enumerate(batch.contexts):
+            idx = self._by_ctx.get(ctx.ctx_id)
+            if idx is None:
+                continue
+            idx = idx[~self.captured[idx]]
+            cols = self._cols(idx, len(ctx.token_ids), before, after)
+            self.window_values[idx] = acts[row, cols, self.feature[idx, None]]
+            self.captured[idx] = True
 
-def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = None) -> ExampleSet:
+    def fill_windows(self, batch: Any, acts: Any, before: int, after: int) -> None:
+        """Tokens and values of the windows of the examples in ``batch`` (a forward's acts)."""
+        self.fill_tokens(batch.contexts, before, after)
+        self.fill_values(batch, acts, before, after)
+
+
+def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = None,
+                     window: tuple[int, int] | None = None) -> ExampleSet:
     """The top-k and quantile-sample examples held by a site's recorders (empty slots dropped);
-    ``bands``: ``rec.samples.bands()`` if already computed."""
+    ``bands``: ``rec.samples.bands()`` if already computed. With ``window`` = (before, after)
+    equal to the one the top-k recorder captured, the top-k examples come with their window
+    values (``captured``)."""
     values, ctx_ids, pos = (np.asarray(a) for a in rec.topk.result())  # [feat, k]
     n, k = values.shape
     top = dict(
@@ -90,7 +125,22 @@ def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = 
     )
     merged = {key: np.concatenate([top[key], quantile[key]]) for key in top}
     keep = merged["ctx_id"] >= 0
-    return ExampleSet(site, **{key: value[keep] for key, value in merged.items()})
+    examples = ExampleSet(site, **{key: value[keep] for key, value in merged.items()})
+    if window is not None and window == (rec.topk.before, rec.topk.after):
+        width = window[0] + window[1] + 1
+        wins = np.concatenate([rec.topk.windows().reshape(n * k, width),
+                               np.zeros((grid.shape[1], width), np.float32)])
+        examples.window_values = np.ascontiguousarray(wins[keep])
+        examples.captured = np.concatenate([np.ones(n * k, bool), np.zeros(grid.shape[1], bool)])[keep]
+    pool = getattr(rec, "windows", None)  # quantile samples whose window the stream captured
+    if window is not None and pool is not None and pool.pool and window == (pool.before, pool.after):
+        rows = np.flatnonzero(examples.kind == 1)
+        found, values = pool.lookup(examples.feature[rows], examples.ctx_id[rows], examples.pos[rows])
+        if examples.window_values is None:
+            examples.window_values = np.zeros((len(examples), window[0] + window[1] + 1), np.float32)
+        examples.window_values[rows[found]] = values[found]
+        examples.captured[rows[found]] = True
+    return examples
 
 
 def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""Finalize a run: re-run only the kept contexts and write the index tables and manifest.
+"""Finalize a run: write the index tables and manifest from the recorders and the context store.
 
-The streaming pass keeps, per feature, only (value, ctx_id, pos) of each example. Here the
-contexts those examples point to are streamed again (the stream is deterministic), run
-through the model once more, and each example gets the window of tokens around it with the
-feature's value at every window token. The manifest is written last.
+The streaming pass keeps, per feature, (value, ctx_id, pos) of each example, and for top-k
+examples the feature's values over the example's window too; every context's token ids are in
+the context store (``indexer.run.context_store``). Here each example gets its window's tokens
+from the store, and only the contexts of examples without captured values (the quantile
+samples) are run through the model again. The corpus is not read again, unless the run has no
+store (a Dask job whose shard folders are gone). The manifest is written last; a single run's
+store is deleted after it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from indexer.forward.sites import HEAD_METRICS, Site
 from indexer.recorders import FeatureRecorders, hist_edges
 from indexer.run.checkpoint import FINAL_STATE, remove_checkpoints, save_states, seal
+from indexer.run.context_store import StoredContexts, has_store, remove_store
 from indexer.run.examples import ExampleSet, collect_examples, decode_many, window_columns
 from indexer.run.head_attention import write_head_attention
 from indexer.store.schema import (
@@ -26,6 +30,9 @@ from indexer.store.schema import (
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
 CONTEXT_ROWS_PER_FILE = 8192
+# Private switch for tests: ignore the windows captured while streaming and run the model over
+# every kept context (the brute-force finalize the captured windows are checked against).
+FORWARD_ALL = False
 
 
 def write_index(run: Any, progress: bool = True) -> Path:
@@ -40,26 +47,42 @@ def write_index(run: Any, progress: bool = True) -> Path:
     writer = IndexWriter(run.out)
     vocab = vocab_strings(run.model.tokenizer, run.model.info.d_vocab)
     writer.write(Vocab, {"token_id": np.arange(len(vocab), dtype=np.int32), "token_str": vocab})
+    before, after = run.cfg.window_before, run.cfg.window_after
     bands = {site: rec.samples.bands() for site, rec in run.recorders.items()}
-    sets = [collect_examples(site, rec, bands[site]) for site, rec in run.recorders.items()]
+    window = None if FORWARD_ALL else (before, after)
+    sets = [collect_examples(site, rec, bands[site], window) for site, rec in run.recorders.items()]
     phases = {"examples": time.perf_counter() - started}
     kept = set().union(*(s.ctx_ids() for s in sets)) if sets else set()
+    rerun = set().union(*(s.uncaptured_ctx_ids() for s in sets)) if sets else set()
     wanted = None if run.cfg.store_contexts == "all" else kept
     forward = SiteForward(run.model, run.plan, run.cfg.dtype)
     contexts = _ContextWriter(writer)
     bar = tqdm(total=len(kept), unit="ctx", desc="finalizing", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    for group in batches(run.contexts.contexts(wanted=wanted), run.cfg.batch_size):
-        contexts.add(group)
-        needed = [c for c in group if c.ctx_id in kept]
-        if not needed:
-            continue
-        bar.update(len(needed))
-        batch = make_batch(needed, run.model.info.bos_token_id, run.device, run.ctx_len)
+    pending: list = []  # contexts to run the model over, a batch at a time
+
+    def run_pending() -> None:
+        batch = make_batch(pending, run.model.info.bos_token_id, run.device, run.ctx_len)
         features = forward(batch)
         for example_set in sets:
-            example_set.fill_windows(batch, features[example_set.site], run.cfg.window_before, run.cfg.window_after)
+            example_set.fill_values(batch, features[example_set.site], before, after)
+        pending.clear()
+
+    for group in batches(_kept_contexts(run, wanted), run.cfg.batch_size):
+        contexts.add(group)
+        needed = [c for c in group if c.ctx_id in kept]
+        bar.update(len(needed))
+        for example_set in sets:
+            example_set.fill_tokens(needed, before, after)
+        for ctx in needed:
+            if ctx.ctx_id in rerun:
+                pending.append(ctx)
+                if len(pending) == run.cfg.batch_size:
+                    run_pending()
+    if pending:
+        run_pending()
     contexts.close()
     bar.close()
+    run.finalize_forward_contexts = len(rerun)
     phases["windows"] = time.perf_counter() - started - phases["examples"]
     for (site, rec), example_set in zip(run.recorders.items(), sets):
         _write_site(writer, site, rec, bands[site], example_set, vocab, run.model.tokenizer)
@@ -71,7 +94,24 @@ def write_index(run: Any, progress: bool = True) -> Path:
     run.finalize_phases = {k: round(v, 3) for k, v in phases.items()}
     writer.write_manifest(run.manifest(finalize_seconds=time.perf_counter() - started))
     remove_checkpoints(run.out)  # state.npz and the manifest now say it all
+    if run.cfg.shard[1] == 1:
+        remove_store(run.out)  # the contexts table holds what users query; a shard's store is merge's input
     return run.out
+
+
+def _kept_contexts(run: Any, wanted: set[int] | None):
+    """The run's contexts (only ``wanted`` ids if given), in ctx_id order: from the context
+    store(s), or, for a run without one, from the corpus again."""
+    folders = run.store_folders
+    if folders and all(has_store(f) for f in folders):
+        stored = StoredContexts(folders, [s.name for s in run.contexts.specs], run.model.info.d_vocab)
+        if len(stored) != run.position:
+            from indexer.errors import IndexDirError
+
+            raise IndexDirError(f"the context store holds {len(stored)} contexts but the run streamed "
+                                f"{run.position}: it is damaged; index again with --overwrite")
+        return stored.contexts(wanted)
+    return run.contexts.contexts(wanted=wanted)
 
 
 def _write_head_scores(writer: IndexWriter, run: Any) -> None:

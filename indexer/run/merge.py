@@ -3,7 +3,9 @@
 Each finished shard keeps its final recorder state (``state.npz``). Recorder states merge
 exactly (top-k by value, samples by their per-token priority, stats and histograms by
 addition), and every shard binned with the same quantile edges, so the merged recorders equal
-those of a single run; finalize then re-runs the kept contexts as a single run would.
+those of a single run (top-k windows included); finalize then reads the contexts from the
+shards' context stores (``indexer.run.context_store``, which a shard's index keeps) and re-runs
+the sample contexts as a single run would.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def _merge(shard_dirs: list[str], cfg: IndexConfig, folder: Path, progress: bool
     # The batches a single run makes of the same contexts (shards batch their own contexts).
     run.batches_done = math.ceil(run.position / cfg.batch_size)
     run.recorders = merged or {}
+    run.store_folders = [Path(d) for d in shard_dirs]  # the shards' context stores (kept for this)
     run.notes = {"merged_from": [str(Path(d).resolve()) for d in shard_dirs]}
     return run.finalize(progress)
 

@@ -2,11 +2,11 @@
 but an index.
 
 What an index consists of is known (``index_entries``): the manifest, the table files and
-folders, the analyses, the state and checkpoint files, the lock and the temporary files of
-interrupted writes. ``--overwrite`` deletes only those, and only when the folder really is an
+folders, the analyses, the state and checkpoint files, the context store, the lock and the
+temporary files of interrupted writes. ``--overwrite`` deletes only those, and only when the folder really is an
 index (its manifest says ``"format": "neuroscope-index"``, or it holds a checkpoint); other
 files in it are kept and named. A folder that holds nothing but leftovers of a run killed
-before its first checkpoint (a lock, temporary files) counts as empty.
+before its first checkpoint (a lock, temporary files, a context store) counts as empty.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from indexer.errors import IndexDirError
 from indexer.run.checkpoint import CHECKPOINTS, FINAL_STATE
+from indexer.run.context_store import STORE_FILES
 from indexer.run.lock import LOCK, out_dir_lock
 from indexer.store.manifest import MANIFEST
 from indexer.store.schema import TABLES
@@ -32,7 +33,7 @@ TEMP_FILE = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}$")  # indexer.store.writer.a
 def index_entries() -> frozenset[str]:
     """The names an index folder may hold at its top level."""
     tables = {t.LOCATION.split("/")[0] for t in TABLES}
-    return frozenset(tables | {MANIFEST, FINAL_STATE, LOCK, "analyses", *CHECKPOINTS})
+    return frozenset(tables | {MANIFEST, FINAL_STATE, LOCK, "analyses", *CHECKPOINTS, *STORE_FILES})
 
 
 @contextlib.contextmanager
@@ -126,8 +127,10 @@ def _entries(path: Path) -> list[Path]:
 
 
 def meaningful_entries(path: Path) -> list[Path]:
-    """Entries other than the lock and temporary files."""
-    return [e for e in _entries(path) if e.name != LOCK and not TEMP_FILE.match(e.name)]
+    """Entries other than the lock and temporary files; none if a context store is all there
+    is besides them (the leftovers of a run killed before its first checkpoint)."""
+    entries = [e for e in _entries(path) if e.name != LOCK and not TEMP_FILE.match(e.name)]
+    return [] if {e.name for e in entries} <= set(STORE_FILES) else entries
 
 
 def _delete_index(path: Path) -> None:

@@ -22,6 +22,7 @@ from indexer.config import IndexConfig
 from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 
 N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature (tests check they agree)
+POOL_PER_SAMPLE = 5  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
 ENTRY_BYTES = 24  # value f32 + ctx_id i64 + pos i32 + priority i64, as the recorders keep them
 STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and x**2 (5 words each); min, max
 
@@ -32,9 +33,13 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int) -> dict[str
     examples = cfg.top_k + bins * cfg.per_bin
     # top-k entries, then per fine bin a count, a cached threshold and per_bin sample entries,
     # then stats (the histogram is summed from the fine counts)
-    per_feature = cfg.top_k * ENTRY_BYTES + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES) + STATS_BYTES
-    recorders = n_features * per_feature * 2
     window = cfg.window_before + cfg.window_after + 1
+    # (+ each top-k entry's window of float32 values, captured while streaming)
+    per_feature = (cfg.top_k * (ENTRY_BYTES + window * 4) + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES)
+                   + STATS_BYTES)
+    # (+ the pool of captured sample windows, indexer.recorders.sample_windows)
+    per_feature += POOL_PER_SAMPLE * bins * cfg.per_bin * (window * 4 + 8 + 8 + 4 + 4)
+    recorders = n_features * per_feature * 2
     windows = n_features * examples * window * (4 + 4) * 2
     batch = cfg.batch_size * ctx_len * n_features * 4 * 3
     return {"recorders": recorders, "windows": windows, "batch": batch, "total": recorders + windows + batch}

@@ -5,6 +5,8 @@ comma list of them): the N-th time (1-based) the program reaches the point calle
 sends itself SIGKILL, exactly as an out-of-memory killer or a pulled plug would. Points:
 
 - ``batch``: after a batch was fed to the recorders, before any checkpoint of it;
+- ``store-write``: a batch's token ids are appended to the context store, its index rows
+  not yet (indexer.run.context_store);
 - ``checkpoint-write``: a checkpoint's temporary file is half written;
 - ``checkpoint-rotate``: the old checkpoint became ``checkpoint.prev.npz``, the new one is
   not in place yet;

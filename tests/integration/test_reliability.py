@@ -24,6 +24,7 @@ import pytest
 
 from indexer.errors import IndexDirError
 from indexer.run.checkpoint import CHECKPOINT, CHECKPOINTS, PREVIOUS_CHECKPOINT
+from indexer.run.context_store import STORE_FILES
 from indexer.run.engine import index
 from indexer.run.lock import LOCK
 from indexer.run.merge import merge
@@ -35,11 +36,11 @@ from helpers.configs import base_config
 
 # (point, hit): before the first checkpoint, mid-stream, inside checkpoint writes (the first
 # one included), between the rotation's renames, at finalize, inside Parquet, state and
-# manifest writes.
+# manifest writes, inside a context store append (before the first checkpoint, and past one).
 KILL_POINTS = [
     "batch:1", "checkpoint-write:1", "checkpoint-rotate:1", "batch:5", "checkpoint-write:3",
     "checkpoint-rotate:2", "finalize:1", "parquet-write:1", "parquet-write:5", "state-write:1",
-    "manifest-write:1",
+    "manifest-write:1", "store-write:1", "store-write:6",
 ]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -57,7 +58,7 @@ def run_cli_config(cfg, env_extra: dict | None = None, preexec=None) -> subproce
 
 def leftovers(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                  if TEMP_FILE.match(p.name) or p.name in CHECKPOINTS or p.name == LOCK)
+                  if TEMP_FILE.match(p.name) or p.name in CHECKPOINTS or p.name == LOCK or p.name in STORE_FILES)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,8 @@ def test_kill_then_resume_equals_the_uninterrupted_run(point, killed, whole, mod
 
 
 def test_kill_in_the_first_checkpoint_write_does_not_leave_the_user_stuck(killed, whole, model_dir, tmp_path):
-    # The run died inside its first checkpoint write: only a lock and a temp file are there.
+    # The run died inside its first checkpoint write: only a lock, a temp file and the context
+    # store are there.
     source = killed["first-write-snapshot"]
     for how in ("plain", "overwrite"):
         out = tmp_path / how
@@ -197,7 +199,7 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(model_dir, whole, tmp_p
     with pytest.raises(IndexDirError, match=r"cannot write a checkpoint .*No space left.*last good checkpoint is kept"):
         index(small(model_dir, str(out)), progress=False)
     monkeypatch.undo()
-    assert leftovers(out) == sorted([CHECKPOINT, PREVIOUS_CHECKPOINT])
+    assert leftovers(out) == sorted([CHECKPOINT, PREVIOUS_CHECKPOINT, *STORE_FILES])  # what a resume needs
     index(small(model_dir, str(out), resume=True), progress=False)
     assert_same_index(whole, str(out))
 

@@ -21,6 +21,7 @@ from indexer.recorders.hashing import feature_keys, priority_np, priority_t, see
 
 BACKENDS = ["numba", "torch"]
 K, PER_BIN, SALT = 4, 3, 7
+BEFORE, AFTER = 3, 2  # top-k windows: wide enough to reach BOS and the context's end
 
 
 def make_batches(n_feat=24, n_batches=6, batch=5, n_pos=12, seed=0, ctx_base=0):
@@ -75,6 +76,22 @@ def brute_topk(batches, k):
         for i, (nv, c, p) in enumerate(rows):
             out_v[f, i], out_c[f, i], out_p[f, i] = -nv, c, p
     return out_v, out_c, out_p
+
+
+def brute_windows(batches, ctxs, poss, before, after):
+    """[feat, k, W]: each top-k entry's window as finalize cuts it from the whole context
+    (BOS included), zero-padded past the window's end."""
+    by_ctx = {}
+    for acts, lengths, ctx_ids in batches:
+        for b in range(acts.shape[0]):
+            by_ctx[int(ctx_ids[b])] = acts[b, : int(lengths[b])].numpy()  # [length, feat]
+    width = before + after + 1
+    out = np.zeros((*ctxs.shape, width), np.float32)
+    for f, i in zip(*np.nonzero(ctxs >= 0)):
+        rows = by_ctx[int(ctxs[f, i])]
+        start, stop = max(int(poss[f, i]) - before, 0), min(int(poss[f, i]) + after + 1, len(rows))
+        out[f, i, : stop - start] = rows[start:stop, f]
+    return out
 
 
 def brute_fine(batches, per_bin, salt):
@@ -143,9 +160,13 @@ def run(make, batches):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_topk_matches_brute_force(backend):
     batches = make_batches()
-    got = run(lambda: TopK(24, K, backend), batches).result()
-    for a, b in zip(got, brute_topk(batches, K)):
+    rec = run(lambda: TopK(24, K, backend, before=BEFORE, after=AFTER), batches)
+    want = brute_topk(batches, K)
+    for a, b in zip(rec.result(), want):
         np.testing.assert_array_equal(a, b)
+    assert rec.windows().shape == (24, K, BEFORE + AFTER + 1)
+    np.testing.assert_array_equal(rec.windows(), brute_windows(batches, want[1], want[2], BEFORE, AFTER))
+    assert (rec.windows()[:, :, 0] != 0).any()  # not vacuous: windows hold values
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -218,7 +239,7 @@ def everything(rec) -> dict[str, np.ndarray]:
     if isinstance(rec, FeatureRecorders):
         return {f"{p}.{k}": v for p in ("topk", "samples", "stats") for k, v in everything(getattr(rec, p)).items()}
     if isinstance(rec, TopK):
-        return dict(zip(("vals", "ctxs", "poss"), rec.result()))
+        return {**dict(zip(("vals", "ctxs", "poss"), rec.result())), "wins": rec.windows()}
     if isinstance(rec, QuantileSampler):  # the fine state itself, and the bands cut from it
         fine = {name: rec._numpy(name) for name in rec.arrays}
         bands = {k: v for k, v in rec.bands().items() if k != "status"}
@@ -237,8 +258,10 @@ def assert_same(a, b):
 
 
 def makers(backend, edges):
-    return [lambda: TopK(24, K, backend), lambda: QuantileSampler(24, edges, PER_BIN, SALT, backend),
-            lambda: Stats(24, backend), lambda: FeatureRecorders.create(24, edges, K, PER_BIN, SALT, backend)]
+    return [lambda: TopK(24, K, backend, before=BEFORE, after=AFTER),
+            lambda: QuantileSampler(24, edges, PER_BIN, SALT, backend),
+            lambda: Stats(24, backend),
+            lambda: FeatureRecorders.create(24, edges, K, PER_BIN, SALT, backend, window=(BEFORE, AFTER))]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -394,3 +417,27 @@ def test_torch_backend_in_small_steps(monkeypatch):
     edges = edges_for(batches)
     for make_torch, make_numba in zip(makers("torch", edges)[1:3], makers("numba", edges)[1:3]):
         assert_same(run(make_torch, batches), run(make_numba, batches))
+
+
+def test_sample_window_pool_holds_true_windows_of_most_samples():
+    batches = make_batches(n_batches=8)
+
+    def make():
+        return FeatureRecorders.create(24, QUANTILES, K, PER_BIN, SALT, "numba", window=(BEFORE, AFTER))
+
+    whole = run(make, batches)
+    halves = run(make, batches[:4]), run(make, batches[4:])
+    halves[0].merge(halves[1])
+    for rec in (whole, halves[0]):
+        pool = rec.windows
+        ctx, pos = pool._numpy("ctx"), pool._numpy("pos")
+        assert ((ctx >= 0).sum(axis=1) + pool.top == pool.pool).all()  # entries + free = the fixed pool
+        np.testing.assert_array_equal(pool._numpy("vals"), brute_windows(batches, ctx, pos, BEFORE, AFTER))
+        bands = rec.samples.bands()
+        s_ctx, s_pos = bands["ctx_id"].reshape(24, -1), bands["pos"].reshape(24, -1)
+        feature = np.broadcast_to(np.arange(24)[:, None], s_ctx.shape)
+        real = s_ctx >= 0
+        found, values = pool.lookup(feature[real], s_ctx[real], s_pos[real])
+        want = brute_windows(batches, s_ctx, s_pos, BEFORE, AFTER)[real]
+        np.testing.assert_array_equal(values[found], want[found])
+        assert found.mean() > 0.8, found.mean()  # most final samples were captured in the stream

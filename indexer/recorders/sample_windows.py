@@ -1,0 +1,272 @@
+"""SampleWindows: windows of likely quantile samples, captured while streaming, in a bounded
+per-feature pool, so finalize runs the model only over the samples it missed.
+
+A band's final sample is the ``per_bin`` smallest priorities among its ``N`` tokens, and
+priorities are uniform in [0, 2**32): its largest is about ``per_bin * 2**32 / N``. So a
+fine-bin sample slot whose priority is below ``cap = MARGIN * per_bin * 2**32 / N̂`` (N̂: the
+count of the band its fine bin falls in, estimated from the feature's current fine counts as
+the end will cut them; fine bins within ``EDGE_BINS`` of an estimated edge take the larger
+cap of the two bands, since edges still move) is a likely final sample.
+
+Inside the fused kernel, after ``quantile_feature`` folded a feature's tokens:
+``sample_windows_feature`` copies the window of each token under its bin's cap that sits in
+its bin's sample slots into a free pool entry. In batches 1, 2, 4 and every ``SWEEP_EVERY``th
+(and whenever the feature's pool is full) ``refresh_feature`` first recomputes the feature's
+caps and frees entries whose priority is now above the cap or whose token left its bin's
+slots. The pool never grows past ``pool`` entries per feature; a token met while it is full
+is not captured.
+
+Exactness does not depend on what is captured: an entry's window is the token's true window,
+and finalize runs the model over the contexts of final samples without one. Which entries
+are captured depends on batch timing (and the torch backend captures none yet, so its
+finalize re-runs every sample context).
+
+numba's cache keys each kernel on its own file's contents: a change here does not recompile
+``fused_update`` (which inlines ``sample_windows_feature``); change fused.py too, or clear
+``indexer/recorders/__pycache__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from indexer.recorders.common import NJIT_OPTIONS, Recorder, RecorderError
+from indexer.recorders.finebins import N_FINE
+from indexer.recorders.topk_kernels import window_into
+
+MARGIN = 3.0  # cap = MARGIN x the expected largest final-sample priority of the band
+EDGE_BINS = 8  # fine bins either side of an estimated band edge that get the larger cap
+POOL_PER_SAMPLE = 5  # pool entries per feature = POOL_PER_SAMPLE x bands x per_bin
+NO_CAP = np.uint32(0xFFFFFFFF)
+
+
+def pool_size(n_quantiles: int, per_bin: int) -> int:
+    return POOL_PER_SAMPLE * (n_quantiles + 1) * per_bin
+
+
+class SampleWindows(Recorder):
+    """A pool of captured windows per feature.
+
+    Attributes (state):
+        vals: float32 [feat, pool, W].  prio: int64, ctx: int64 (-1: free), pos: int32,
+        q: int32 (fine bin), each [feat, pool].
+    Derived: cap uint32 [feat, N_FINE]; free int32 [feat, pool] / top int64 [feat], a stack.
+    """
+
+    kind = "sample_windows"
+    arrays = ("vals", "prio", "ctx", "pos", "q")
+
+    def __init__(self, n_features: int, pool: int, backend: str | None = None, device="cpu",
+                 before: int = 0, after: int = 0):
+        super().__init__(backend, device)
+        if pool < 0 or before < 0 or after < 0:
+            raise RecorderError(f"pool={pool}, before={before}, after={after} but expected all >= 0")
+        self.n_features, self.pool, self.before, self.after = int(n_features), int(pool), int(before), int(after)
+        self.width = self.before + self.after + 1
+        shape = (self.n_features, self.pool)
+        self.vals = self._array(np.zeros((*shape, self.width), np.float32))
+        self.prio = self._array(np.zeros(shape, np.int64))
+        self.ctx = self._array(np.full(shape, -1, np.int64))
+        self.pos = self._array(np.full(shape, -1, np.int32))
+        self.q = self._array(np.full(shape, -1, np.int32))
+        self.cap = np.full((self.n_features, N_FINE), NO_CAP, np.uint32)
+        self._rebuild_free()
+
+    def _rebuild_free(self) -> None:
+        ctx = self._numpy("ctx")
+        self.free = np.zeros((self.n_features, self.pool), np.int32)
+        self.top = np.zeros(self.n_features, np.int64)
+        for f in range(self.n_features):
+            slots = np.flatnonzero(ctx[f] < 0)
+            self.free[f, :len(slots)] = slots
+            self.top[f] = len(slots)
+
+    def config(self) -> dict[str, Any]:
+        return {"n_features": self.n_features, "pool": self.pool, "before": self.before, "after": self.after}
+
+    @classmethod
+    def _config_from_state(cls, state):
+        return {k: int(state[k]) for k in ("n_features", "pool", "before", "after")}
+
+    @classmethod
+    def from_state(cls, state, backend=None, device="cpu"):
+        obj = super().from_state(state, backend, device)
+        obj._rebuild_free()
+        return obj
+
+    def lookup(self, feature: np.ndarray, ctx_id: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found bool [n], values float32 [n, W]) of the pool entries of (feature, ctx, pos)."""
+        ctx = self._numpy("ctx")
+        f_idx, slot = np.nonzero(ctx >= 0)
+        pos_all = self._numpy("pos")
+        where = {(f, c, p): s for f, c, p, s in zip(f_idx.tolist(), ctx[f_idx, slot].tolist(),
+                                                   pos_all[f_idx, slot].tolist(), slot.tolist())}
+        vals = self._numpy("vals")
+        found = np.zeros(len(feature), bool)
+        out = np.zeros((len(feature), self.width), np.float32)
+        for i, key in enumerate(zip(np.asarray(feature).tolist(), np.asarray(ctx_id).tolist(),
+                                    np.asarray(pos).tolist())):
+            s = where.get(key)
+            if s is not None:
+                found[i] = True
+                out[i] = vals[key[0], s]
+        return found, out
+
+    def sweep(self, samples: Any) -> None:
+        """New caps from the sampler's fine counts; free entries above them or out of the slots."""
+        if self.backend != "numba" or self.pool == 0:
+            return
+        refresh_all(samples.fine_counts, samples.quantiles, self.cap, samples.ctxs, samples.poss,
+                    self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top)
+
+    def _update_numba(self, acts, lengths, ctx_ids) -> None:
+        """Nothing: captures happen inside the fused kernel (``FeatureRecorders.update``)."""
+
+    def _update_torch(self, acts, lengths, ctx_ids) -> None:
+        """Nothing yet: the torch backend captures no sample windows."""
+
+    def merge_with(self, other: "SampleWindows", samples: Any) -> None:
+        """Fold another pool in, ``samples`` already merged: first free this pool's entries the
+        merged sampler no longer needs, then take the other's entries that are still in their
+        bin's slots and under its cap, while there is room."""
+        self._check_mergeable(other)
+        if self.backend != "numba" or self.pool == 0:
+            return
+        self.sweep(samples)
+        o = {name: other._numpy(name) for name in self.arrays}
+        merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
+                   o["vals"], o["prio"], o["ctx"], o["pos"], o["q"], self.cap, samples.ctxs, samples.poss)
+
+    def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
+        """Other's entries into free entries, unfiltered (``merge_with`` is the one runs use)."""
+        no_cap = np.full((self.n_features, N_FINE), NO_CAP, np.uint32)
+        merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
+                   other["vals"], other["prio"], other["ctx"], other["pos"], other["q"], no_cap, None, None)
+
+    def _merge_torch(self, other) -> None:
+        """Nothing: the torch backend keeps its own (empty) pool."""
+
+
+@njit(**NJIT_OPTIONS)
+def _in_slots(s_ctxs, s_poss, f, q, c, t):
+    for j in range(s_ctxs.shape[2]):
+        if s_ctxs[f, q, j] == c and s_poss[f, q, j] == t:
+            return True
+    return False
+
+
+@njit(**NJIT_OPTIONS)
+def sample_windows_feature(f, x, qb, hb, rows, poss, starts, ctx_ids, acts, before, refresh, counts, quantiles,
+                           cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+    """After quantile_feature folded feature f's tokens (qb: their fine bins, hb: their
+    priorities): with ``refresh``, first new caps and a sweep (``refresh_feature``); then
+    capture the window of each token under its bin's cap that sits in its bin's sample
+    slots, while the pool has free entries."""
+    if w_ctx.shape[1] == 0:
+        return
+    if refresh:
+        refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top)
+    cf = cap[f]
+    for i in range(x.shape[0]):
+        q = qb[i]
+        if hb[i] < cf[q]:
+            b = rows[i]
+            c, t = ctx_ids[b], poss[i]
+            if not _in_slots(s_ctxs, s_poss, f, q, c, t):
+                continue
+            if w_top[f] == 0 and not refresh:  # full: tighter caps from the counts so far may free some
+                refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q,
+                                w_free, w_top)
+                refresh = True
+                if hb[i] >= cf[q]:
+                    continue
+            if w_top[f] == 0:
+                continue  # the pool is full: finalize runs the model for this one if it stays a sample
+            w_top[f] -= 1
+            slot = w_free[f, w_top[f]]
+            s = starts[b]
+            window_into(w_vals, f, slot, x, s, starts[b + 1] - s + 1, t, before, acts, b)
+            w_prio[f, slot], w_ctx[f, slot], w_pos[f, slot], w_q[f, slot] = hb[i], c, t, q
+
+
+@njit(**NJIT_OPTIONS)
+def refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+    """Feature f's caps from its current fine counts (bands estimated as at the end: each
+    quantile at the nearest fine boundary), then free its entries above their cap or no
+    longer in their bin's slots, and rebuild its free stack."""
+    n_fine, n_q = counts.shape[1], quantiles.shape[0]
+    per_bin = s_ctxs.shape[2]
+    total = 0
+    for q in range(n_fine):
+        total += counts[f, q]
+    bounds = np.empty(n_q + 2, np.int64)  # band i: fine bins bounds[i] .. bounds[i + 1] - 1
+    bounds[0], bounds[n_q + 1] = 0, n_fine
+    u, cum_u = 0, 0  # cum_u: tokens in fine bins < u
+    for j in range(n_q):  # as finebins.choose_boundaries: the boundary nearest the quantile
+        target = quantiles[j] * total
+        while u < n_fine and cum_u < target:
+            cum_u += counts[f, u]
+            u += 1
+        upper = min(u, n_fine - 1)
+        cum_upper = cum_u if u < n_fine else cum_u - counts[f, n_fine - 1]
+        lower = max(upper - 1, 0)
+        cum_lower = cum_upper - counts[f, lower] if upper > 0 else 0
+        bounds[j + 1] = lower if (target - cum_lower) <= (cum_upper - target) else upper
+    band_cap = np.empty(n_q + 1, np.uint32)
+    for i in range(n_q + 1):
+        lo, hi = bounds[i], max(bounds[i], bounds[i + 1])
+        n = 0
+        for q in range(lo, hi):
+            n += counts[f, q]
+        band_cap[i] = np.uint32(min(MARGIN * per_bin * 4294967296.0 / max(n, 1), 4294967295.0))
+        for q in range(lo, hi):
+            cap[f, q] = band_cap[i]
+    for j in range(n_q):  # edges still move: near one, either band's cap
+        c = max(band_cap[j], band_cap[j + 1])
+        for q in range(max(bounds[j + 1] - EDGE_BINS, 0), min(bounds[j + 1] + EDGE_BINS, n_fine)):
+            cap[f, q] = max(cap[f, q], c)
+    top = 0
+    for slot in range(w_ctx.shape[1]):
+        c = w_ctx[f, slot]
+        if c >= 0:
+            q = w_q[f, slot]
+            if w_prio[f, slot] < cap[f, q] and _in_slots(s_ctxs, s_poss, f, q, c, w_pos[f, slot]):
+                continue
+            w_ctx[f, slot], w_pos[f, slot], w_q[f, slot], w_prio[f, slot] = -1, -1, -1, 0
+            w_vals[f, slot, :] = 0
+        w_free[f, top] = slot
+        top += 1
+    w_top[f] = top
+
+
+@njit(parallel=True, **NJIT_OPTIONS)
+def refresh_all(counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+    for f in prange(w_ctx.shape[0]):
+        refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top)
+
+
+@njit(parallel=True, **NJIT_OPTIONS)
+def merge_pool(w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top, o_vals, o_prio, o_ctx, o_pos, o_q,
+               cap, s_ctxs, s_poss):
+    """Other's entries into free entries: those under their bin's cap and (with s_ctxs) still
+    in its sample slots, not already here."""
+    for f in prange(w_ctx.shape[0]):
+        for i in range(o_ctx.shape[1]):
+            if o_ctx[f, i] < 0 or w_top[f] == 0 or not o_prio[f, i] < cap[f, o_q[f, i]]:
+                continue
+            if s_ctxs is not None and not _in_slots(s_ctxs, s_poss, f, o_q[f, i], o_ctx[f, i], o_pos[f, i]):
+                continue
+            dup = False
+            for slot in range(w_ctx.shape[1]):
+                if w_ctx[f, slot] == o_ctx[f, i] and w_pos[f, slot] == o_pos[f, i]:
+                    dup = True
+                    break
+            if dup:
+                continue
+            w_top[f] -= 1
+            slot = w_free[f, w_top[f]]
+            w_vals[f, slot, :] = o_vals[f, i, :]
+            w_prio[f, slot], w_ctx[f, slot], w_pos[f, slot], w_q[f, slot] = o_prio[f, i], o_ctx[f, i], o_pos[f, i], o_q[f, i]

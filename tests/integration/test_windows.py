@@ -1,0 +1,81 @@
+"""Windows captured while streaming, and the context store, on a real tiny model: the index
+equals the one a brute-force finalize gives (every kept context run through the model again);
+finalize re-runs only the contexts of samples whose window the pool missed, and never reads
+the corpus; shards keep their store
+and merge reads it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+import indexer.run.finalize as finalize
+from indexer.api import Index
+from indexer.inputs.contexts import ContextStream
+from indexer.run.context_store import STORE_FILES
+from indexer.run.engine import index
+from indexer.run.merge import merge
+
+from helpers.configs import base_config
+from helpers.indexes import assert_same_index
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir) -> str:
+    return str(tiny_model_dir)
+
+
+def _no_corpus(self, wanted=None):
+    raise AssertionError("finalize read the corpus again")
+
+
+@pytest.mark.parametrize("store_contexts", ["kept", "all"])
+def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monkeypatch, store_contexts):
+    cfg = base_config(model_dir, str(tmp_path / "captured"), store_contexts=store_contexts)
+    brute = replace(cfg, out=str(tmp_path / "brute"))
+    with monkeypatch.context() as m:
+        m.setattr(finalize, "FORWARD_ALL", True)
+        index(brute, progress=False)
+    real_contexts = ContextStream.contexts
+    calls = []
+
+    def stream_only_once(self, wanted=None):  # the streaming pass reads the corpus; finalize must not
+        assert wanted is None and not calls, "finalize read the corpus again"
+        calls.append(1)
+        return real_contexts(self, wanted)
+
+    monkeypatch.setattr(ContextStream, "contexts", stream_only_once)
+    index(cfg, progress=False)
+    assert calls == [1]
+    assert_same_index(brute.out, cfg.out)
+    with Index.open(cfg.out) as ix:
+        n_rerun = ix.manifest["timing"]["finalize_forward_contexts"]
+        sample_ctxs = ix.sql("SELECT count(DISTINCT ctx_id) AS n FROM (SELECT ctx_id FROM examples WHERE kind = 'quantile' "
+                             "UNION ALL SELECT ctx_id FROM head_examples WHERE kind = 'quantile')")["n"][0]
+        kept = ix.sql("SELECT count(DISTINCT ctx_id) AS n FROM (SELECT ctx_id FROM examples "
+                      "UNION ALL SELECT ctx_id FROM head_examples)")["n"][0]
+        # Windows that reach BOS carry its activation (from the stream, as the forward gives it).
+        assert ix.sql("SELECT count(*) AS n FROM examples WHERE kind = 'top' AND window_start = 0")["n"][0] > 0
+    with Index.open(brute.out) as ix:
+        assert ix.manifest["timing"]["finalize_forward_contexts"] == kept
+    # Nearly every kept context holds a sample here; most samples' windows came from the stream's pool.
+    assert sample_ctxs <= kept and n_rerun < sample_ctxs / 5, (n_rerun, sample_ctxs, kept)  # 3 of 82 today
+    assert not any((tmp_path / "captured" / name).exists() for name in STORE_FILES)  # a single run drops it
+
+
+def test_shards_keep_their_store_and_merge_reads_it(model_dir, tmp_path, monkeypatch):
+    single = base_config(model_dir, str(tmp_path / "single"))
+    index(single, progress=False)
+    shards = []
+    for i in range(2):
+        cfg = replace(single, out=str(tmp_path / f"shard{i}"), shard=(i, 2))
+        index(cfg, progress=False)
+        assert all((tmp_path / f"shard{i}" / name).is_file() for name in STORE_FILES)
+        shards.append(cfg.out)
+    monkeypatch.setattr(ContextStream, "contexts", _no_corpus)
+    merge(shards, str(tmp_path / "merged"), progress=False)
+    assert_same_index(single.out, str(tmp_path / "merged"), exact_floats=False)
+    with Index.open(str(tmp_path / "merged")) as ix:  # the shards' pools carry into the merge
+        assert ix.manifest["timing"]["finalize_forward_contexts"] < ix.manifest["counts"]["contexts"] / 5
+    assert not any((tmp_path / "merged" / name).exists() for name in STORE_FILES)
