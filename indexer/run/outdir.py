@@ -49,6 +49,9 @@ def claimed_out_dir(out: str, resume: bool, overwrite: bool, inputs: list[str] =
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
+                if not meaningful_entries(path):  # nothing but a context store from before any checkpoint
+                    for name in STORE_FILES:
+                        (path / name).unlink(missing_ok=True)
                 path.rmdir()  # only if empty
         raise
 
