@@ -108,7 +108,8 @@ def side_np(acc: np.ndarray) -> np.ndarray:
     return acc[SIDE].view(np.float64)
 
 
-def normalise_np(acc: np.ndarray) -> None:
+def normalise(acc) -> None:
+    """``normalise_nb`` for a numpy array or a torch tensor (any device), in place."""
     for row in range(3, 0, -1):
         carry = acc[row] >> 32
         acc[row] &= MASK
@@ -124,25 +125,18 @@ def add_np(total: np.ndarray, total_sq: np.ndarray, x: np.ndarray) -> None:
         for row, limb in zip((1, 2, 3), split_np(kept)):
             acc[row] += limb.sum(0)
         side_np(acc)[:] += np.where(small, 0.0, values).sum(0)
-        normalise_np(acc)
+        normalise(acc)
 
 
 def merge_np(acc: np.ndarray, other: np.ndarray) -> None:
     """Add accumulator ``other`` into ``acc`` (numpy, in place)."""
     acc[:SIDE] += other[:SIDE]
-    normalise_np(acc)
+    normalise(acc)
     side = side_np(acc)
     side += side_np(np.ascontiguousarray(other))
 
 
 # --- torch: the same arithmetic on any device -------------------------------------------------
-
-
-def normalise_t(acc: torch.Tensor) -> None:
-    for row in range(3, 0, -1):
-        carry = acc[row] >> 32
-        acc[row] &= MASK
-        acc[row - 1] += carry
 
 
 def add_t(acc: torch.Tensor, values: torch.Tensor, small: torch.Tensor) -> None:
@@ -159,12 +153,12 @@ def add_t(acc: torch.Tensor, values: torch.Tensor, small: torch.Tensor) -> None:
     for row, limb in zip((1, 2, 3), (a, b, c)):
         acc[row] += (limb * sign).to(torch.int64).sum(0)
     acc[SIDE].view(torch.float64).add_(torch.where(small, 0.0, values).sum(0))
-    normalise_t(acc)
+    normalise(acc)
 
 
 def merge_t(acc: torch.Tensor, other: torch.Tensor) -> None:
     acc[:SIDE] += other[:SIDE]
-    normalise_t(acc)
+    normalise(acc)
     acc[SIDE].view(torch.float64).add_(other[SIDE].contiguous().view(torch.float64))
 
 

@@ -94,15 +94,30 @@ def choose_boundaries(counts: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     >>> int(choose_boundaries(counts, np.array([0.5]))[0, 0]) == int(fine_bins_np(np.float32([1.0]))[0]) + 1
     True
     """
-    counts = np.asarray(counts, np.int64)
-    cum = np.zeros((counts.shape[0], counts.shape[1] + 1), np.int64)
-    np.cumsum(counts, axis=1, out=cum[:, 1:])
-    target = np.asarray(quantiles, np.float64)[None, :] * cum[:, -1:]  # [feat, Q]
-    upper = np.empty(target.shape, np.int64)
-    for f in range(cum.shape[0]):  # first boundary with cum >= target
-        upper[f] = np.searchsorted(cum[f], target[f], side="left")
-    upper = np.clip(upper, 0, N_FINE - 1)
-    lower = np.maximum(upper - 1, 0)
-    rows = np.arange(cum.shape[0])[:, None]
-    take_lower = (target - cum[rows, lower]) <= (cum[rows, upper] - target)
-    return np.where(take_lower, lower, upper)
+    counts = np.ascontiguousarray(counts, np.int64)
+    quantiles = np.ascontiguousarray(quantiles, np.float64)
+    out = np.empty((counts.shape[0], quantiles.shape[0]), np.int64)
+    for f in range(counts.shape[0]):
+        nearest_boundaries(counts[f], quantiles, out[f])
+    return out
+
+
+@njit(**NJIT_OPTIONS)
+def nearest_boundaries(counts, quantiles, out):
+    """One feature of `choose_boundaries`: counts int64 [N_FINE] -> out[j] for each quantile
+    (also what the sample-window pool estimates its bands with while streaming)."""
+    n_fine = counts.shape[0]
+    total = 0
+    for q in range(n_fine):
+        total += counts[q]
+    u, cum_u = 0, 0  # u: the first boundary with cum_u (tokens in bins < u) >= target
+    for j in range(quantiles.shape[0]):
+        target = quantiles[j] * total
+        while u < n_fine and cum_u < target:
+            cum_u += counts[u]
+            u += 1
+        upper = min(u, n_fine - 1)
+        cum_upper = cum_u if u < n_fine else cum_u - counts[n_fine - 1]
+        lower = max(upper - 1, 0)
+        cum_lower = cum_upper - counts[lower] if upper > 0 else 0
+        out[j] = lower if (target - cum_lower) <= (cum_upper - target) else upper

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS, Recorder, RecorderError
-from indexer.recorders.finebins import N_FINE
+from indexer.recorders.finebins import N_FINE, nearest_boundaries
 from indexer.recorders.topk_kernels import window_into
 
 MARGIN = 3.0  # cap = MARGIN x the expected largest final-sample priority of the band
@@ -199,22 +199,9 @@ def refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w
     longer in their bin's slots, and rebuild its free stack."""
     n_fine, n_q = counts.shape[1], quantiles.shape[0]
     per_bin = s_ctxs.shape[2]
-    total = 0
-    for q in range(n_fine):
-        total += counts[f, q]
     bounds = np.empty(n_q + 2, np.int64)  # band i: fine bins bounds[i] .. bounds[i + 1] - 1
     bounds[0], bounds[n_q + 1] = 0, n_fine
-    u, cum_u = 0, 0  # cum_u: tokens in fine bins < u
-    for j in range(n_q):  # as finebins.choose_boundaries: the boundary nearest the quantile
-        target = quantiles[j] * total
-        while u < n_fine and cum_u < target:
-            cum_u += counts[f, u]
-            u += 1
-        upper = min(u, n_fine - 1)
-        cum_upper = cum_u if u < n_fine else cum_u - counts[f, n_fine - 1]
-        lower = max(upper - 1, 0)
-        cum_lower = cum_upper - counts[f, lower] if upper > 0 else 0
-        bounds[j + 1] = lower if (target - cum_lower) <= (cum_upper - target) else upper
+    nearest_boundaries(counts[f], quantiles, bounds[1:n_q + 1])  # as the bands are cut at the end
     band_cap = np.empty(n_q + 1, np.uint32)
     for i in range(n_q + 1):
         lo, hi = bounds[i], max(bounds[i], bounds[i + 1])
