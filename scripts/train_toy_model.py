@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue from this model folder's model.safetensors (same architecture)")
     p.add_argument("--n-heads", type=int, default=4, help="heads per layer (d_head = d_model / n_heads)")
     p.add_argument("--d-model", type=int, default=256, help="residual stream width")
+    p.add_argument("--rotary", action="store_true",
+                   help="rotary positional embeddings on every head dimension instead of learned "
+                        "absolute ones: a previous-token head then works at every position")
     p.add_argument("--repeat-frac", type=float, default=0.0,
                    help="fraction of contexts that are synthetic repeats: half [BOS] r r with r "
                         "random tokens, half a training span repeated (teaches induction)")
@@ -84,6 +87,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat-vocab", type=int, default=None,
                    help="random repeats draw token ids from 1..N (default: the whole vocabulary); a "
                         "small N makes each id recur often, so the copying circuit forms sooner")
+    p.add_argument("--repeat-shuffle-max", type=int, default=None,
+                   help="the second copy of a synthetic repeat is the first cut into pieces of 2..N "
+                        "tokens in a random order: only the token right after an earlier occurrence "
+                        "predicts the next one, so induction forms on the previous token and not on "
+                        "a token further back (which rotary models otherwise find as readily)")
+    p.add_argument("--head-group-lasso", type=float, default=0.0,
+                   help="add this x the sum over heads of each head's ||W_O||_F to the loss (group "
+                        "lasso over heads): heads compete, so a circuit spread over several heads "
+                        "concentrates in fewer")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: --tokens / the expected tokens per step)")
     return p.parse_args(argv)
@@ -106,7 +118,8 @@ def model_config(args: argparse.Namespace, d_vocab: int) -> dict:
         "act_fn": args.act_fn,
         "normalization_type": "LN",
         "eps": 1e-5,
-        "positional_embedding_type": "standard",
+        "positional_embedding_type": "rotary" if args.rotary else "standard",
+        **({"rotary_dim": args.d_model // args.n_heads} if args.rotary else {}),
         "attn_only": bool(args.attn_only),
         "gated_mlp": False,
         "final_rms": False,
@@ -119,6 +132,17 @@ def model_config(args: argparse.Namespace, d_vocab: int) -> dict:
         "tokenizer_prepends_bos": False,
         "tokenizer_appends_eos": False,
     }
+
+
+def head_norms(bridge, n_heads: int):
+    """[layer, head] Frobenius norms of each head's W_O (columns of ``attn.o.weight``)."""
+    import torch
+
+    norms = []
+    for block in bridge.blocks:
+        w = block.attn.o.weight  # [d_model, n_heads * d_head]
+        norms.append(w.view(w.shape[0], n_heads, -1).norm(dim=(0, 2)))
+    return torch.stack(norms)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor_frac: float) -> float:
@@ -155,9 +179,10 @@ def evaluate(bridge, eval_sets: dict, batch_size: int, bos: int) -> dict[str, fl
 
 def repeated_chunk(rng: np.random.Generator, stream: ChunkStream, d_vocab: int, body: int,
                    len_max: int | None = None, random_frac: float = 0.5,
-                   vocab: int | None = None) -> np.ndarray:
+                   vocab: int | None = None, shuffle_max: int | None = None) -> np.ndarray:
     """A synthetic repeat (no BOS): random tokens ``r r`` or a training span ``s s``, with
-    ``len(r) <= len_max`` (default ``body // 2``)."""
+    ``len(r) <= len_max`` (default ``body // 2``); with ``shuffle_max``, the second copy is
+    ``r`` cut into pieces of 2..shuffle_max tokens, in a random order."""
     body_half = min(body // 2, len_max or body // 2)
     if rng.random() < random_frac:
         length = int(rng.integers(8, body_half + 1))
@@ -167,7 +192,14 @@ def repeated_chunk(rng: np.random.Generator, stream: ChunkStream, d_vocab: int, 
         length = int(rng.integers(min(8, len(chunk)), min(len(chunk), body_half) + 1))
         start = int(rng.integers(0, len(chunk) - length + 1))
         r = chunk[start : start + length]
-    return np.concatenate([r, r])[:body]
+    second = r
+    if shuffle_max:
+        cuts = [0]
+        while cuts[-1] < length:
+            cuts.append(min(length, cuts[-1] + int(rng.integers(2, shuffle_max + 1))))
+        pieces = [r[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+        second = np.concatenate([pieces[i] for i in rng.permutation(len(pieces))])
+    return np.concatenate([r, second])[:body]
 
 
 def head_probe(bridge, d_vocab: int, bos: int, n_ctx: int) -> dict:
@@ -353,14 +385,15 @@ def main(argv: list[str] | None = None) -> int:
         chunks = [streams[n].next() for n in names]
         for i in np.flatnonzero(rng.random(args.batch_size) < args.repeat_frac):
             chunks[i] = repeated_chunk(rng, streams[names[i]], d_vocab, args.ctx_len - 1, args.repeat_len_max,
-                                       args.repeat_random_frac, args.repeat_vocab)
+                                       args.repeat_random_frac, args.repeat_vocab, args.repeat_shuffle_max)
             names[i] = "repeat"
         tokens, targets = make_batch(chunks, bos)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
             # autocast runs cross_entropy in fp32
             logits = bridge(tokens)
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
-                                   ignore_index=IGNORE)
+            ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
+                                 ignore_index=IGNORE)
+        loss = ce + args.head_group_lasso * head_norms(bridge, args.n_heads).sum() if args.head_group_lasso else ce
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(bridge.parameters(), args.grad_clip)
@@ -372,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, c in zip(names, chunks):
             tokens_by_corpus[n] += len(c)
             chunks_by_corpus[n] += 1
-        lv = loss.item()
+        lv = ce.item()  # logged: the language-model loss alone
         if not math.isfinite(lv):
             raise RuntimeError(f"non-finite loss at step {step}: {lv}")
         window_loss += lv

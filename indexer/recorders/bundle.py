@@ -83,13 +83,15 @@ class FeatureRecorders:
         self._updates += 1
 
     def nbytes(self) -> int:
-        """Bytes of recorder state (fixed at creation: it does not grow with the stream)."""
+        """Bytes of recorder state (fixed at creation: it does not grow with the stream), the
+        numba kernels' cached admission thresholds included."""
         total = 0
         for part in self.parts().values():
             for name in part.arrays:
                 a = getattr(part, name)
                 total += a.nbytes if isinstance(a, np.ndarray) else a.element_size() * a.numel()
-        return total
+        thr = getattr(self.samples, "thr", None)
+        return total + (thr.nbytes if thr is not None else 0)
 
     def merge(self, other: "FeatureRecorders") -> None:
         for name, part in self.parts().items():

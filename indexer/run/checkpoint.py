@@ -29,7 +29,7 @@ from indexer.errors import IndexDirError
 from indexer.forward.sites import Site
 from indexer.recorders import FeatureRecorders, default_backend
 from indexer.store.killpoint import kill_point
-from indexer.store.writer import atomic_write_bytes
+from indexer.store.writer import atomic_open
 
 CHECKPOINT = "checkpoint.npz"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"
@@ -78,17 +78,73 @@ def read_state_file(path: Path) -> bytes:
     return unseal(data, str(path))
 
 
-def write_checkpoint(out: Path, payload: bytes) -> None:
+class _SealingSink:
+    """The write-only, unseekable file ``np.savez`` streams a payload into: every byte is
+    hashed on its way to ``f`` (unseekable, so zipfile never goes back to patch a header the
+    hash has already seen); ``point``'s kill point is hit once ``half`` bytes are through."""
+
+    def __init__(self, f: Any, point: str | None, half: int):
+        self.f, self.point, self.half = f, point, half
+        self.hash = hashlib.sha256()
+        self.n = 0
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.f.write(data)
+        before, self.n = self.n, self.n + len(data)
+        if self.point and before < self.half <= self.n:
+            self.f.flush()
+            kill_point(self.point)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.n
+
+    def read(self, *_: Any) -> bytes:  # present so numpy takes this for a file; never called
+        raise OSError("write-only")
+
+    def flush(self) -> None:
+        pass
+
+
+def write_state_file(path: Path, arrays: dict[str, np.ndarray], point: str | None = None) -> None:
+    """Write ``arrays`` as a sealed ``.npz`` atomically, streamed: no copy of the payload is
+    made in memory (a checkpoint is ~200 KB per feature); the same bytes ``seal`` would frame."""
+    half = sum(np.asarray(a).nbytes for a in arrays.values()) // 2
+    with atomic_open(path) as f:
+        f.write(MAGIC + bytes(32))  # the digest's place, filled in once the payload is through
+        sink = _SealingSink(f, point, half)
+        np.savez(sink, **arrays)
+        f.seek(len(MAGIC))
+        f.write(sink.hash.digest())
+
+
+def write_checkpoint(out: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write a checkpoint and keep the one before it as ``checkpoint.prev.npz``.
 
     The new file is written in full (atomically) under another name first, so at every moment
     at least one complete, checksummed checkpoint is on disk."""
     new, current, previous = out / NEW_CHECKPOINT, out / CHECKPOINT, out / PREVIOUS_CHECKPOINT
-    atomic_write_bytes(new, seal(payload), point="checkpoint-write")
+    write_state_file(new, arrays, point="checkpoint-write")
     if current.exists():
         os.replace(current, previous)
     kill_point("checkpoint-rotate")
     os.replace(new, current)
+
+
+def checkpoint_as_state(out: Path) -> bool:
+    """Make the newest checkpoint ``state.npz`` as well (a hard link: no second copy of ~200 KB
+    per feature written), when the recorders have not changed since it was written; False
+    where the file system has no hard links (the caller then writes the state)."""
+    tmp = out / f".{FINAL_STATE}.link-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(out / CHECKPOINT, tmp)
+    except OSError:
+        return False
+    kill_point("state-write")
+    os.replace(tmp, out / FINAL_STATE)
+    return True
 
 
 def remove_checkpoints(out: Path) -> None:
@@ -138,14 +194,19 @@ def site_salt(seed: int, site: Site) -> int:
     return zlib.crc32(f"{seed}:{site.key}".encode()) & 0x7FFFFFFF
 
 
-def save_states(recorders: dict[Site, FeatureRecorders], extra: dict[str, Any] | None = None) -> bytes:
-    """All recorder states (and JSON-able ``extra`` entries) as the bytes of one .npz file."""
+def state_arrays(recorders: dict[Site, FeatureRecorders], extra: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """All recorder states (and JSON-able ``extra`` entries) as the arrays of one .npz file."""
     arrays = {key: json_array(value) for key, value in (extra or {}).items()}
     for site, rec in recorders.items():
         for key, value in rec.state().items():
             arrays[f"{site.key}/{key}"] = np.asarray(value)
+    return arrays
+
+
+def save_states(recorders: dict[Site, FeatureRecorders], extra: dict[str, Any] | None = None) -> bytes:
+    """``state_arrays`` as the bytes of one .npz file (what a Dask shard returns)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **state_arrays(recorders, extra))
     return buffer.getvalue()
 
 

@@ -26,7 +26,7 @@ from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, pa
 from indexer.inputs.models import LoadedModel, load_model
 from indexer.recorders import FeatureRecorders, default_backend, hist_edges, warm_up
 from indexer.run.context_store import ContextStore
-from indexer.run.checkpoint import load_states, read_checkpoint, read_extra, save_states, site_salt, write_checkpoint
+from indexer.run.checkpoint import load_states, read_checkpoint, read_extra, site_salt, state_arrays, write_checkpoint
 from indexer.run.outdir import claimed_out_dir, meaningful_entries
 from indexer.run.safety import check_memory, failed_writes_explained
 from indexer.store.killpoint import kill_point
@@ -94,6 +94,7 @@ class Run:
         self.store: ContextStore | None = None
         self.store_folders: list[Path] | None = None
         self.finalize_forward_contexts: int | None = None  # contexts finalize ran the model over
+        self.checkpoint_current = False  # checkpoint.npz holds exactly the recorders' state now
 
     @classmethod
     def open(cls, cfg: IndexConfig, out: Path) -> "Run":
@@ -153,6 +154,7 @@ class Run:
         self.corpus_tokens = {}
         self.store_committed = {"contexts": 0, "tokens": 0}
         self.recorders = self.new_recorders()
+        self.checkpoint_current = False
 
     # --- the streaming pass ----------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class Run:
         for group in batches(contexts, self.cfg.batch_size):
             batch = make_batch(group, self.model.info.bos_token_id, self.device, self.ctx_len)
             features = forward(batch)
+            self.checkpoint_current = False
             for site, rec in self.recorders.items():
                 rec.update(features[site], batch.lengths, batch.ctx_ids)
             self.store.append(group)
@@ -233,7 +236,8 @@ class Run:
             if self.store is not None:
                 self.store_committed = self.store.commit()  # durable before the checkpoint counts it
             progress["store"] = self.store_committed
-            write_checkpoint(self.out, save_states(self.recorders, extra))
+            write_checkpoint(self.out, state_arrays(self.recorders, extra))
+            self.checkpoint_current = True
         except OSError as e:
             raise IndexDirError(
                 f"cannot write a checkpoint in {self.out} ({e.strerror or e}); the last good checkpoint is kept: "

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from indexer.run.decode import WindowDecoder
+
 KINDS = np.array(["top", "quantile"])
 
 
@@ -143,7 +145,7 @@ def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = 
     return examples
 
 
-def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> dict[str, Any]:
+def window_columns(examples: ExampleSet, vocab: np.ndarray, decoder: WindowDecoder) -> dict[str, Any]:
     """Columns of the examples table (without the site/feature key columns, plus 'feature')."""
     n = len(examples)
     width = examples.window_tokens.shape[1] if examples.window_tokens is not None else 0
@@ -154,8 +156,7 @@ def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> d
     at = examples.pos - examples.window_start
     token_id = tokens[np.arange(n), at] if n else np.zeros(0, np.int32)
     prev_id = tokens[np.arange(n), np.maximum(at - 1, 0)] if n else np.zeros(0, np.int32)
-    # one C-level tolist of the whole block, then list slices: a numpy tolist per row costs more
-    texts = decode_many(tokenizer, [row[:length] for row, length in zip(tokens.tolist(), examples.window_len.tolist())])
+    texts = decoder.decode(tokens, examples.window_len)
     return {
         "feature": examples.feature,
         "kind": KINDS[examples.kind],
@@ -174,14 +175,3 @@ def window_columns(examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> d
         "window_token_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(tokens[mask], pa.int32())),
         "window_acts": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[mask], pa.float32())),
     }
-
-
-def decode_many(tokenizer: Any, sequences: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
-    """``tokenizer.batch_decode(sequences, skip_special_tokens=...,
-    clean_up_tokenization_spaces=False)``, straight through the Rust backend of a fast
-    tokenizer: transformers' wrapper spends seconds checking every id in Python."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if getattr(tokenizer, "is_fast", False) and hasattr(backend, "decode_batch"):
-        return backend.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
-    return tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens,
-                                  clean_up_tokenization_spaces=False)

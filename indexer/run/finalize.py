@@ -20,16 +20,18 @@ import numpy as np
 
 from indexer.forward.sites import HEAD_METRICS, Site
 from indexer.recorders import FeatureRecorders, hist_edges
-from indexer.run.checkpoint import FINAL_STATE, remove_checkpoints, save_states, seal
+from indexer.run.checkpoint import FINAL_STATE, checkpoint_as_state, remove_checkpoints, state_arrays, write_state_file
 from indexer.run.context_store import StoredContexts, has_store, remove_store
-from indexer.run.examples import ExampleSet, collect_examples, decode_many, window_columns
+from indexer.run.decode import WindowDecoder, decode_many
+from indexer.run.examples import ExampleSet, collect_examples, window_columns
 from indexer.run.head_attention import write_head_attention
 from indexer.store.schema import (
     Contexts, Examples, HeadComposition, HeadExamples, HeadScores, Heads, HeadWiki, Neurons, Vocab,
 )
-from indexer.store.writer import IndexWriter, atomic_write_bytes
+from indexer.store.writer import IndexWriter
 
 CONTEXT_ROWS_PER_FILE = 8192
+WRITE_THREADS = 2  # Parquet files encoded and compressed at once (the examples table in two parts)
 # Private switch for tests: ignore the windows captured while streaming and run the model over
 # every kept context (the brute-force finalize the captured windows are checked against).
 FORWARD_ALL = False
@@ -44,7 +46,7 @@ def write_index(run: Any, progress: bool = True) -> Path:
     from indexer.inputs.contexts import batches
 
     started = time.perf_counter()
-    writer = IndexWriter(run.out)
+    writer = IndexWriter(run.out, threads=WRITE_THREADS)
     vocab = vocab_strings(run.model.tokenizer, run.model.info.d_vocab)
     writer.write(Vocab, {"token_id": np.arange(len(vocab), dtype=np.int32), "token_str": vocab})
     before, after = run.cfg.window_before, run.cfg.window_after
@@ -84,15 +86,19 @@ def write_index(run: Any, progress: bool = True) -> Path:
     bar.close()
     run.finalize_forward_contexts = len(rerun)
     phases["windows"] = time.perf_counter() - started - phases["examples"]
+    decoder = WindowDecoder(run.model.tokenizer)
     for (site, rec), example_set in zip(run.recorders.items(), sets):
-        _write_site(writer, site, rec, bands[site], example_set, vocab, run.model.tokenizer)
+        _write_site(writer, site, rec, bands[site], example_set, vocab, decoder)
     if any(site.name == "heads" for site in run.plan):
         _write_head_scores(writer, run)
         write_head_attention(run, writer, progress)
-    atomic_write_bytes(run.out / FINAL_STATE, seal(save_states(run.recorders)), point="state-write")
+    writer.wait()
+    if not (run.checkpoint_current and checkpoint_as_state(run.out)):
+        write_state_file(run.out / FINAL_STATE, state_arrays(run.recorders), point="state-write")
     phases["write"] = time.perf_counter() - started - phases["examples"] - phases["windows"]
     run.finalize_phases = {k: round(v, 3) for k, v in phases.items()}
     writer.write_manifest(run.manifest(finalize_seconds=time.perf_counter() - started))
+    writer.close()
     remove_checkpoints(run.out)  # state.npz and the manifest now say it all
     if run.cfg.shard[1] == 1:
         remove_store(run.out)  # the contexts table holds what users query; a shard's store is merge's input
@@ -128,7 +134,7 @@ def _write_head_scores(writer: IndexWriter, run: Any) -> None:
 
 
 def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, bands: dict[str, np.ndarray],
-                examples: ExampleSet, vocab: np.ndarray, tokenizer: Any) -> None:
+                examples: ExampleSet, vocab: np.ndarray, decoder: WindowDecoder) -> None:
     stats = rec.stats.summary()
     n = site.n_features
     feature = np.arange(n, dtype=np.int32)
@@ -143,22 +149,23 @@ def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, bands: d
         "bin_shares": list(bands["shares"]),
         "bin_status": bands["status"],
     }
-    rows = window_columns(examples, vocab, tokenizer)
+    rows = window_columns(examples, vocab, decoder)
     if site.name == "heads":
         key = {"layer": np.full(n, site.layer, np.int32), "head": feature // len(HEAD_METRICS),
                "metric": np.array(HEAD_METRICS)[feature % len(HEAD_METRICS)]}
-        writer.write(Heads, {**key, **stat_columns}, partition={"layer": site.layer})
+        writer.write_soon(Heads, {**key, **stat_columns}, partition={"layer": site.layer})
         f = rows.pop("feature")
         ex_key = {"layer": np.full(len(f), site.layer, np.int32), "head": (f // len(HEAD_METRICS)).astype(np.int32),
                   "metric": np.array(HEAD_METRICS)[f % len(HEAD_METRICS)]}
-        writer.write(HeadExamples, {**ex_key, **rows}, partition={"layer": site.layer})
+        writer.write_soon(HeadExamples, {**ex_key, **rows}, partition={"layer": site.layer}, parts=WRITE_THREADS)
         return
     key = {"site": np.full(n, site.name), "layer": np.full(n, site.layer, np.int32), "neuron": feature}
-    writer.write(Neurons, {**key, **stat_columns}, partition={"site": site.name, "layer": site.layer})
+    writer.write_soon(Neurons, {**key, **stat_columns}, partition={"site": site.name, "layer": site.layer})
     f = rows.pop("feature")
     ex_key = {"site": np.full(len(f), site.name), "layer": np.full(len(f), site.layer, np.int32),
               "neuron": f.astype(np.int32)}
-    writer.write(Examples, {**ex_key, **rows}, partition={"site": site.name, "layer": site.layer})
+    writer.write_soon(Examples, {**ex_key, **rows}, partition={"site": site.name, "layer": site.layer},
+                      parts=WRITE_THREADS)
 
 
 class _ContextWriter:

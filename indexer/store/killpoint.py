@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 ENV = "NEUROSCOPE_TEST_KILL_AT"
 SLOW_ENV = "NEUROSCOPE_TEST_SLOW_AT"
 _hits: dict[str, int] = {}
+_lock = threading.Lock()  # Parquet files are written from several threads
 
 
 def kill_point(name: str) -> None:
@@ -44,8 +46,9 @@ def kill_point(name: str) -> None:
     spec = os.environ.get(ENV)
     if not spec:
         return
-    _hits[name] = _hits.get(name, 0) + 1
+    with _lock:
+        _hits[name] = hit = _hits.get(name, 0) + 1
     for item in spec.split(","):
         point, _, nth = item.strip().partition(":")
-        if point == name and _hits[name] == int(nth or 1):
+        if point == name and hit == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -83,9 +84,11 @@ class IndexWriter:
     refusing or clearing a non-empty folder is the engine's decision (--resume, --overwrite).
     """
 
-    def __init__(self, out_dir: Path | str):
+    def __init__(self, out_dir: Path | str, threads: int = 0):
         self.root = Path(out_dir)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="parquet") if threads else None
+        self._pending: list[Future] = []
 
     def write(
         self,
@@ -104,13 +107,49 @@ class IndexWriter:
         partition = dict(partition or {})
         _check_partition(table_cls, partition, part)
         table = to_arrow(table_cls, columns, partition)
-        path = table_cls.path(self.root, partition, part)
+        return self._write_file(table_cls, table, table_cls.path(self.root, partition, part))
+
+    def write_soon(self, table_cls: type[Table], columns: Columns, partition: Mapping[str, Any] | None = None,
+                   parts: int = 1) -> None:
+        """``write`` as ``parts`` files (``part-0`` ...: consecutive row ranges), encoded and
+        compressed on the writer's threads (pyarrow does that without the GIL) while the caller
+        builds the next table. The columns are checked here; ``wait`` reports a failed write."""
+        partition = dict(partition or {})
+        _check_partition(table_cls, partition, "part-0")
+        table = to_arrow(table_cls, columns, partition)
+        step = -(-table.num_rows // parts) if table.num_rows else 1
+        for i in range(parts):
+            if i and i * step >= table.num_rows:
+                break
+            path = table_cls.path(self.root, partition, f"part-{i}")
+            piece = table.slice(i * step, step)
+            if self._pool is None:
+                self._write_file(table_cls, piece, path)
+            else:
+                self._pending.append(self._pool.submit(self._write_file, table_cls, piece, path))
+
+    def wait(self) -> None:
+        """Block until every ``write_soon`` file is written; the first failure is raised."""
+        pending, self._pending = self._pending, []
+        errors = [f.exception() for f in pending]  # waits for every one, failed or not
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def close(self) -> None:
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    @staticmethod
+    def _write_file(table_cls: type[Table], table: pa.Table, path: Path) -> Path:
         with atomic_open(path, point="parquet-write") as f:
             pq.write_table(table, f, compression="zstd", row_group_size=table_cls.ROW_GROUP_ROWS)
         return path
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
         """Write ``manifest.json`` atomically. It must say ``"status": "complete" | "partial"``."""
+        self.wait()  # the manifest says the index is whole: only once every table is on disk
         if manifest.get("status") not in STATUSES:
             raise ValueError(f"manifest status={manifest.get('status')!r} but expected one of {STATUSES}")
         text = manifest_text(manifest)

@@ -186,15 +186,15 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(model_dir, whole, tmp_p
     import indexer.run.checkpoint as checkpoint
 
     calls = {"n": 0}
-    real = checkpoint.atomic_write_bytes
+    real = checkpoint.write_state_file
 
-    def failing(path, data, point=None):
+    def failing(path, arrays, point=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, data, point)
+        return real(path, arrays, point)
 
-    monkeypatch.setattr(checkpoint, "atomic_write_bytes", failing)
+    monkeypatch.setattr(checkpoint, "write_state_file", failing)
     out = tmp_path / "f"
     with pytest.raises(IndexDirError, match=r"cannot write a checkpoint .*No space left.*last good checkpoint is kept"):
         index(small(model_dir, str(out)), progress=False)
