@@ -91,6 +91,7 @@ def write_index(run: Any, progress: bool = True) -> Path:
         _write_site(writer, site, rec, bands[site], example_set, vocab, decoder)
     if any(site.name == "heads" for site in run.plan):
         _write_head_scores(writer, run)
+        writer.wait()  # head_attention reads the head examples back
         write_head_attention(run, writer, progress)
     writer.wait()
     if not (run.checkpoint_current and checkpoint_as_state(run.out)):
