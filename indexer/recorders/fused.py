@@ -34,7 +34,7 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
     for c in prange((n_feat + chunk - 1) // chunk):
         f1c = min(c * chunk + chunk, n_feat)
         buf = np.empty((TILE, n), np.int32)
-        qb, hb = np.empty(n, np.int32), np.empty(n, np.uint32)
+        qb, hb, ins = np.empty(n, np.int32), np.empty(n, np.uint32), np.empty(n, np.int32)
         for f0 in range(c * chunk, f1c, TILE):
             m = min(TILE, f1c - f0)
             transpose_tile(bits, rows, poss, f0, m, buf)
@@ -44,8 +44,8 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                 x = u.view(np.float32)
                 topk_feature(f, x, starts, ctx_ids, tk_vals, tk_ctxs, tk_poss, tk_wins, acts, tk_before)
                 stats_feature(f, x, u, total, total_sq, lo, hi, n_active)
-                quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], counts, thr,
-                                 prio, s_vals, s_ctxs, s_poss, qb, hb)
-                sample_windows_feature(f, x, qb, hb, rows, poss, starts, ctx_ids, acts, tk_before, sw_refresh, counts,
+                n_ins = quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], counts, thr,
+                                         prio, s_vals, s_ctxs, s_poss, qb, hb, ins)
+                sample_windows_feature(f, x, qb, hb, ins[:n_ins], rows, poss, starts, ctx_ids, acts, tk_before, sw_refresh, counts,
                                        sw_quantiles, sw_cap, s_ctxs, s_poss, sw_vals, sw_prio, sw_ctx, sw_pos, sw_q,
                                        sw_free, sw_top)

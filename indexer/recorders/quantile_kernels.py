@@ -59,13 +59,13 @@ def quantile_update(acts, lengths, ctx_ids, chunk, seed, keys, counts, thr, prio
     for c in prange((n_feat + chunk - 1) // chunk):
         f1c = min(c * chunk + chunk, n_feat)
         buf = np.empty((TILE, n), np.int32)
-        qb, hb = np.empty(n, np.int32), np.empty(n, np.uint32)
+        qb, hb, ins = np.empty(n, np.int32), np.empty(n, np.uint32), np.empty(n, np.int32)
         for f0 in range(c * chunk, f1c, TILE):
             m = min(TILE, f1c - f0)
             transpose_tile(bits, rows, tposs, f0, m, buf)
             for j in range(m):
                 quantile_feature(f0 + j, buf[j].view(np.float32), buf[j], th, rows, tposs, ctx_ids,
-                                 keys[f0 + j], counts, thr, prio, vals, ctxs, poss, qb, hb)
+                                 keys[f0 + j], counts, thr, prio, vals, ctxs, poss, qb, hb, ins)
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
@@ -107,10 +107,12 @@ def threshold_of(p):
 
 
 @njit(**NJIT_OPTIONS)
-def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, counts, thr, prio, vals, ctxs, s_poss, qb, hb):
+def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, counts, thr, prio, vals, ctxs, s_poss, qb, hb, ins):
     """Feature-major: fold feature f's values x float32 [n] (u: their bits; th: the tokens'
     hashes; token i is (ctx_ids[rows[i]], poss[i])). thr[f, q] caches threshold_of the
-    bin's last priority, so the common case reads 4 bytes per bin of one feature (L1/L2)."""
+    bin's last priority, so the common case reads 4 bytes per bin of one feature (L1/L2).
+    Returns how many tokens entered a bin's slots; ins[:that] lists them in token order (only
+    those can be samples whose window the pool captures)."""
     n = x.shape[0]
     last = prio.shape[2] - 1
     for i in range(n):  # vectorised
@@ -118,6 +120,7 @@ def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, counts, thr, prio, v
         hb[i] = fmix32_nb(np.uint32(th[i] ^ key))
     cf = counts[f]
     tf = thr[f]
+    n_ins = 0
     for i in range(n):
         q = qb[i]
         cf[q] += 1
@@ -125,6 +128,9 @@ def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, counts, thr, prio, v
             if sample_insert(prio, vals, ctxs, s_poss, f, q, np.int64(hb[i]), x[i],
                              ctx_ids[rows[i]], poss[i]) >= 0:
                 tf[q] = threshold_of(prio[f, q, last])
+                ins[n_ins] = i
+                n_ins += 1
+    return n_ins
 
 
 @njit(parallel=True, **NJIT_OPTIONS)

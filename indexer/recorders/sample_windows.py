@@ -99,20 +99,11 @@ class SampleWindows(Recorder):
 
     def lookup(self, feature: np.ndarray, ctx_id: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found bool [n], values float32 [n, W]) of the pool entries of (feature, ctx, pos)."""
-        ctx = self._numpy("ctx")
-        f_idx, slot = np.nonzero(ctx >= 0)
-        pos_all = self._numpy("pos")
-        where = {(f, c, p): s for f, c, p, s in zip(f_idx.tolist(), ctx[f_idx, slot].tolist(),
-                                                   pos_all[f_idx, slot].tolist(), slot.tolist())}
-        vals = self._numpy("vals")
-        found = np.zeros(len(feature), bool)
+        slot = _find_slots(self._numpy("ctx"), self._numpy("pos"), np.asarray(feature, np.int64),
+                           np.asarray(ctx_id, np.int64), np.asarray(pos, np.int64))
+        found = slot >= 0
         out = np.zeros((len(feature), self.width), np.float32)
-        for i, key in enumerate(zip(np.asarray(feature).tolist(), np.asarray(ctx_id).tolist(),
-                                    np.asarray(pos).tolist())):
-            s = where.get(key)
-            if s is not None:
-                found[i] = True
-                out[i] = vals[key[0], s]
+        out[found] = self._numpy("vals")[np.asarray(feature)[found], slot[found]]
         return found, out
 
     def sweep(self, samples: Any) -> None:
@@ -150,6 +141,20 @@ class SampleWindows(Recorder):
         """Nothing: the torch backend keeps its own (empty) pool."""
 
 
+@njit(parallel=True, **NJIT_OPTIONS)
+def _find_slots(w_ctx, w_pos, feature, ctx_id, pos):
+    """Per query i, the pool slot of feature[i] holding (ctx_id[i], pos[i]), or -1 (a scan of
+    that feature's few hundred entries)."""
+    out = np.full(feature.shape[0], -1, np.int64)
+    for i in prange(feature.shape[0]):
+        f = feature[i]
+        for s in range(w_ctx.shape[1]):
+            if w_ctx[f, s] == ctx_id[i] and w_pos[f, s] == pos[i]:
+                out[i] = s
+                break
+    return out
+
+
 @njit(**NJIT_OPTIONS)
 def _in_slots(s_ctxs, s_poss, f, q, c, t):
     for j in range(s_ctxs.shape[2]):
@@ -159,18 +164,19 @@ def _in_slots(s_ctxs, s_poss, f, q, c, t):
 
 
 @njit(**NJIT_OPTIONS)
-def sample_windows_feature(f, x, qb, hb, rows, poss, starts, ctx_ids, acts, before, refresh, counts, quantiles,
-                           cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+def sample_windows_feature(f, x, qb, hb, inserted, rows, poss, starts, ctx_ids, acts, before, refresh, counts,
+                           quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
     """After quantile_feature folded feature f's tokens (qb: their fine bins, hb: their
-    priorities): with ``refresh``, first new caps and a sweep (``refresh_feature``); then
-    capture the window of each token under its bin's cap that sits in its bin's sample
-    slots, while the pool has free entries."""
+    priorities, inserted: those that entered a bin's slots, in token order): with ``refresh``,
+    first new caps and a sweep (``refresh_feature``); then capture the window of each
+    inserted token under its bin's cap that still sits in its bin's sample slots, while the
+    pool has free entries."""
     if w_ctx.shape[1] == 0:
         return
     if refresh:
         refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top)
     cf = cap[f]
-    for i in range(x.shape[0]):
+    for i in inserted:
         q = qb[i]
         if hb[i] < cf[q]:
             b = rows[i]
