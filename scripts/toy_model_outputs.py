@@ -140,6 +140,18 @@ def head_card(ld: dict) -> str:
             "key; the curve during training is `induction.png`):\n\n" + "\n".join(rows) + "\n")
 
 
+def _activation(config: dict) -> str:
+    if config.get("attn_only"):
+        return "none: attention-only (no MLP)"
+    return f"`{config['act_fn']}`" + (" (x * softmax(x), then a LayerNorm inside the MLP)" if config["act_fn"] == "solu_ln" else "")
+
+
+def _positions(config: dict) -> str:
+    if config.get("positional_embedding_type") == "rotary":
+        return f"rotary positional embeddings (on {config.get('rotary_dim', config['d_head'])} dims of each head)"
+    return "learned positional embeddings"
+
+
 def model_card(config: dict, ld: dict) -> str:
     f = ld["final_heldout_loss"]
     h = ld["unigram_entropy"]
@@ -152,9 +164,9 @@ Trained from scratch on the embedded corpora with `scripts/train_toy_model.py`.
 | | |
 |---|---|
 | layers | {config['n_layers']} |
-| d_model / heads x d_head / d_mlp | {config['d_model']} / {config['n_heads']} x {config['d_head']} / {config['d_mlp']} |
-| activation | `{config['act_fn']}`{' (x * softmax(x), then a LayerNorm inside the MLP)' if config['act_fn'] == 'solu_ln' else ''} |
-| normalization | LayerNorm (pre-LN), learned positional embeddings, untied unembedding |
+| d_model / heads x d_head / d_mlp | {config['d_model']} / {config['n_heads']} x {config['d_head']} / {'none' if config.get('attn_only') else config['d_mlp']} |
+| activation | {_activation(config)} |
+| normalization | LayerNorm (pre-LN), {_positions(config)}, untied unembedding |
 | context | {config['n_ctx']} tokens, BOS (`<|endoftext|>`, id 0) at position 0 |
 | vocabulary | {config['d_vocab']} (byte-level BPE, `data/tokenizer`) |
 | parameters | {n_params:,} |
