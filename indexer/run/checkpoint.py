@@ -11,6 +11,10 @@ the newer is bad. The checksum catches accidents and careless edits, not a forge
 recomputes it. The magic line carries the state format's version (``STATE_VERSION``): a file of
 another version is refused with a message naming both (version 2: the stats' sums became exact
 integer limbs, ``indexer.recorders.exactsum``).
+
+A state file is streamed to disk as it is hashed (``write_state_file``), never copied whole in
+memory. When the recorders have not changed since the last checkpoint (a run's stream ends with
+one), finalize makes ``state.npz`` a hard link to it instead of writing the same bytes again.
 """
 
 from __future__ import annotations

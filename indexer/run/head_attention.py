@@ -9,7 +9,9 @@ draw it; those between ``window_start`` and the window's end are the ones its wi
 
 It reads the head examples and their contexts back from the index being finalized and re-runs
 only those contexts (n_layers x n_heads x 4 metrics x (top_k + bins x per_bin) examples, so a
-few hundred to a few thousand contexts), keeping only the attention patterns. Decoupled from
+few hundred to a few thousand contexts), each only up to its last example's destination (the
+attention is causal) and batched with contexts of similar length, keeping only the attention
+patterns. Decoupled from
 how the windows themselves are captured, at the price of one more forward pass over the
 head examples' contexts.
 """
@@ -70,8 +72,11 @@ def _attention_rows(run: Any, ex: Any, tokens: dict[int, np.ndarray], layers: li
     bridge = run.model.bridge
     device = next(bridge.parameters()).device
     bos = run.model.info.bos_token_id
-    ctx_ids = sorted(tokens)
     by_ctx = {cid: grp for cid, grp in ex.groupby("ctx_id")}
+    # causal attention: a context runs only up to its last example's destination, and contexts
+    # of similar lengths share a batch (no padding worth the name)
+    need = {c: int(by_ctx[c]["pos"].max()) + 1 for c in tokens}
+    ctx_ids = sorted(tokens, key=lambda c: (need[c], c))
     # Per layer, the (batch row, head, pos) pattern rows the batch's examples need: only those
     # leave the hook (a whole [batch, head, q, k] pattern per layer would not fit for big models).
     wanted: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -89,15 +94,14 @@ def _attention_rows(run: Any, ex: Any, tokens: dict[int, np.ndarray], layers: li
 
     hooks = [(f"blocks.{layer}.attn.hook_pattern", keep(layer, layer == layers[-1])) for layer in layers]
     out: dict[str, list] = {c: [] for c in HeadAttention.columns()}
-    batch_size = max(1, int(run.cfg.batch_size))
+    budget = max(1, int(run.cfg.batch_size)) * int(run.ctx_len)  # tokens per forward, as in the stream
     bar = tqdm(total=len(ctx_ids), unit="ctx", desc="head attention", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
-    for start in range(0, len(ctx_ids), batch_size):
-        group = ctx_ids[start : start + batch_size]
-        width = max(len(tokens[c]) for c in group)
+    for group in _token_batches(ctx_ids, need, budget):
+        width = max(need[c] for c in group)
         batch = np.full((len(group), width), bos, np.int64)
         for i, c in enumerate(group):
-            batch[i, : len(tokens[c])] = tokens[c]
+            batch[i, : need[c]] = tokens[c][: need[c]]
         index: dict[int, list[tuple[int, int, int]]] = {}
         for i, c in enumerate(group):
             for r in by_ctx[c].itertuples(index=False):
@@ -132,3 +136,15 @@ def _attention_rows(run: Any, ex: Any, tokens: dict[int, np.ndarray], layers: li
         frame[col] = frame[col].astype(np.int32)
     frame["ctx_id"] = frame["ctx_id"].astype(np.int64)
     return frame
+
+
+def _token_batches(ctx_ids: list[int], need: dict[int, int], budget: int) -> list[list[int]]:
+    """Consecutive groups of ``ctx_ids`` (sorted by ``need``) of at most ``budget`` tokens once
+    padded to the group's longest (always at least one context)."""
+    groups: list[list[int]] = []
+    for c in ctx_ids:
+        if groups and (len(groups[-1]) + 1) * max(need[c], need[groups[-1][0]]) <= budget:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return groups

@@ -152,3 +152,14 @@ def test_composition_scores_equal_direct_computation(tmp_path):
     np.testing.assert_allclose(got["score"], [want[k] for k in keys], rtol=1e-5)
     # Q- and K-composition differ on random weights (the transpose matters for the product)
     assert not np.allclose(got["score"][got["kind"] == "q"], got["score"][got["kind"] == "k"])
+
+
+def test_the_embedded_toy_attn_2l_has_a_previous_token_head_and_induction_heads():
+    """The model the demo's head pages show: trained, not hand-set (data/models/toy-attn-2l)."""
+    from indexer.forward.head_scores import head_scores
+
+    s = head_scores(load_model("toy-attn-2l"), [0, 1])
+    layer0, layer1 = s["layer"] == 0, s["layer"] == 1
+    assert s["prev_token"][layer0].max() >= 0.8 and s["induction"][layer0].max() < 0.05
+    assert s["induction"][layer1].min() >= 0.8  # all four layer-1 heads
+    assert int(s["layer"][np.argmax(s["induction"])]) == 1
