@@ -41,11 +41,14 @@ def main() -> None:
     from indexer.api import Index
 
     with Index.open(args.index_dir) as ix:
+        neuron_page = None
         if args.neuron:
             site, layer, neuron = args.neuron.split(":")
+            neuron_page = f"?site={site}&layer={layer}&neuron={neuron}"
         else:
-            best = ix.sql("SELECT site, layer, neuron FROM neurons ORDER BY max DESC LIMIT 1").iloc[0]
-            site, layer, neuron = best["site"], int(best["layer"]), int(best["neuron"])
+            best = ix.sql("SELECT site, layer, neuron FROM neurons ORDER BY max DESC LIMIT 1")
+            if len(best):  # a heads-only index (an attention-only model) has no neuron page
+                neuron_page = f"?site={best['site'].iloc[0]}&layer={int(best['layer'].iloc[0])}&neuron={int(best['neuron'].iloc[0])}"
         if args.head:
             hl, hh, metric = args.head.split(":")
         else:
@@ -59,7 +62,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}/"
     shots = {
         "viewer-overview.png": base,
-        "viewer-neuron.png": f"{base}?site={site}&layer={layer}&neuron={neuron}",
+        **({"viewer-neuron.png": base + neuron_page} if neuron_page else {}),
         "viewer-head.png": f"{base}?layer={hl}&head={hh}&metric={metric}",
     }
     try:
