@@ -90,8 +90,7 @@ class FeatureRecorders:
             for name in part.arrays:
                 a = getattr(part, name)
                 total += a.nbytes if isinstance(a, np.ndarray) else a.element_size() * a.numel()
-        thr = getattr(self.samples, "thr", None)
-        return total + (thr.nbytes if thr is not None else 0)
+        return total + (self.samples.thr.nbytes if self.samples.thr is not None else 0)
 
     def merge(self, other: "FeatureRecorders") -> None:
         for name, part in self.parts().items():

@@ -46,6 +46,6 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                 stats_feature(f, x, u, total, total_sq, lo, hi, n_active)
                 n_ins = quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], counts, thr,
                                          prio, s_vals, s_ctxs, s_poss, qb, hb, ins)
-                sample_windows_feature(f, x, qb, hb, ins[:n_ins], rows, poss, starts, ctx_ids, acts, tk_before, sw_refresh, counts,
-                                       sw_quantiles, sw_cap, s_ctxs, s_poss, sw_vals, sw_prio, sw_ctx, sw_pos, sw_q,
-                                       sw_free, sw_top)
+                sample_windows_feature(f, x, qb, hb, ins[:n_ins], rows, poss, starts, ctx_ids, acts, tk_before,
+                                       sw_refresh, counts, sw_quantiles, sw_cap, s_ctxs, s_poss, sw_vals, sw_prio,
+                                       sw_ctx, sw_pos, sw_q, sw_free, sw_top)

@@ -53,11 +53,6 @@ class StateVersionError(IndexDirError):
     """A state file was written in another state format version (by another neuroscope)."""
 
 
-def seal(payload: bytes) -> bytes:
-    """``payload`` with the magic line and its SHA-256 in front."""
-    return MAGIC + hashlib.sha256(payload).digest() + payload
-
-
 def unseal(data: bytes, where: str = "state file") -> bytes:
     """The payload of sealed bytes; CorruptState if the seal or checksum is wrong."""
     if data.startswith(MAGIC_PREFIX) and not data.startswith(MAGIC):
@@ -112,8 +107,9 @@ class _SealingSink:
 
 
 def write_state_file(path: Path, arrays: dict[str, np.ndarray], point: str | None = None) -> None:
-    """Write ``arrays`` as a sealed ``.npz`` atomically, streamed: no copy of the payload is
-    made in memory (a checkpoint is ~200 KB per feature); the same bytes ``seal`` would frame."""
+    """Write ``arrays`` as a sealed ``.npz`` (the magic line, the payload's SHA-256, the payload:
+    what ``unseal`` checks) atomically, streamed: no copy of the payload is made in memory (a
+    checkpoint is ~200 KB per feature)."""
     half = sum(np.asarray(a).nbytes for a in arrays.values()) // 2
     with atomic_open(path) as f:
         f.write(MAGIC + bytes(32))  # the digest's place, filled in once the payload is through

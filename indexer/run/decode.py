@@ -50,7 +50,7 @@ class WindowDecoder:
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
         """tokens int [n, width]; lengths [n]: row i's text is that of tokens[i, :lengths[i]]."""
         if self.blob is None or (len(tokens) and int(tokens.max(initial=0)) >= len(self.offsets) - 1):
-            return decode_many(self.tokenizer, [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())])
+            return decode_many(self.tokenizer, _rows(tokens, lengths))
         mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
         flat = tokens[mask].astype(np.int64)
         ends = np.cumsum(np.diff(self.offsets)[flat])  # where each token's bytes end in the output
@@ -64,8 +64,13 @@ class WindowDecoder:
         tokens = rng.integers(0, n_vocab, size=(CHECK_SEQUENCES, CHECK_LENGTH))
         lengths = rng.integers(0, CHECK_LENGTH + 1, size=CHECK_SEQUENCES)
         tokens[:, 0] = np.arange(CHECK_SEQUENCES) % n_vocab  # every low id at least once
-        want = decode_many(self.tokenizer, [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())])
+        want = decode_many(self.tokenizer, _rows(tokens, lengths))
         return self.decode(tokens, lengths) == want
+
+
+def _rows(tokens: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    """The windows as lists of ids (one C-level ``tolist``, then slices), for the tokenizer."""
+    return [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())]
 
 
 @njit(**NJIT_OPTIONS)
@@ -87,7 +92,9 @@ def _byte_table(tokenizer: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
     backend = getattr(tokenizer, "_tokenizer", None)
     if not getattr(tokenizer, "is_fast", False) or type(getattr(backend, "decoder", None)).__name__ != "ByteLevel":
         return None, None
-    char_bytes = {c: b for b, c in _bytes_to_unicode().items()}
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> character map
+
+    char_bytes = {c: b for b, c in bytes_to_unicode().items()}
     added = backend.get_added_tokens_decoder()
     pieces = []
     for i in range(backend.get_vocab_size(with_added_tokens=True)):
@@ -101,15 +108,3 @@ def _byte_table(tokenizer: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
     return np.frombuffer(b"".join(pieces), np.uint8), offsets
 
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map, the alphabet of byte-level BPE tokens."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars

@@ -96,11 +96,6 @@ class ExampleSet:
             self.window_values[idx] = acts[row, cols, self.feature[idx, None]]
             self.captured[idx] = True
 
-    def fill_windows(self, batch: Any, acts: Any, before: int, after: int) -> None:
-        """Tokens and values of the windows of the examples in ``batch`` (a forward's acts)."""
-        self.fill_tokens(batch.contexts, before, after)
-        self.fill_values(batch, acts, before, after)
-
 
 def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = None,
                      window: tuple[int, int] | None = None) -> ExampleSet:

@@ -11,9 +11,8 @@ It reads the head examples and their contexts back from the index being finalize
 only those contexts (n_layers x n_heads x 4 metrics x (top_k + bins x per_bin) examples, so a
 few hundred to a few thousand contexts), each only up to its last example's destination (the
 attention is causal) and batched with contexts of similar length, keeping only the attention
-patterns. Decoupled from
-how the windows themselves are captured, at the price of one more forward pass over the
-head examples' contexts.
+patterns. Decoupled from how the windows themselves are captured, at the price of one more
+forward pass over the head examples' contexts.
 """
 
 from __future__ import annotations
@@ -143,7 +142,7 @@ def _token_batches(ctx_ids: list[int], need: dict[int, int], budget: int) -> lis
     padded to the group's longest (always at least one context)."""
     groups: list[list[int]] = []
     for c in ctx_ids:
-        if groups and (len(groups[-1]) + 1) * max(need[c], need[groups[-1][0]]) <= budget:
+        if groups and (len(groups[-1]) + 1) * need[c] <= budget:  # c is the group's longest
             groups[-1].append(c)
         else:
             groups.append([c])
