@@ -20,6 +20,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 CORPORA = ("code", "prose")
 HOLDOUT_MOD = 50  # 1 in 50 documents = 2% held out
 IGNORE = -100
+EVAL_SEED = 1234  # the held-out evaluation chunks do not depend on --seed
 
 
 def log(msg: str) -> None:
@@ -90,6 +91,40 @@ def chunk_documents(
     return chunks, doc_ids
 
 
+def split_corpus(corpus: str, tokenizer, cache_dir: Path | None, ctx_len: int, min_chunk: int,
+                 max_eval: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict]:
+    """One corpus for training: (training documents, training chunks, held-out evaluation chunks
+    (at most ``max_eval``, picked with ``EVAL_SEED``), what was read, for the training log)."""
+    t0 = time.time()
+    all_docs = load_corpus_tokens(corpus, tokenizer, cache_dir)
+    held = [i for i in range(len(all_docs)) if is_heldout(corpus, i)]
+    held_set = set(held)
+    train_docs = [d for i, d in enumerate(all_docs) if i not in held_set]
+    held_docs = [all_docs[i] for i in held]
+    tc, _ = chunk_documents(train_docs, ctx_len, min_chunk)
+    hc, _ = chunk_documents(held_docs, ctx_len, min_chunk)
+    if not hc:
+        raise SystemExit(f"no held-out chunks for {corpus}")
+    n_eval = min(len(hc), max_eval)
+    pick = np.sort(np.random.default_rng(EVAL_SEED).choice(len(hc), n_eval, replace=False))
+    eval_set = [hc[i] for i in pick]
+    info = {
+        "documents": len(all_docs),
+        "heldout_documents": len(held),
+        "heldout_doc_indices": held,
+        "train_tokens": int(sum(len(d) for d in train_docs)),
+        "heldout_tokens": int(sum(len(d) for d in held_docs)),
+        "train_chunks": len(tc),
+        "train_chunk_tokens": int(sum(len(c) for c in tc)),
+        "heldout_chunks": len(hc),
+        "eval_chunks": n_eval,
+        "eval_tokens": int(sum(len(c) for c in eval_set)),
+    }
+    log(f"{corpus}: {len(all_docs)} docs ({len(held)} held out), {info['train_tokens']:,} train tokens, "
+        f"{len(tc):,} train chunks, {n_eval} eval chunks; tokenized in {time.time() - t0:.1f}s")
+    return train_docs, tc, eval_set, info
+
+
 def make_batch(chunks: list[np.ndarray], bos: int):
     """tokens [B, T] (BOS + chunk, right-padded with the BOS id) and targets [B, T]: the next
     token at each position, IGNORE at padding and at the last real position (there is no next
@@ -126,6 +161,31 @@ class ChunkStream:
     @property
     def epochs(self) -> float:
         return self.epochs_started - 1 + self.pos / len(self.order)
+
+
+def repeated_chunk(rng: np.random.Generator, stream: ChunkStream, d_vocab: int, body: int,
+                   len_max: int | None = None, random_frac: float = 0.5,
+                   vocab: int | None = None, shuffle_max: int | None = None) -> np.ndarray:
+    """A synthetic repeat (no BOS): random tokens ``r r`` or a training span ``s s``, with
+    ``len(r) <= len_max`` (default ``body // 2``); with ``shuffle_max``, the second copy is
+    ``r`` cut into pieces of 2..shuffle_max tokens, in a random order."""
+    body_half = min(body // 2, len_max or body // 2)
+    if rng.random() < random_frac:
+        length = int(rng.integers(8, body_half + 1))
+        r = rng.integers(1, min(vocab or d_vocab, d_vocab), size=length)
+    else:
+        chunk = stream.next()
+        length = int(rng.integers(min(8, len(chunk)), min(len(chunk), body_half) + 1))
+        start = int(rng.integers(0, len(chunk) - length + 1))
+        r = chunk[start : start + length]
+    second = r
+    if shuffle_max:
+        cuts = [0]
+        while cuts[-1] < length:
+            cuts.append(min(length, cuts[-1] + int(rng.integers(2, shuffle_max + 1))))
+        pieces = [r[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+        second = np.concatenate([pieces[i] for i in rng.permutation(len(pieces))])
+    return np.concatenate([r, second])[:body]
 
 
 def unigram_entropy_nats(docs_by_corpus: dict[str, list[np.ndarray]], weights: dict[str, float],

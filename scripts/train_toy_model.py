@@ -34,13 +34,11 @@ from pathlib import Path
 
 import numpy as np
 from toy_model_data import (
-    CORPORA, CORPORA_DIR, HOLDOUT_MOD, IGNORE, ROOT, TOKENIZER_DIR, ChunkStream, chunk_documents, is_heldout,
-    load_corpus_tokens, log, make_batch, provenance_entropies, sha256_file, unigram_entropy_nats,
+    CORPORA, CORPORA_DIR, EVAL_SEED, HOLDOUT_MOD, IGNORE, ROOT, TOKENIZER_DIR, ChunkStream, log, make_batch,
+    provenance_entropies, repeated_chunk, sha256_file, split_corpus, unigram_entropy_nats,
 )
+from toy_model_eval import evaluate, head_probe
 from toy_model_outputs import save_outputs
-
-EVAL_SEED = 1234  # the held-out evaluation chunks do not depend on --seed
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -92,10 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "tokens in a random order: only the token right after an earlier occurrence "
                         "predicts the next one, so induction forms on the previous token and not on "
                         "a token further back (which rotary models otherwise find as readily)")
-    p.add_argument("--head-group-lasso", type=float, default=0.0,
-                   help="add this x the sum over heads of each head's ||W_O||_F to the loss (group "
-                        "lasso over heads): heads compete, so a circuit spread over several heads "
-                        "concentrates in fewer")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: --tokens / the expected tokens per step)")
     return p.parse_args(argv)
@@ -134,98 +128,11 @@ def model_config(args: argparse.Namespace, d_vocab: int) -> dict:
     }
 
 
-def head_norms(bridge, n_heads: int):
-    """[layer, head] Frobenius norms of each head's W_O (columns of ``attn.o.weight``)."""
-    import torch
-
-    norms = []
-    for block in bridge.blocks:
-        w = block.attn.o.weight  # [d_model, n_heads * d_head]
-        norms.append(w.view(w.shape[0], n_heads, -1).norm(dim=(0, 2)))
-    return torch.stack(norms)
-
-
 def lr_at(step: int, total: int, warmup: int, peak: float, floor_frac: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return peak * (floor_frac + (1 - floor_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-def evaluate(bridge, eval_sets: dict, batch_size: int, bos: int) -> dict[str, float]:
-    """Mean held-out loss (nats/token) per corpus, fp32, no autocast."""
-    import torch
-    import torch.nn.functional as F
-
-    was_training = bridge.training
-    bridge.eval()
-    out = {}
-    with torch.no_grad():
-        for name, chunks in eval_sets.items():
-            total, n = 0.0, 0
-            for i in range(0, len(chunks), batch_size):
-                tokens, targets = make_batch(chunks[i : i + batch_size], bos)
-                logits = bridge(tokens).float()
-                loss = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                    ignore_index=IGNORE, reduction="sum",
-                )
-                total += loss.item()
-                n += int((targets != IGNORE).sum())
-            out[name] = total / n
-    bridge.train(was_training)
-    return out
-
-
-def repeated_chunk(rng: np.random.Generator, stream: ChunkStream, d_vocab: int, body: int,
-                   len_max: int | None = None, random_frac: float = 0.5,
-                   vocab: int | None = None, shuffle_max: int | None = None) -> np.ndarray:
-    """A synthetic repeat (no BOS): random tokens ``r r`` or a training span ``s s``, with
-    ``len(r) <= len_max`` (default ``body // 2``); with ``shuffle_max``, the second copy is
-    ``r`` cut into pieces of 2..shuffle_max tokens, in a random order."""
-    body_half = min(body // 2, len_max or body // 2)
-    if rng.random() < random_frac:
-        length = int(rng.integers(8, body_half + 1))
-        r = rng.integers(1, min(vocab or d_vocab, d_vocab), size=length)
-    else:
-        chunk = stream.next()
-        length = int(rng.integers(min(8, len(chunk)), min(len(chunk), body_half) + 1))
-        start = int(rng.integers(0, len(chunk) - length + 1))
-        r = chunk[start : start + length]
-    second = r
-    if shuffle_max:
-        cuts = [0]
-        while cuts[-1] < length:
-            cuts.append(min(length, cuts[-1] + int(rng.integers(2, shuffle_max + 1))))
-        pieces = [r[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
-        second = np.concatenate([pieces[i] for i in rng.permutation(len(pieces))])
-    return np.concatenate([r, second])[:body]
-
-
-def head_probe(bridge, d_vocab: int, bos: int, n_ctx: int) -> dict:
-    """Head scores on held-out ``[BOS] r r`` (indexer.forward.head_scores): per-head lists and the
-    best head's induction / previous-token scores."""
-    import torch
-
-    from indexer.forward.head_scores import repeated_tokens, scores_from_pattern
-
-    tokens = repeated_tokens(d_vocab, bos, n_ctx)
-    length = (tokens.shape[1] - 1) // 2
-    was_training = bridge.training
-    bridge.eval()
-    with torch.no_grad():
-        _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-    bridge.train(was_training)
-    out: dict = {}
-    for layer in range(bridge.cfg.n_layers):
-        for name, values in scores_from_pattern(cache[f"blocks.{layer}.attn.hook_pattern"], length).items():
-            out.setdefault(name, []).append([round(float(v), 4) for v in values])
-    out["induction_max"] = max(max(r) for r in out["induction"])
-    out["prev_token_max"] = max(max(r) for r in out["prev_token"])
-    return out
-
-
-# ----------------------------------------------------------------------------- outputs
 
 
 # ----------------------------------------------------------------------------- main
@@ -262,36 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_sets: dict[str, list[np.ndarray]] = {}
     data_info: dict[str, dict] = {}
     for corpus in CORPORA:
-        t0 = time.time()
-        all_docs = load_corpus_tokens(corpus, tokenizer, None if args.no_cache else Path(args.cache_dir))
-        held = [i for i in range(len(all_docs)) if is_heldout(corpus, i)]
-        held_set = set(held)
-        train_docs = [d for i, d in enumerate(all_docs) if i not in held_set]
-        held_docs = [all_docs[i] for i in held]
-        docs[corpus] = train_docs
-        tc, _ = chunk_documents(train_docs, args.ctx_len, args.min_chunk)
-        hc, _ = chunk_documents(held_docs, args.ctx_len, args.min_chunk)
-        if not hc:
-            raise SystemExit(f"no held-out chunks for {corpus}")
-        n_eval = min(len(hc), args.eval_chunks // 2)
-        pick = np.sort(np.random.default_rng(EVAL_SEED).choice(len(hc), n_eval, replace=False))
-        eval_sets[corpus] = [hc[i] for i in pick]
-        train_chunks[corpus] = tc
-        data_info[corpus] = {
-            "documents": len(all_docs),
-            "heldout_documents": len(held),
-            "heldout_doc_indices": held,
-            "train_tokens": int(sum(len(d) for d in train_docs)),
-            "heldout_tokens": int(sum(len(d) for d in held_docs)),
-            "train_chunks": len(tc),
-            "train_chunk_tokens": int(sum(len(c) for c in tc)),
-            "heldout_chunks": len(hc),
-            "eval_chunks": n_eval,
-            "eval_tokens": int(sum(len(c) for c in eval_sets[corpus])),
-        }
-        log(f"{corpus}: {len(all_docs)} docs ({len(held)} held out), "
-            f"{data_info[corpus]['train_tokens']:,} train tokens, {len(tc):,} train chunks, "
-            f"{n_eval} eval chunks; tokenized in {time.time() - t0:.1f}s")
+        docs[corpus], train_chunks[corpus], eval_sets[corpus], data_info[corpus] = split_corpus(
+            corpus, tokenizer, None if args.no_cache else Path(args.cache_dir), args.ctx_len, args.min_chunk,
+            args.eval_chunks // 2)
 
     weights = {"code": args.code_frac, "prose": 1 - args.code_frac}
     ent = unigram_entropy_nats(docs, weights, d_vocab)
@@ -391,9 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
             # autocast runs cross_entropy in fp32
             logits = bridge(tokens)
-            ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
-                                 ignore_index=IGNORE)
-        loss = ce + args.head_group_lasso * head_norms(bridge, args.n_heads).sum() if args.head_group_lasso else ce
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1),
+                                   ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(bridge.parameters(), args.grad_clip)
@@ -405,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, c in zip(names, chunks):
             tokens_by_corpus[n] += len(c)
             chunks_by_corpus[n] += 1
-        lv = ce.item()  # logged: the language-model loss alone
+        lv = loss.item()
         if not math.isfinite(lv):
             raise RuntimeError(f"non-finite loss at step {step}: {lv}")
         window_loss += lv
