@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from indexer.config import IndexConfig
-from indexer.errors import NeuroscopeError
+from indexer.errors import ConfigError, NeuroscopeError
 
 DEMO_DIR = Path("out/demo")
 HEADS_DEMO_TOKENS = 300_000  # toy-attn-2l for the head pages: 32 head features, a few seconds
@@ -102,9 +102,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from indexer.run.bench import bench
+    from indexer.run.bench import CONFIGS, bench
 
-    print(json.dumps(bench(args.model, tokens=args.tokens, batch_size=args.batch_size, dtype=args.dtype), indent=2))
+    if args.rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
+    result = bench(args.model, tokens=args.tokens, batch_size=args.batch_size, dtype=args.dtype,
+                   memory=not args.no_memory, configs=tuple(args.config or CONFIGS), rounds=args.rounds)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -289,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=200_000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--config", action="append", choices=("mlp", "mlp+heads"),
+                   help="time only this configuration (repeatable; default: both)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per pass; the fastest is kept")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs at N and 4N tokens")
     p.set_defaults(run=cmd_bench)
     return parser
 

@@ -11,7 +11,7 @@ Per configuration (``mlp``, ``mlp+heads``):
   batch) over that time;
 - peak RSS of a whole ``neuroscope index`` run at N and 4N tokens (it must not grow).
 
-Each configuration is timed three times in alternation (forward, index, naive, forward, ...)
+Each configuration is timed three times (``--rounds``) in alternation (forward, index, naive, forward, ...)
 and the fastest time of each is kept, so a burst of load elsewhere hurts all equally.
 """
 
@@ -32,14 +32,19 @@ GELU_1L_SHAPE = dict(
 RANDOM_GELU_1L = "gelu-1l-random"
 
 
+CONFIGS = {"mlp": "mlp_post", "mlp+heads": "all"}  # configuration name -> --sites
+
+
 def bench(model: str = "toy-1l", tokens: int = 200_000, batch_size: int = 8, dtype: str = "float32",
-          memory: bool = True) -> dict[str, Any]:
-    """All the figures for one model, as a JSON-able dict."""
+          memory: bool = True, configs: tuple[str, ...] = tuple(CONFIGS), rounds: int = 3) -> dict[str, Any]:
+    """All the figures for one model, as a JSON-able dict. Fewer ``configs``, fewer ``rounds``
+    or no ``memory`` runs make a large model's bench affordable (each round times every pass once)."""
     with tempfile.TemporaryDirectory(prefix="neuroscope-bench-") as tmp:
         spec = _random_gelu_1l(Path(tmp)) if model == RANDOM_GELU_1L else model
-        result: dict[str, Any] = {"model": model, "tokens": tokens, "batch_size": batch_size, "dtype": dtype}
-        for sites in ("mlp_post", "all"):
-            result["mlp" if sites == "mlp_post" else "mlp+heads"] = _throughput(spec, sites, tokens, batch_size, dtype)
+        result: dict[str, Any] = {"model": model, "tokens": tokens, "batch_size": batch_size, "dtype": dtype,
+                                  "rounds": rounds}
+        for name in configs:
+            result[name] = _throughput(spec, CONFIGS[name], tokens, batch_size, dtype, rounds)
         if memory:
             result["peak_rss_mb"] = {
                 str(n): _peak_rss_mb(spec, n, batch_size, dtype, Path(tmp) / f"mem{n}") for n in (tokens, 4 * tokens)
@@ -49,7 +54,7 @@ def bench(model: str = "toy-1l", tokens: int = 200_000, batch_size: int = 8, dty
     return result
 
 
-def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str) -> dict[str, float]:
+def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str, rounds: int) -> dict[str, Any]:
     from indexer.config import IndexConfig
     from indexer.inputs.contexts import batches
     from indexer.forward.runner import bare_forward, make_batch
@@ -87,7 +92,7 @@ def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str)
                            "total": round(time.perf_counter() - started, 3)})
 
         naive = _naive_indexer(run, prepared)
-        times = _alternate({"forward": forward, "stream": stream, "job": job, "naive": naive})
+        times = _alternate({"forward": forward, "stream": stream, "job": job, "naive": naive}, rounds)
     best = min(phases, key=lambda p: p["total"])
 
     def figures(name: str) -> dict[str, Any]:
@@ -104,7 +109,7 @@ def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str)
     }
 
 
-def _alternate(runs: dict[str, Callable[[], None]], rounds: int = 3) -> dict[str, float]:
+def _alternate(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
     best = {name: float("inf") for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():

@@ -6,6 +6,8 @@ README); this only keeps the bench working.
 
 from __future__ import annotations
 
+import json
+
 from indexer.run.bench import bench
 
 
@@ -25,3 +27,23 @@ def test_bench_reports_ratios_and_memory(tiny_model_dir):
     small, large = result["peak_rss_mb"].values()
     assert small > 100 and large > 100
     assert result["peak_rss_growth"] == round(large / small - 1, 4)
+
+
+def test_bench_cli_times_only_the_chosen_configuration(tiny_model_dir, capsys):
+    from indexer.cli import main
+
+    args = ["bench", "--model", str(tiny_model_dir), "--tokens", "800", "--batch-size", "4",
+            "--config", "mlp", "--rounds", "1", "--no-memory"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rounds"] == 1 and "mlp" in result
+    assert "mlp+heads" not in result and "peak_rss_mb" not in result
+    assert result["mlp"]["job"]["phases_s"]["total"] > 0
+
+
+def test_bench_cli_refuses_zero_rounds(tiny_model_dir, capsys):
+    from indexer.cli import main
+
+    assert main(["bench", "--model", str(tiny_model_dir), "--rounds", "0"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rounds" in err[0]
