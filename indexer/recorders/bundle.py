@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from indexer.recorders import exactsum
-from indexer.recorders.common import RecorderError, check_batch, default_backend, feature_chunk, numpy_batch
+from indexer.recorders.common import (
+    RecorderError, check_batch, default_backend, feature_chunk, numpy_batch, torch_batch,
+)
 from indexer.recorders.fused import fused_update
 from indexer.recorders.quantiles import QuantileSampler
 from indexer.recorders.sample_windows import SampleWindows, pool_size
@@ -61,11 +63,16 @@ class FeatureRecorders:
 
     def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor) -> None:
         """Record one batch: acts [batch, pos, feat], lengths [batch], ctx_ids [batch]."""
-        if self.backend != "numba":
-            for part in self.parts().values():
-                part.update(acts, lengths, ctx_ids)
-            return
         check_batch(acts, lengths, ctx_ids, self.n_features)
+        refresh = self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1
+        self._updates += 1
+        if self.backend != "numba":
+            batch = torch_batch(acts, lengths, ctx_ids, self.device)  # one float32 copy for all parts
+            for part in (self.topk, self.samples, self.stats):
+                part.update(*batch)
+            with torch.no_grad():  # refreshed every batch: a full pool cannot be noticed without a device sync
+                self.windows.capture(*batch, self.samples, refresh=True)
+            return
         acts, lengths, ctx_ids = numpy_batch(acts, lengths, ctx_ids)
         tk, qs, st, sw = self.topk, self.samples, self.stats, self.windows
         n_values = int(np.maximum(lengths - 1, 0).sum())
@@ -77,10 +84,9 @@ class FeatureRecorders:
                      qs.prio, qs.vals, qs.ctxs, qs.poss,
                      st.total, st.total_sq, st.lo, st.hi, st.n_active,
                      tk.wins, tk.before,
-                     self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1,
+                     refresh,
                      qs.quantiles, sw.cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
         st.normalise()
-        self._updates += 1
 
     def nbytes(self) -> int:
         """Bytes of recorder state (fixed at creation: it does not grow with the stream), the

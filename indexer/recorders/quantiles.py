@@ -208,10 +208,13 @@ class QuantileSampler(Recorder):
         self._sync_thresholds()
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
+        """Fold the batch; ``offered`` then holds (batch row, position, feature) [3, n] of the
+        tokens offered to a bin's slots (the sample-window pool's candidates)."""
         b, t = valid_tokens(lengths, acts.shape[1]).nonzero(as_tuple=True)  # [tokens]
         n_feat = self.n_features
         feat = torch.arange(n_feat, device=acts.device)
         step = max(1, ELEMENTS_PER_STEP // max(1, n_feat))
+        offered = [torch.zeros((3, 0), dtype=torch.int64, device=acts.device)]
         for r in range(0, b.numel(), step):
             x = acts[b[r:r + step], t[r:r + step]]  # [tokens, feat]
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
@@ -222,6 +225,8 @@ class QuantileSampler(Recorder):
             threshold = self.prio.view(-1, self.per_bin)[:, -1]
             row, f = (prio <= threshold[group]).nonzero(as_tuple=True)  # candidates only
             self._keep_best(group[row, f], prio[row, f], x[row, f], ctx[row], pos[row])
+            offered.append(torch.stack([b[r:r + step][row], pos[row], f]))
+        self.offered = torch.cat(offered, dim=1)
 
     def _merge_torch(self, other: dict[str, torch.Tensor]) -> None:
         self.fine_counts += other["fine_counts"]

@@ -16,10 +16,16 @@ caps and frees entries whose priority is now above the cap or whose token left i
 slots. The pool never grows past ``pool`` entries per feature; a token met while it is full
 is not captured.
 
+The torch backend (an accelerator's) does the same on the device, vectorised over the batch
+(``capture``): the candidates are the tokens its sampler offered to a bin's slots this batch,
+caps are refreshed in every batch (``_refresh_torch``: each feature's band bounds and band caps,
+[feat, Q] and [feat, Q+1], not a cap per fine bin; noticing a full pool, as the numba kernel
+does, would sync the device, and at 1-in-8 batches it missed ~17% of the samples of a small
+test run), and candidates fill a feature's free entries in token order.
+
 Exactness does not depend on what is captured: an entry's window is the token's true window,
 and finalize runs the model over the contexts of final samples without one. Which entries
-are captured depends on batch timing (and the torch backend captures none yet, so its
-finalize re-runs every sample context).
+are captured depends on batch timing and backend.
 
 numba's cache keys each kernel on its own file's contents: a change here does not recompile
 ``fused_update`` (which inlines ``sample_windows_feature``); change fused.py too, or clear
@@ -33,8 +39,11 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+import torch
+
 from indexer.recorders.common import NJIT_OPTIONS, Recorder, RecorderError
-from indexer.recorders.finebins import N_FINE, nearest_boundaries
+from indexer.recorders.finebins import N_FINE, fine_bins_t, nearest_boundaries
+from indexer.recorders.hashing import fmix32_t, token_hash_t
 from indexer.recorders.topk_kernels import window_into
 
 MARGIN = 3.0  # cap = MARGIN x the expected largest final-sample priority of the band
@@ -72,7 +81,11 @@ class SampleWindows(Recorder):
         self.ctx = self._array(np.full(shape, -1, np.int64))
         self.pos = self._array(np.full(shape, -1, np.int32))
         self.q = self._array(np.full(shape, -1, np.int32))
-        self.cap = np.full((self.n_features, N_FINE), NO_CAP, np.uint32)
+        if self.backend == "numba":
+            self.cap = np.full((self.n_features, N_FINE), NO_CAP, np.uint32)
+        else:  # per feature: the estimated band bounds (fine bins) and each band's cap
+            self.mids = torch.zeros((self.n_features, 0), dtype=torch.int64, device=self.device)
+            self.band_cap = torch.full((self.n_features, 1), int(NO_CAP), dtype=torch.int64, device=self.device)
         self._rebuild_free()
 
     def _rebuild_free(self) -> None:
@@ -108,7 +121,11 @@ class SampleWindows(Recorder):
 
     def sweep(self, samples: Any) -> None:
         """New caps from the sampler's fine counts; free entries above them or out of the slots."""
-        if self.backend != "numba" or self.pool == 0:
+        if self.pool == 0:
+            return
+        if self.backend == "torch":
+            with torch.no_grad():
+                self._refresh_torch(samples)
             return
         refresh_all(samples.fine_counts, samples.quantiles, self.cap, samples.ctxs, samples.poss,
                     self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top)
@@ -117,17 +134,92 @@ class SampleWindows(Recorder):
         """Nothing: captures happen inside the fused kernel (``FeatureRecorders.update``)."""
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
-        """Nothing yet: the torch backend captures no sample windows."""
+        """Nothing: captures need the sampler's candidates (``capture``, from FeatureRecorders.update)."""
+
+    def capture(self, acts, lengths, ctx_ids, samples: Any, refresh: bool) -> None:
+        """Torch backend, after ``samples`` folded this batch (a torch batch on this device):
+        with ``refresh``, new caps and a sweep first; then each token the sampler offered a
+        bin's slots, still in them and under its bin's cap, into a free entry of its feature."""
+        if self.pool == 0:
+            return
+        if refresh:
+            self._refresh_torch(samples)
+        b, t, f = samples.offered
+        c = ctx_ids[b]
+        x = acts[b, t, f]
+        q = fine_bins_t(x)
+        prio = fmix32_t(token_hash_t(samples.seed, c, t) ^ samples.keys[f])  # hashing.priority_t, per token
+        keep = (prio < self._cap_of(f, q)) & _in_slots_t(samples.ctxs, samples.poss, f, q, c, t)
+        b, t, f, c, q, prio = (a[keep] for a in (b, t, f, c, q, prio))
+        self._place(f, prio, c, t.to(torch.int32), q.to(torch.int32), _windows_t(acts, lengths, b, t, f, self.before, self.width))
+
+    def _cap_of(self, f: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """int64 [n]: the cap of fine bin q[i] of feature f[i] (refresh_feature's cap[f, q])."""
+        mids = self.mids[f]  # [n, Q]
+        band = (mids <= q[:, None]).sum(1)
+        cap = self.band_cap[f].gather(1, band[:, None])[:, 0]
+        for j in range(mids.shape[1]):  # edges still move: near one, either band's cap
+            near = (q >= mids[:, j] - EDGE_BINS) & (q < mids[:, j] + EDGE_BINS)
+            either = torch.maximum(self.band_cap[f, j], self.band_cap[f, j + 1])
+            cap = torch.where(near, torch.maximum(cap, either), cap)
+        return cap
+
+    def _refresh_torch(self, samples: Any) -> None:
+        """refresh_feature for every feature at once: band bounds chosen as nearest_boundaries
+        chooses them, band caps, then free the entries above their cap or out of the slots."""
+        counts = samples.fine_counts  # [feat, N_FINE]
+        n_feat, n_fine = counts.shape
+        cum = torch.zeros((n_feat, n_fine + 1), dtype=torch.int64, device=counts.device)
+        torch.cumsum(counts, 1, out=cum[:, 1:])
+        quantiles = torch.as_tensor(samples.quantiles, dtype=torch.float64, device=counts.device)
+        target = quantiles[None, :] * cum[:, -1:].double()  # [feat, Q]
+        upper = torch.searchsorted(cum.double(), target).clamp(max=n_fine - 1)
+        lower = (upper - 1).clamp(min=0)
+        cum_upper, cum_lower = cum.gather(1, upper).double(), cum.gather(1, lower).double()
+        self.mids = torch.where(target - cum_lower <= cum_upper - target, lower, upper)
+        bounds = torch.cat([torch.zeros_like(self.mids[:, :1]), self.mids,
+                            torch.full_like(self.mids[:, :1], n_fine)], dim=1)
+        n = cum.gather(1, bounds[:, 1:]) - cum.gather(1, bounds[:, :-1])  # [feat, Q+1]
+        cap = MARGIN * samples.per_bin * 4294967296.0 / n.clamp(min=1).double()
+        self.band_cap = cap.clamp(max=4294967295.0).floor().to(torch.int64)
+        used = self.ctx >= 0
+        f = torch.arange(n_feat, device=counts.device)[:, None].expand_as(self.ctx)
+        q = self.q.to(torch.int64).clamp(min=0)
+        keep = used & (self.prio < self._cap_of(f.flatten(), q.flatten()).view_as(q))
+        keep &= _in_slots_t(samples.ctxs, samples.poss, f, q, self.ctx, self.pos)
+        self._clear(~keep)
+
+    def _clear(self, drop: torch.Tensor) -> None:
+        self.ctx[drop], self.pos[drop], self.q[drop], self.prio[drop] = -1, -1, -1, 0
+        self.vals[drop] = 0
+
+    def _place(self, f, prio, ctx, pos, q, vals) -> None:
+        """Candidates (feature f, ...) into their feature's free entries, in the order given;
+        those beyond a full pool are not captured."""
+        order = torch.sort(f, stable=True).indices
+        f, prio, ctx, pos, q, vals = (a[order] for a in (f, prio, ctx, pos, q, vals))
+        rank = torch.arange(f.numel(), device=f.device) - torch.searchsorted(f, f)
+        used = (self.ctx >= 0).to(torch.int16)
+        free_first = torch.sort(used, dim=1, stable=True).indices  # [feat, pool]: free entries first
+        ok = rank < (1 - used).sum(1)[f]
+        f, rank, prio, ctx, pos, q, vals = (a[ok] for a in (f, rank, prio, ctx, pos, q, vals))
+        slot = free_first[f, rank]
+        self.vals[f, slot], self.prio[f, slot], self.ctx[f, slot] = vals, prio, ctx
+        self.pos[f, slot], self.q[f, slot] = pos, q
 
     def merge_with(self, other: "SampleWindows", samples: Any) -> None:
         """Fold another pool in, ``samples`` already merged: first free this pool's entries the
         merged sampler no longer needs, then take the other's entries that are still in their
         bin's slots and under its cap, while there is room."""
         self._check_mergeable(other)
-        if self.backend != "numba" or self.pool == 0:
+        if self.pool == 0:
             return
         self.sweep(samples)
         o = {name: other._numpy(name) for name in self.arrays}
+        if self.backend == "torch":
+            with torch.no_grad():
+                self._merge_torch({k: torch.from_numpy(v).to(self.device) for k, v in o.items()}, samples)
+            return
         merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
                    o["vals"], o["prio"], o["ctx"], o["pos"], o["q"], self.cap, samples.ctxs, samples.poss)
 
@@ -137,8 +229,39 @@ class SampleWindows(Recorder):
         merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
                    other["vals"], other["prio"], other["ctx"], other["pos"], other["q"], no_cap, None, None)
 
-    def _merge_torch(self, other) -> None:
-        """Nothing: the torch backend keeps its own (empty) pool."""
+    def _merge_torch(self, other, samples: Any = None) -> None:
+        """Other's entries into free entries: those not already here, and (with ``samples``)
+        under their bin's cap and still in its slots."""
+        f = torch.arange(self.n_features, device=self.device)[:, None].expand_as(other["ctx"])
+        keep = other["ctx"] >= 0
+        if samples is not None:
+            q = other["q"].to(torch.int64).clamp(min=0)
+            keep &= other["prio"] < self._cap_of(f.flatten(), q.flatten()).view_as(q)
+            keep &= _in_slots_t(samples.ctxs, samples.poss, f, q, other["ctx"], other["pos"])
+        step = max(1, 2**24 // max(1, self.pool * other["ctx"].shape[1]))
+        for f0 in range(0, self.n_features, step):  # not already here (bounded memory)
+            mine, theirs = slice(f0, f0 + step), (slice(f0, f0 + step), slice(None), None)
+            same = (self.ctx[mine][:, None, :] == other["ctx"][theirs]) & (self.pos[mine][:, None, :] == other["pos"][theirs])
+            keep[mine] &= ~same.any(2)
+        self._place(f[keep], other["prio"][keep], other["ctx"][keep], other["pos"][keep], other["q"][keep],
+                    other["vals"][keep])
+
+
+def _in_slots_t(s_ctxs, s_poss, f, q, c, t) -> torch.Tensor:
+    """bool, shaped like f: whether token (c, t) sits in fine bin q's sample slots of feature f."""
+    slots = (f * s_ctxs.shape[1] + q)  # rows of the [feat * N_FINE, per_bin] slot arrays
+    ctxs, poss = s_ctxs.view(-1, s_ctxs.shape[2])[slots], s_poss.view(-1, s_poss.shape[2])[slots]
+    return ((ctxs == c[..., None]) & (poss == t[..., None].to(poss.dtype))).any(-1)
+
+
+def _windows_t(acts, lengths, b, t, f, before: int, width: int) -> torch.Tensor:
+    """float32 [n, W]: feature f[i]'s values around position t[i] of batch row b[i], as
+    topk_kernels.window_into cuts them (from max(t - before, 0), zero-padded)."""
+    start = (t - before).clamp(min=0)
+    cols = start[:, None] + torch.arange(width, device=acts.device)
+    inside = cols < torch.minimum(t + (width - before), lengths[b])[:, None]
+    got = acts[b[:, None], cols.clamp(max=acts.shape[1] - 1), f[:, None]]
+    return got.masked_fill(~inside, 0)
 
 
 @njit(parallel=True, **NJIT_OPTIONS)

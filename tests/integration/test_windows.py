@@ -30,8 +30,9 @@ def _no_corpus(self, wanted=None):
     raise AssertionError("finalize read the corpus again")
 
 
-@pytest.mark.parametrize("store_contexts", ["kept", "all"])
-def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monkeypatch, store_contexts):
+@pytest.mark.parametrize("store_contexts, backend", [("kept", "numba"), ("all", "numba"), ("kept", "torch")])
+def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monkeypatch, store_contexts, backend):
+    monkeypatch.setenv("NEUROSCOPE_RECORDER_BACKEND", backend)  # torch: what an accelerator runs
     cfg = base_config(model_dir, str(tmp_path / "captured"), store_contexts=store_contexts)
     brute = replace(cfg, out=str(tmp_path / "brute"))
     with monkeypatch.context() as m:
