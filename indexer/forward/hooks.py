@@ -15,8 +15,9 @@ class Stop(Exception):
 def site_hooks(
     bridge: Any, plan: list[Site], sink: Callable[[Site, Any], None]
 ) -> list[tuple[str, Callable]]:
-    """Forward hooks that hand each site's features ``[batch, pos, feat]`` to ``sink``,
-    then stop the forward pass after the last one."""
+    """Forward hooks that hand each site's features ``[batch, pos, feat]`` to
+    ``sink(site, features, pattern)`` (pattern: a heads site's attention pattern
+    [batch, head, q, k], else None), then stop the forward pass after the last one."""
     hooks: list[tuple[str, Callable]] = []
     for i, site in enumerate(plan):
         last = i == len(plan) - 1
@@ -29,7 +30,7 @@ def site_hooks(
 
 def _feature_hook(site: Site, sink: Callable, last: bool) -> Callable:
     def hook(tensor: Any, hook: Any) -> None:
-        sink(site, tensor.float().contiguous())
+        sink(site, tensor.float().contiguous(), None)
         if last:
             raise Stop
 
@@ -47,7 +48,8 @@ def _head_hooks(bridge: Any, site: Site, sink: Callable, last: bool) -> list[tup
         return hook
 
     def finish(z: Any, hook: Any) -> None:
-        sink(site, metrics(held.pop("v"), held.pop("pattern"), z))
+        pattern = held.pop("pattern")
+        sink(site, metrics(held.pop("v"), pattern, z), pattern)
         if last:
             raise Stop
 

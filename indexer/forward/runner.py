@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -59,18 +59,34 @@ class SiteForward:
         self.device = str(next(model.bridge.parameters()).device)
         self.autocast = dtype == "bfloat16"
         self._out: dict[Site, torch.Tensor] = {}
-        self._hooks = site_hooks(model.bridge, plan, self._out.__setitem__)
+        self._each: Callable[[Site, torch.Tensor, torch.Tensor | None], None] | None = None
+        self._hooks = site_hooks(model.bridge, plan, self._sink)
 
-    def __call__(self, batch: Batch) -> dict[Site, torch.Tensor]:
-        """Features per site, each [batch, pos, feat] float32 on the model's device."""
+    def _sink(self, site: Site, features: torch.Tensor, pattern: torch.Tensor | None) -> None:
+        self._out[site] = features
+        if self._each is not None:
+            device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+            with torch.autocast(device_type, enabled=False) if self.autocast else nullcontext():
+                self._each(site, features, pattern)  # recorders must not run under bf16 autocast
+
+    def __call__(self, batch: Batch, each: Callable[[Site, torch.Tensor, torch.Tensor | None], None] | None = None
+                 ) -> dict[Site, torch.Tensor]:
+        """Features per site, each [batch, pos, feat] float32 on the model's device. With
+        ``each``, also ``each(site, features, pattern)`` from inside the pass as soon as a
+        site's features exist (pattern: a heads site's attention pattern [batch, head, q, k],
+        alive only then; None for other sites)."""
         self._out.clear()
+        self._each = each
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         amp = torch.autocast(device_type, dtype=torch.bfloat16) if self.autocast else nullcontext()
-        with torch.inference_mode(), amp, self.model.bridge.hooks(fwd_hooks=self._hooks):
-            try:
-                self.model.bridge(batch.tokens)
-            except Stop:
-                pass
+        try:
+            with torch.inference_mode(), amp, self.model.bridge.hooks(fwd_hooks=self._hooks):
+                try:
+                    self.model.bridge(batch.tokens)
+                except Stop:
+                    pass
+        finally:
+            self._each = None
         missing = [site.key for site in self.plan if site not in self._out]
         if missing:
             raise RuntimeError(f"hooks did not fire for {missing}")

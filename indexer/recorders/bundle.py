@@ -68,10 +68,11 @@ class FeatureRecorders:
         self._updates += 1
         if self.backend != "numba":
             batch = torch_batch(acts, lengths, ctx_ids, self.device)  # one float32 copy for all parts
-            for part in (self.topk, self.samples, self.stats):
+            for part in (self.topk, self.stats):
                 part.update(*batch)
-            with torch.no_grad():  # refreshed every batch: a full pool cannot be noticed without a device sync
-                self.windows.capture(*batch, self.samples, refresh=True)
+            with torch.no_grad():
+                capture = self.windows.capturer(*batch, self.samples)  # refreshed every batch (see there)
+            self.samples.update(*batch, offered=capture)
             return
         acts, lengths, ctx_ids = numpy_batch(acts, lengths, ctx_ids)
         tk, qs, st, sw = self.topk, self.samples, self.stats, self.windows

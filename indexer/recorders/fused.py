@@ -14,7 +14,7 @@ from numba import njit, prange
 from indexer.recorders.common import NJIT_OPTIONS
 from indexer.recorders.feature_major import TILE, batch_tokens, token_hashes, transpose_tile
 from indexer.recorders.quantile_kernels import quantile_feature
-from indexer.recorders.sample_windows import sample_windows_feature
+from indexer.recorders.sample_window_kernels import sample_windows_feature
 from indexer.recorders.stats_kernels import stats_feature
 from indexer.recorders.topk_kernels import topk_feature
 

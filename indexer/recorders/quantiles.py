@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.recorders.common import Recorder, RecorderError, feature_chunk, valid_tokens
+from indexer.recorders.common import (
+    Recorder, RecorderError, check_batch, feature_chunk, torch_batch, valid_tokens,
+)
 from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_t, lower_edges
 from indexer.recorders.histogram import hist_from_fine
 from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, priority_t, seed_of, token_hash_t
@@ -207,14 +209,22 @@ class QuantileSampler(Recorder):
                        other["prio"], other["vals"], other["ctxs"], other["poss"])
         self._sync_thresholds()
 
-    def _update_torch(self, acts, lengths, ctx_ids) -> None:
-        """Fold the batch; ``offered`` then holds (batch row, position, feature) [3, n] of the
-        tokens offered to a bin's slots (the sample-window pool's candidates)."""
+    def update(self, acts, lengths, ctx_ids, offered=None) -> None:
+        """Record one batch (common.Recorder.update); torch backend: ``offered`` as in _update_torch."""
+        if offered is None or self.backend == "numba":
+            return super().update(acts, lengths, ctx_ids)
+        check_batch(acts, lengths, ctx_ids, self.n_features)
+        with torch.no_grad():
+            self._update_torch(*torch_batch(acts, lengths, ctx_ids, self.device), offered=offered)
+
+    def _update_torch(self, acts, lengths, ctx_ids, offered=None) -> None:
+        """Fold the batch, a step of tokens at a time; after each step, ``offered(b, t, f)`` (if
+        given) gets the batch row, position and feature of the tokens offered to a bin's slots
+        in it (the sample-window pool's candidates)."""
         b, t = valid_tokens(lengths, acts.shape[1]).nonzero(as_tuple=True)  # [tokens]
         n_feat = self.n_features
         feat = torch.arange(n_feat, device=acts.device)
         step = max(1, ELEMENTS_PER_STEP // max(1, n_feat))
-        offered = [torch.zeros((3, 0), dtype=torch.int64, device=acts.device)]
         for r in range(0, b.numel(), step):
             x = acts[b[r:r + step], t[r:r + step]]  # [tokens, feat]
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
@@ -225,8 +235,8 @@ class QuantileSampler(Recorder):
             threshold = self.prio.view(-1, self.per_bin)[:, -1]
             row, f = (prio <= threshold[group]).nonzero(as_tuple=True)  # candidates only
             self._keep_best(group[row, f], prio[row, f], x[row, f], ctx[row], pos[row])
-            offered.append(torch.stack([b[r:r + step][row], pos[row], f]))
-        self.offered = torch.cat(offered, dim=1)
+            if offered is not None:
+                offered(b[r:r + step][row], pos[row], f)
 
     def _merge_torch(self, other: dict[str, torch.Tensor]) -> None:
         self.fine_counts += other["fine_counts"]

@@ -16,20 +16,18 @@ caps and frees entries whose priority is now above the cap or whose token left i
 slots. The pool never grows past ``pool`` entries per feature; a token met while it is full
 is not captured.
 
-The torch backend (an accelerator's) does the same on the device, vectorised over the batch
-(``capture``): the candidates are the tokens its sampler offered to a bin's slots this batch,
-caps are refreshed in every batch (``_refresh_torch``: each feature's band bounds and band caps,
-[feat, Q] and [feat, Q+1], not a cap per fine bin; noticing a full pool, as the numba kernel
-does, would sync the device, and at 1-in-8 batches it missed ~17% of the samples of a small
-test run), and candidates fill a feature's free entries in token order.
+The torch backend (an accelerator's) does the same on the device, vectorised (``capturer``):
+the candidates are the tokens its sampler offered to a bin's slots, a step of the batch at a
+time; caps are refreshed before every batch (``_refresh_torch``: each feature's band bounds
+and band caps, [feat, Q] and [feat, Q+1], not a cap per fine bin), because noticing a full
+pool, as the numba kernel does, would sync the device (refreshed 1 batch in 8, a small test
+run missed ~17% of its samples); candidates fill a feature's free entries in token order.
 
 Exactness does not depend on what is captured: an entry's window is the token's true window,
 and finalize runs the model over the contexts of final samples without one. Which entries
 are captured depends on batch timing and backend.
 
-numba's cache keys each kernel on its own file's contents: a change here does not recompile
-``fused_update`` (which inlines ``sample_windows_feature``); change fused.py too, or clear
-``indexer/recorders/__pycache__``.
+The numba kernels are in sample_window_kernels.py.
 """
 
 from __future__ import annotations
@@ -37,19 +35,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
-
 import torch
 
-from indexer.recorders.common import NJIT_OPTIONS, Recorder, RecorderError
-from indexer.recorders.finebins import N_FINE, fine_bins_t, nearest_boundaries
+from indexer.recorders.common import Recorder, RecorderError
+from indexer.recorders.finebins import N_FINE, fine_bins_t
 from indexer.recorders.hashing import fmix32_t, token_hash_t
-from indexer.recorders.topk_kernels import window_into
+from indexer.recorders.sample_window_kernels import (
+    EDGE_BINS, MARGIN, NO_CAP, find_slots, merge_pool, refresh_all,
+)
 
-MARGIN = 3.0  # cap = MARGIN x the expected largest final-sample priority of the band
-EDGE_BINS = 8  # fine bins either side of an estimated band edge that get the larger cap
 POOL_PER_SAMPLE = 5  # pool entries per feature = POOL_PER_SAMPLE x bands x per_bin
-NO_CAP = np.uint32(0xFFFFFFFF)
 
 
 def pool_size(n_quantiles: int, per_bin: int) -> int:
@@ -112,7 +107,7 @@ class SampleWindows(Recorder):
 
     def lookup(self, feature: np.ndarray, ctx_id: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found bool [n], values float32 [n, W]) of the pool entries of (feature, ctx, pos)."""
-        slot = _find_slots(self._numpy("ctx"), self._numpy("pos"), np.asarray(feature, np.int64),
+        slot = find_slots(self._numpy("ctx"), self._numpy("pos"), np.asarray(feature, np.int64),
                            np.asarray(ctx_id, np.int64), np.asarray(pos, np.int64))
         found = slot >= 0
         out = np.zeros((len(feature), self.width), np.float32)
@@ -134,34 +129,39 @@ class SampleWindows(Recorder):
         """Nothing: captures happen inside the fused kernel (``FeatureRecorders.update``)."""
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
-        """Nothing: captures need the sampler's candidates (``capture``, from FeatureRecorders.update)."""
+        """Nothing: captures need the sampler's candidates (``capturer``, from FeatureRecorders.update)."""
 
-    def capture(self, acts, lengths, ctx_ids, samples: Any, refresh: bool) -> None:
-        """Torch backend, after ``samples`` folded this batch (a torch batch on this device):
-        with ``refresh``, new caps and a sweep first; then each token the sampler offered a
-        bin's slots, still in them and under its bin's cap, into a free entry of its feature."""
+    def capturer(self, acts, lengths, ctx_ids, samples: Any):
+        """Torch backend, before ``samples`` folds this batch (a torch batch on this device):
+        new caps and a sweep from the counts so far, then a function the sampler calls with
+        each step's offered tokens (batch row b, position t, feature f), which captures those
+        still in their bin's slots and under its cap into free entries of their feature; None
+        without a pool."""
         if self.pool == 0:
-            return
-        if refresh:
-            self._refresh_torch(samples)
-        b, t, f = samples.offered
-        c = ctx_ids[b]
-        x = acts[b, t, f]
-        q = fine_bins_t(x)
-        prio = fmix32_t(token_hash_t(samples.seed, c, t) ^ samples.keys[f])  # hashing.priority_t, per token
-        keep = (prio < self._cap_of(f, q)) & _in_slots_t(samples.ctxs, samples.poss, f, q, c, t)
-        b, t, f, c, q, prio = (a[keep] for a in (b, t, f, c, q, prio))
-        self._place(f, prio, c, t.to(torch.int32), q.to(torch.int32), _windows_t(acts, lengths, b, t, f, self.before, self.width))
+            return None
+        self._refresh_torch(samples)
 
-    def _cap_of(self, f: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """int64 [n]: the cap of fine bin q[i] of feature f[i] (refresh_feature's cap[f, q])."""
-        mids = self.mids[f]  # [n, Q]
-        band = (mids <= q[:, None]).sum(1)
-        cap = self.band_cap[f].gather(1, band[:, None])[:, 0]
-        for j in range(mids.shape[1]):  # edges still move: near one, either band's cap
-            near = (q >= mids[:, j] - EDGE_BINS) & (q < mids[:, j] + EDGE_BINS)
-            either = torch.maximum(self.band_cap[f, j], self.band_cap[f, j + 1])
-            cap = torch.where(near, torch.maximum(cap, either), cap)
+        def capture(b, t, f) -> None:
+            c = ctx_ids[b]
+            q = fine_bins_t(acts[b, t, f])
+            prio = fmix32_t(token_hash_t(samples.seed, c, t) ^ samples.keys[f])  # hashing.priority_t, per token
+            keep = (prio < self._cap_of(q, f)) & _in_slots_t(samples.ctxs, samples.poss, f, q, c, t)
+            b, t, f, c, q, prio = (a[keep] for a in (b, t, f, c, q, prio))
+            self._place(f, prio, c, t.to(torch.int32), q.to(torch.int32),
+                        _windows_t(acts, lengths, b, t, f, self.before, self.width))
+
+        return capture
+
+    def _cap_of(self, q: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
+        """int64 caps (refresh_feature's cap[f, q]) of fine bins q[i] of features f[i], or,
+        without f, of q [feat, m] row by row."""
+        mids = self.mids[f] if f is not None else self.mids[:, None, :]  # [n, Q] or [feat, 1, Q]
+        caps = self.band_cap[f] if f is not None else self.band_cap[:, None, :]
+        band = (mids <= q[..., None]).sum(-1)
+        cap = caps.expand(*band.shape, -1).gather(-1, band[..., None])[..., 0]
+        for j in range(mids.shape[-1]):  # edges still move: near one, either band's cap
+            near = (q >= mids[..., j] - EDGE_BINS) & (q < mids[..., j] + EDGE_BINS)
+            cap = torch.where(near, torch.maximum(cap, torch.maximum(caps[..., j], caps[..., j + 1])), cap)
         return cap
 
     def _refresh_torch(self, samples: Any) -> None:
@@ -182,12 +182,14 @@ class SampleWindows(Recorder):
         n = cum.gather(1, bounds[:, 1:]) - cum.gather(1, bounds[:, :-1])  # [feat, Q+1]
         cap = MARGIN * samples.per_bin * 4294967296.0 / n.clamp(min=1).double()
         self.band_cap = cap.clamp(max=4294967295.0).floor().to(torch.int64)
-        used = self.ctx >= 0
-        f = torch.arange(n_feat, device=counts.device)[:, None].expand_as(self.ctx)
-        q = self.q.to(torch.int64).clamp(min=0)
-        keep = used & (self.prio < self._cap_of(f.flatten(), q.flatten()).view_as(q))
-        keep &= _in_slots_t(samples.ctxs, samples.poss, f, q, self.ctx, self.pos)
-        self._clear(~keep)
+        self._clear(~self._wanted(self.ctx, self.pos, self.q, self.prio, samples))
+
+    def _wanted(self, ctx, pos, q, prio, samples: Any) -> torch.Tensor:
+        """bool [feat, m]: which of these entries (each [feat, m], row f of feature f) are in
+        use, under their bin's cap and still in its sample slots."""
+        f = torch.arange(self.n_features, device=ctx.device)[:, None].expand_as(ctx)
+        q = q.to(torch.int64).clamp(min=0)
+        return (ctx >= 0) & (prio < self._cap_of(q)) & _in_slots_t(samples.ctxs, samples.poss, f, q, ctx, pos)
 
     def _clear(self, drop: torch.Tensor) -> None:
         self.ctx[drop], self.pos[drop], self.q[drop], self.prio[drop] = -1, -1, -1, 0
@@ -235,9 +237,7 @@ class SampleWindows(Recorder):
         f = torch.arange(self.n_features, device=self.device)[:, None].expand_as(other["ctx"])
         keep = other["ctx"] >= 0
         if samples is not None:
-            q = other["q"].to(torch.int64).clamp(min=0)
-            keep &= other["prio"] < self._cap_of(f.flatten(), q.flatten()).view_as(q)
-            keep &= _in_slots_t(samples.ctxs, samples.poss, f, q, other["ctx"], other["pos"])
+            keep &= self._wanted(other["ctx"], other["pos"], other["q"], other["prio"], samples)
         step = max(1, 2**24 // max(1, self.pool * other["ctx"].shape[1]))
         for f0 in range(0, self.n_features, step):  # not already here (bounded memory)
             mine, theirs = slice(f0, f0 + step), (slice(f0, f0 + step), slice(None), None)
@@ -262,127 +262,3 @@ def _windows_t(acts, lengths, b, t, f, before: int, width: int) -> torch.Tensor:
     inside = cols < torch.minimum(t + (width - before), lengths[b])[:, None]
     got = acts[b[:, None], cols.clamp(max=acts.shape[1] - 1), f[:, None]]
     return got.masked_fill(~inside, 0)
-
-
-@njit(parallel=True, **NJIT_OPTIONS)
-def _find_slots(w_ctx, w_pos, feature, ctx_id, pos):
-    """Per query i, the pool slot of feature[i] holding (ctx_id[i], pos[i]), or -1 (a scan of
-    that feature's few hundred entries)."""
-    out = np.full(feature.shape[0], -1, np.int64)
-    for i in prange(feature.shape[0]):
-        f = feature[i]
-        for s in range(w_ctx.shape[1]):
-            if w_ctx[f, s] == ctx_id[i] and w_pos[f, s] == pos[i]:
-                out[i] = s
-                break
-    return out
-
-
-@njit(**NJIT_OPTIONS)
-def _in_slots(s_ctxs, s_poss, f, q, c, t):
-    for j in range(s_ctxs.shape[2]):
-        if s_ctxs[f, q, j] == c and s_poss[f, q, j] == t:
-            return True
-    return False
-
-
-@njit(**NJIT_OPTIONS)
-def sample_windows_feature(f, x, qb, hb, inserted, rows, poss, starts, ctx_ids, acts, before, refresh, counts,
-                           quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
-    """After quantile_feature folded feature f's tokens (qb: their fine bins, hb: their
-    priorities, inserted: those that entered a bin's slots, in token order): with ``refresh``,
-    first new caps and a sweep (``refresh_feature``); then capture the window of each
-    inserted token under its bin's cap that still sits in its bin's sample slots, while the
-    pool has free entries."""
-    if w_ctx.shape[1] == 0:
-        return
-    if refresh:
-        refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top)
-    cf = cap[f]
-    for i in inserted:
-        q = qb[i]
-        if hb[i] < cf[q]:
-            b = rows[i]
-            c, t = ctx_ids[b], poss[i]
-            if not _in_slots(s_ctxs, s_poss, f, q, c, t):
-                continue
-            if w_top[f] == 0 and not refresh:  # full: tighter caps from the counts so far may free some
-                refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q,
-                                w_free, w_top)
-                refresh = True
-                if hb[i] >= cf[q]:
-                    continue
-            if w_top[f] == 0:
-                continue  # the pool is full: finalize runs the model for this one if it stays a sample
-            w_top[f] -= 1
-            slot = w_free[f, w_top[f]]
-            s = starts[b]
-            window_into(w_vals, f, slot, x, s, starts[b + 1] - s + 1, t, before, acts, b)
-            w_prio[f, slot], w_ctx[f, slot], w_pos[f, slot], w_q[f, slot] = hb[i], c, t, q
-
-
-@njit(**NJIT_OPTIONS)
-def refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
-    """Feature f's caps from its current fine counts (bands estimated as at the end: each
-    quantile at the nearest fine boundary), then free its entries above their cap or no
-    longer in their bin's slots, and rebuild its free stack."""
-    n_fine, n_q = counts.shape[1], quantiles.shape[0]
-    per_bin = s_ctxs.shape[2]
-    bounds = np.empty(n_q + 2, np.int64)  # band i: fine bins bounds[i] .. bounds[i + 1] - 1
-    bounds[0], bounds[n_q + 1] = 0, n_fine
-    nearest_boundaries(counts[f], quantiles, bounds[1:n_q + 1])  # as the bands are cut at the end
-    band_cap = np.empty(n_q + 1, np.uint32)
-    for i in range(n_q + 1):
-        lo, hi = bounds[i], max(bounds[i], bounds[i + 1])
-        n = 0
-        for q in range(lo, hi):
-            n += counts[f, q]
-        band_cap[i] = np.uint32(min(MARGIN * per_bin * 4294967296.0 / max(n, 1), 4294967295.0))
-        for q in range(lo, hi):
-            cap[f, q] = band_cap[i]
-    for j in range(n_q):  # edges still move: near one, either band's cap
-        c = max(band_cap[j], band_cap[j + 1])
-        for q in range(max(bounds[j + 1] - EDGE_BINS, 0), min(bounds[j + 1] + EDGE_BINS, n_fine)):
-            cap[f, q] = max(cap[f, q], c)
-    top = 0
-    for slot in range(w_ctx.shape[1]):
-        c = w_ctx[f, slot]
-        if c >= 0:
-            q = w_q[f, slot]
-            if w_prio[f, slot] < cap[f, q] and _in_slots(s_ctxs, s_poss, f, q, c, w_pos[f, slot]):
-                continue
-            w_ctx[f, slot], w_pos[f, slot], w_q[f, slot], w_prio[f, slot] = -1, -1, -1, 0
-            w_vals[f, slot, :] = 0
-        w_free[f, top] = slot
-        top += 1
-    w_top[f] = top
-
-
-@njit(parallel=True, **NJIT_OPTIONS)
-def refresh_all(counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
-    for f in prange(w_ctx.shape[0]):
-        refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top)
-
-
-@njit(parallel=True, **NJIT_OPTIONS)
-def merge_pool(w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top, o_vals, o_prio, o_ctx, o_pos, o_q,
-               cap, s_ctxs, s_poss):
-    """Other's entries into free entries: those under their bin's cap and (with s_ctxs) still
-    in its sample slots, not already here."""
-    for f in prange(w_ctx.shape[0]):
-        for i in range(o_ctx.shape[1]):
-            if o_ctx[f, i] < 0 or w_top[f] == 0 or not o_prio[f, i] < cap[f, o_q[f, i]]:
-                continue
-            if s_ctxs is not None and not _in_slots(s_ctxs, s_poss, f, o_q[f, i], o_ctx[f, i], o_pos[f, i]):
-                continue
-            dup = False
-            for slot in range(w_ctx.shape[1]):
-                if w_ctx[f, slot] == o_ctx[f, i] and w_pos[f, slot] == o_pos[f, i]:
-                    dup = True
-                    break
-            if dup:
-                continue
-            w_top[f] -= 1
-            slot = w_free[f, w_top[f]]
-            w_vals[f, slot, :] = o_vals[f, i, :]
-            w_prio[f, slot], w_ctx[f, slot], w_pos[f, slot], w_q[f, slot] = o_prio[f, i], o_ctx[f, i], o_pos[f, i], o_q[f, i]

@@ -25,6 +25,7 @@ from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
 from indexer.inputs.models import LoadedModel, load_model
 from indexer.recorders import FeatureRecorders, default_backend, hist_edges, warm_up
+from indexer.run.attention_rows import AttentionRows
 from indexer.run.context_store import ContextStore
 from indexer.run.checkpoint import load_states, read_checkpoint, read_extra, site_salt, state_arrays, write_checkpoint
 from indexer.run.outdir import claimed_out_dir, meaningful_entries
@@ -94,6 +95,8 @@ class Run:
         self.store: ContextStore | None = None
         self.store_folders: list[Path] | None = None
         self.finalize_forward_contexts: int | None = None  # contexts finalize ran the model over
+        self.attention_contexts: int | None = None  # of those, contexts run for head_attention rows
+        self.attention_rows = AttentionRows()  # head examples' attention rows, cut while streaming
         self.checkpoint_current = False  # checkpoint.npz holds exactly the recorders' state now
 
     @classmethod
@@ -154,6 +157,7 @@ class Run:
         self.corpus_tokens = {}
         self.store_committed = {"contexts": 0, "tokens": 0}
         self.recorders = self.new_recorders()
+        self.attention_rows = AttentionRows()
         self.checkpoint_current = False
 
     # --- the streaming pass ----------------------------------------------------------------
@@ -190,10 +194,8 @@ class Run:
         last_checkpoint = time.perf_counter()
         for group in batches(contexts, self.cfg.batch_size):
             batch = make_batch(group, self.model.info.bos_token_id, self.device, self.ctx_len)
-            features = forward(batch)
             self.checkpoint_current = False
-            for site, rec in self.recorders.items():
-                rec.update(features[site], batch.lengths, batch.ctx_ids)
+            forward(batch, each=self._recorder_for(batch))  # each site is folded inside the pass
             self.store.append(group)
             self.position += len(group)
             self.tokens_done += batch.n_text_tokens
@@ -211,6 +213,19 @@ class Run:
         if self.tokens_done == 0:
             raise CorpusError(f"nothing to index: {_what_was_read(self.contexts)}")
         self.checkpoint()
+
+    def _recorder_for(self, batch):
+        """The per-site step of the streaming pass: fold the site's features into its
+        recorders and, for a heads site, cut its new entries' attention rows from the pattern."""
+        ctx_ids = np.array([c.ctx_id for c in batch.contexts], np.int64)
+
+        def record(site: Site, features, pattern) -> None:
+            rec = self.recorders[site]
+            rec.update(features, batch.lengths, batch.ctx_ids)
+            if pattern is not None:
+                self.attention_rows.capture(site, rec, ctx_ids, pattern, self.recorders)
+
+        return record
 
     def memory_line(self) -> str:
         """One line: recorder state per feature and in all (flat: it does not grow with the corpus)."""
@@ -282,6 +297,8 @@ class Run:
                 # contexts finalize ran the model over: those of samples whose window the
                 # stream's pool missed (depends on batch timing, like the seconds)
                 "finalize_forward_contexts": self.finalize_forward_contexts,
+                # contexts run again for head examples' attention rows the stream did not cut
+                "attention_forward_contexts": self.attention_contexts,
                 "tokens_per_second": round(self.tokens_done / self.seconds, 1) if self.seconds else None,
             },
             "versions": versions(),

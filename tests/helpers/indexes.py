@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -19,6 +21,8 @@ def tables(out: str) -> dict[str, pd.DataFrame]:
             "head_examples": ix.sql(f"SELECT * FROM head_examples ORDER BY {', '.join(HEAD_KEY)}"),
             "neurons": ix.sql("SELECT * FROM neurons ORDER BY site, layer, neuron"),
             "heads": ix.sql("SELECT * FROM heads ORDER BY layer, head, metric"),
+            "head_attention": ix.sql(f"SELECT * FROM head_attention ORDER BY {', '.join(HEAD_KEY)}")
+            if (Path(out) / "head_attention").is_dir() else pd.DataFrame(),
             "contexts": ix.sql("SELECT * FROM contexts ORDER BY ctx_id"),
             "vocab": ix.sql("SELECT * FROM vocab ORDER BY token_id"),
         }

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 import indexer.run.finalize as finalize
+import indexer.run.head_attention as head_attention
 from indexer.api import Index
 from indexer.inputs.contexts import ContextStream
 from indexer.run.context_store import STORE_FILES
@@ -37,6 +38,7 @@ def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monk
     brute = replace(cfg, out=str(tmp_path / "brute"))
     with monkeypatch.context() as m:
         m.setattr(finalize, "FORWARD_ALL", True)
+        m.setattr(head_attention, "FORWARD_ALL", True)
         index(brute, progress=False)
     real_contexts = ContextStream.contexts
     calls = []
@@ -58,8 +60,13 @@ def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monk
                       "UNION ALL SELECT ctx_id FROM head_examples)")["n"][0]
         # Windows that reach BOS carry its activation (from the stream, as the forward gives it).
         assert ix.sql("SELECT count(*) AS n FROM examples WHERE kind = 'top' AND window_start = 0")["n"][0] > 0
+        head_ctxs = ix.sql("SELECT count(DISTINCT ctx_id) AS n FROM head_examples")["n"][0]
+        n_attention = ix.manifest["timing"]["attention_forward_contexts"]
     with Index.open(brute.out) as ix:
         assert ix.manifest["timing"]["finalize_forward_contexts"] == kept
+        assert ix.manifest["timing"]["attention_forward_contexts"] == head_ctxs
+    # The head examples' attention rows were cut from the stream's patterns, nearly all of them.
+    assert n_attention < head_ctxs / 5, (n_attention, head_ctxs)
     # Nearly every kept context holds a sample here; most samples' windows came from the stream's pool.
     assert sample_ctxs <= kept and n_rerun < sample_ctxs / 5, (n_rerun, sample_ctxs, kept)  # 3 of 82 today
     assert not any((tmp_path / "captured" / name).exists() for name in STORE_FILES)  # a single run drops it
