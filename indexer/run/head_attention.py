@@ -2,7 +2,7 @@
 
 For every row of ``head_examples`` (already written), the attention weights from the
 example's destination token to its source tokens, sparse: weights >= THRESHOLD, largest first,
-at most MAX_SOURCES per example (``attention_rows.sparse_row``). Sources anywhere in the
+at most MAX_SOURCES per example (``attention_rows.sparse_rows``). Sources anywhere in the
 context (up to the destination) are kept, not only those inside the example's window: an
 induction head's source is usually far back (the token after the previous occurrence), and the
 contexts table has every token to draw it; those between ``window_start`` and the window's end
@@ -97,8 +97,8 @@ def _rerun(run: Any, missing: list[tuple[int, int, int, int]], progress: bool) -
             want = [(row, head, pos, (site.layer, head, c.ctx_id, pos)) for row, c in enumerate(group)
                     for layer, head, pos in by_ctx[c.ctx_id] if layer == site.layer]
             if want:
-                got = cut_rows(pattern, *(np.array(col) for col in list(zip(*want))[:3]))
-                out.update(zip([w[3] for w in want], got))
+                src, weights, count = cut_rows(pattern, *(np.array(col) for col in list(zip(*want))[:3]))
+                out.update((w[3], (src[i, :count[i]], weights[i, :count[i]])) for i, w in enumerate(want))
 
         forward(batch, each=cut)
         bar.update(len(group))
