@@ -33,15 +33,18 @@ def sparse_rows(dense: np.ndarray, poss: np.ndarray) -> tuple[np.ndarray, np.nda
     weights >= THRESHOLD, largest first (earlier source on ties), at most MAX_SOURCES. Returns
     src_pos int32 [n, MAX_SOURCES], weights float32 [n, MAX_SOURCES] and how many of each row
     are real, int64 [n]."""
-    dense = np.where(np.arange(dense.shape[1])[None, :] <= poss[:, None], dense, 0)
-    order = np.argsort(-dense, axis=1, kind="stable")[:, :MAX_SOURCES]
-    weights = np.take_along_axis(dense, order, axis=1)
-    if weights.shape[1] < MAX_SOURCES:  # contexts shorter than MAX_SOURCES
-        pad = MAX_SOURCES - weights.shape[1]
-        order = np.pad(order, ((0, 0), (0, pad)))
-        weights = np.pad(weights, ((0, 0), (0, pad)))
-    real = weights >= THRESHOLD  # a prefix of each row: the weights come sorted
-    return order.astype(np.int32), weights.astype(np.float32), real.sum(axis=1)
+    n = dense.shape[0]
+    r, c = np.nonzero((dense >= THRESHOLD) & (np.arange(dense.shape[1])[None, :] <= poss[:, None]))
+    w = dense[r, c]  # at most 1 / THRESHOLD per row: the weights sum to 1
+    order = np.lexsort((c, -w, r))  # by row, then weight descending, then source
+    r, c, w = r[order], c[order], w[order]
+    rank = np.arange(len(r)) - np.searchsorted(r, r)
+    keep = rank < MAX_SOURCES
+    src = np.zeros((n, MAX_SOURCES), np.int32)
+    weights = np.zeros((n, MAX_SOURCES), np.float32)
+    src[r[keep], rank[keep]] = c[keep]
+    weights[r[keep], rank[keep]] = w[keep]
+    return src, weights, np.bincount(r[keep], minlength=n)
 
 
 def cut_rows(pattern: Any, rows: np.ndarray, heads: np.ndarray, poss: np.ndarray):
