@@ -241,7 +241,8 @@ class SampleWindows(Recorder):
         step = max(1, 2**24 // max(1, self.pool * other["ctx"].shape[1]))
         for f0 in range(0, self.n_features, step):  # not already here (bounded memory)
             mine, theirs = slice(f0, f0 + step), (slice(f0, f0 + step), slice(None), None)
-            same = (self.ctx[mine][:, None, :] == other["ctx"][theirs]) & (self.pos[mine][:, None, :] == other["pos"][theirs])
+            same = ((self.ctx[mine][:, None, :] == other["ctx"][theirs])
+                    & (self.pos[mine][:, None, :] == other["pos"][theirs]))
             keep[mine] &= ~same.any(2)
         self._place(f[keep], other["prio"][keep], other["ctx"][keep], other["pos"][keep], other["q"][keep],
                     other["vals"][keep])

@@ -5,9 +5,9 @@ attends (``indexer.run.head_attention``). While streaming, each heads site's rec
 a batch from inside the forward pass, while the layer's attention pattern [batch, head, q, k]
 still exists; right after, every top-k entry and sample-window pool entry that came from
 this batch (its context is in the batch) gets its row cut: the weights >= THRESHOLD, largest
-first, at most MAX_SOURCES (``sparse_rows``). Rows depend on (layer, head, ctx_id, pos) only, so the four
-metrics of a head share them. Entries evicted later leave rows behind; they are pruned
-whenever the rows outnumber the live entries by far. Finalize looks each head example's row
+first, at most MAX_SOURCES (``sparse_rows``). Rows depend on (layer, head, ctx_id, pos) only,
+so the four metrics of a head share them. Entries evicted later leave rows behind; they are
+pruned whenever the rows outnumber the live entries by far. Finalize looks each head example's row
 up here and runs the model only for the rest (samples the pool missed, and all of them after
 a resume or a merge: rows are not checkpointed). A row is the same whichever way it is made:
 the re-run uses the stream's batch shape and ``SiteForward``.
@@ -87,8 +87,9 @@ class AttentionRows:
         at = len(self.slot)
         if at + len(keys) > len(self.count):
             self._resize(max(2 * len(self.count), at + len(keys)))
-        self.src[at:at + len(keys)], self.weights[at:at + len(keys)], self.count[at:at + len(keys)] = src, weights, count
-        self.slot.update(zip(keys, range(at, at + len(keys))))
+        new = slice(at, at + len(keys))
+        self.src[new], self.weights[new], self.count[new] = src, weights, count
+        self.slot.update(zip(keys, range(new.start, new.stop)))
 
     def _resize(self, capacity: int, keep: np.ndarray | None = None) -> None:
         keep = np.arange(len(self.slot)) if keep is None else keep
