@@ -29,8 +29,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=help_text)
-        elif f.name == "corpus":
-            parser.add_argument(flag, action="append", default=[], metavar="[NAME=]SPEC", help=help_text)
+        elif f.name in ("corpus", "sae"):
+            metavar = "[NAME=]SPEC" if f.name == "corpus" else "[NAME=]PATH"
+            parser.add_argument(flag, action="append", default=[], metavar=metavar, help=help_text)
         elif f.metadata["parse"] is not None:  # a list or a choice: parsed by IndexConfig.parse
             default = f.metadata["cli"] or f.default
             parser.add_argument(flag, type=str, default=default, help=f"{help_text} (default: {default})")

@@ -152,6 +152,7 @@ class IndexConfig:
     dask: str | None = _opt(None, "local[:N] or tcp://HOST:PORT: spread shards over a Dask cluster")
     order: Order = _opt("shuffle", "with --tokens: shuffle reads documents in a seeded random order spread over the whole corpus (hf: streams through a seeded shuffle buffer); file reads them in file order", parse_order, "shuffle")
     tokens_bos: str = _opt("auto", "pre-tokenized corpora (a 'tokens' column): auto prepends BOS to a row only if it lacks it; always; never", _choice("tokens-bos", ("auto", "always", "never")), "auto")
+    sae: list[str] = _opt([], "[NAME=]PATH: an SAE or transcoder folder (SAELens cfg.json + sae_weights.safetensors, or sparsify cfg.json + sae.safetensors) or an embedded SAE name, whose latents are indexed as site sae:NAME (NAME defaults to the folder's name); repeatable")
     allow_large: bool = _opt(False, "run even if the memory estimate printed at start-up exceeds the memory available")
 
     @classmethod
@@ -166,7 +167,7 @@ class IndexConfig:
             parse = known[name].metadata["parse"]
             if parse is not None and isinstance(value, str):
                 value = parse(value)
-            elif isinstance(value, list) and name != "corpus":
+            elif isinstance(value, list) and name not in ("corpus", "sae"):
                 value = tuple(value)
             typed[name] = value
         return cls(**typed)
@@ -220,7 +221,7 @@ class IndexConfig:
             flag = "--" + f.name.replace("_", "-")
             if isinstance(value, bool):
                 argv += [flag] if value else []
-            elif f.name == "corpus":
+            elif f.name in ("corpus", "sae"):
                 for item in value:
                     argv += [flag, item]
             elif f.name == "shard":

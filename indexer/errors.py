@@ -20,6 +20,10 @@ class CorpusError(NeuroscopeError):
     """A corpus spec or one of its records cannot be read."""
 
 
+class SaeError(NeuroscopeError):
+    """An SAE or transcoder given with --sae cannot be read, or does not fit the model."""
+
+
 class ConfigError(NeuroscopeError):
     """A run's options contradict each other or the model."""
 

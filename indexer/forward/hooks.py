@@ -30,7 +30,7 @@ def site_hooks(
 
 def _feature_hook(site: Site, sink: Callable, last: bool) -> Callable:
     def hook(tensor: Any, hook: Any) -> None:
-        sink(site, tensor.float().contiguous(), None)
+        sink(site, tensor.float().contiguous() if site.encoder is None else site.encoder(tensor), None)
         if last:
             raise Stop
 

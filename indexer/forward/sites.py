@@ -14,7 +14,8 @@ A site is one layer's worth of features that share recorders:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from indexer.config import SITES, canonical_site
 from indexer.errors import ConfigError
@@ -36,13 +37,20 @@ class Site:
     name: str
     layer: int
     n_features: int
+    hook: str | None = None  # an SAE site's bridge hook (indexer.forward.sae_sites)
+    encoder: Any = field(default=None, compare=False, repr=False)  # an SAE site's SaeEncoder
 
     @property
     def key(self) -> str:
         return f"{self.name}/{self.layer}"
 
+    def __reduce__(self):  # a pickled site (Dask results) is its key: the SAE's weights stay put
+        return (Site, (self.name, self.layer, self.n_features, self.hook))
+
     def hook_names(self) -> tuple[str, ...]:
         """The hook points read, in the order the forward pass fires them."""
+        if self.hook is not None:
+            return (self.hook,)
         prefix = f"blocks.{self.layer}"
         if self.name == "mlp_post":
             return (f"{prefix}.mlp.hook_post",)

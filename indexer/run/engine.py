@@ -21,9 +21,11 @@ import numpy as np
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, CorpusError, IndexDirError
 from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites
+from indexer.forward.sae_sites import load_saes, plan_with_saes
 from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
 from indexer.inputs.models import LoadedModel, load_model
+from indexer.inputs.sae import parse_sae_spec
 from indexer.recorders import FeatureRecorders, default_backend, hist_edges, warm_up
 from indexer.run.attention_rows import AttentionRows
 from indexer.run.context_store import ContextStore
@@ -55,7 +57,8 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
             raise ConfigError("--dask jobs run through indexer.dist.job.index_on_dask (as `neuroscope index --dask` does)")
         with failed_writes_explained(out, "indexing"):
             run = Run.open(cfg, out)
-            check_memory(cfg, sum(s.n_features for s in run.plan), run.ctx_len, quiet=not progress)
+            check_memory(cfg, sum(s.n_features for s in run.plan), run.ctx_len, quiet=not progress,
+                         largest_site=max((s.n_features for s in run.plan), default=0))
             if checkpoint is not None:
                 run.restore(checkpoint)
             else:
@@ -111,9 +114,10 @@ class Run:
             raise ConfigError(f"two corpora share a name ({', '.join(names)}); label them NAME=SPEC")
         for spec in specs:
             _prescan(spec, cfg.skip_bad_records)
+        saes = load_saes([parse_sae_spec(s) for s in cfg.sae], device)  # a bad SAE fails before the model loads
         model = load_model(cfg.model, device=device)
         ctx_len = _ctx_len(cfg, model)
-        plan = plan_sites(model.info, cfg.sites, cfg.layers)
+        plan = plan_with_saes(model, plan_sites(model.info, cfg.sites, cfg.layers), saes)
         stream = ContextStream(
             specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens, cfg.skip_bad_records, cfg.shard,
             **stream_options(cfg, model),
@@ -286,6 +290,7 @@ class Run:
             "ctx_len": self.ctx_len,
             "device": self.device,
             "sites": [{"name": s.name, "layer": s.layer, "n_features": s.n_features} for s in self.plan],
+            "saes": [s.encoder.sae.manifest_entry() for s in self.plan if s.encoder is not None],
             "head_metrics": {name: HEAD_METRIC_HELP[name] for name in HEAD_METRICS},
             "quantiles": list(self.cfg.quantiles),
             "hist_edges": hist_edges().tolist(),

@@ -29,8 +29,9 @@ Int32 = Annotated[int, pa.int32()]
 Float32 = Annotated[float, pa.float32()]
 
 _PLAIN = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
-# Hive path values must survive a round trip through a directory name unchanged.
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+# Hive path values must survive a round trip through a directory name unchanged (':' for the
+# sites of SAEs, ``sae:NAME``; DuckDB reads it back as is).
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+:-]+$")
 _DUCKDB_TYPES = {
     pa.int32(): "INTEGER",
     pa.int64(): "BIGINT",
@@ -61,7 +62,7 @@ def duckdb_type(t: pa.DataType) -> str:
 
 
 def valid_partition_value(value: object) -> bool:
-    """Whether ``value`` may appear in a hive path (``corpus=NAME``): letters, digits, ``_.+-``."""
+    """Whether ``value`` may appear in a hive path (``corpus=NAME``): letters, digits, ``_.+:-``."""
     return bool(_SAFE_VALUE.match(str(value)))
 
 
