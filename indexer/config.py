@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, get_args
 
 from indexer.errors import ConfigError
 
-SiteName = Literal["mlp_post", "mlp_pre", "mlp_mid", "heads"]
+SiteName = Literal["mlp_post", "mlp_pre", "mlp_mid", "mlp_gate", "mlp_up", "heads"]
 SITES: tuple[str, ...] = get_args(SiteName)
 DEPRECATED_SITES = {"mlp_pre_ln": "mlp_mid"}  # old name -> the name the field uses
 Order = Literal["shuffle", "file"]
@@ -135,7 +135,7 @@ class IndexConfig:
     quantiles: tuple[float, ...] = _opt((0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999), "quantile edges of the sampling bins, over all tokens indexed", parse_quantiles, "0.25,0.5,0.75,0.9,0.95,0.99,0.999")
     per_bin: int = _opt(5, "random examples kept per quantile bin")
     warmup_tokens: int = _opt(16384, "ignored (kept so older configs load): quantile edges now come from all tokens")
-    sites: tuple[SiteName, ...] | None = _opt(None, "comma list of sites: mlp_post (neuron activations), mlp_pre (input of the activation function), mlp_mid (SoLU models: after SoLU, before its LayerNorm; formerly mlp_pre_ln), heads; or 'all' (default: mlp_pre, mlp_mid, mlp_post and heads for SoLU models, mlp_post and heads for others)", parse_sites, "all")
+    sites: tuple[SiteName, ...] | None = _opt(None, "comma list of sites: mlp_post (neuron activations), mlp_pre (input of the activation function), mlp_mid (SoLU models: after SoLU, before its LayerNorm; formerly mlp_pre_ln), mlp_gate and mlp_up (gated MLPs: the gate projection before its activation, the up projection; mlp_post is act(gate) * up), heads; or 'all' (default: mlp_pre, mlp_mid, mlp_post and heads for SoLU models, mlp_post and heads for others)", parse_sites, "all")
     layers: tuple[int, ...] | None = _opt(None, "comma list of layers to index, or 'all'", parse_layers, "all")
     window_before: int = _opt(48, "tokens kept before each example's position")
     window_after: int = _opt(8, "tokens kept after each example's position")

@@ -25,6 +25,8 @@ class HeadMetrics:
 
         pattern = pattern.float()
         v_norm = v.float().norm(dim=-1).transpose(1, 2)  # [batch, head, k]
+        if v_norm.shape[1] != pattern.shape[1]:  # grouped-query attention: query head h reads kv head h // group
+            v_norm = v_norm.repeat_interleave(pattern.shape[1] // v_norm.shape[1], dim=1)
         if pattern.device.type == "cpu":
             rows = np.empty((*pattern.shape[:3], 3), np.float32)
             causal_row_metrics(pattern.contiguous().numpy(), v_norm.contiguous().numpy(), rows)

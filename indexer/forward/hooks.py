@@ -17,41 +17,48 @@ def site_hooks(
 ) -> list[tuple[str, Callable]]:
     """Forward hooks that hand each site's features ``[batch, pos, feat]`` to
     ``sink(site, features, pattern)`` (pattern: a heads site's attention pattern
-    [batch, head, q, k], else None), then stop the forward pass after the last one."""
+    [batch, head, q, k], else None), then stop the forward pass once every site has fired,
+    whatever order an architecture fires them in."""
+    fired: set[Site] = set()
+
+    def each(site: Site, features: Any, pattern: Any) -> None:
+        sink(site, features, pattern)
+        fired.add(site)
+        if len(fired) == len(plan):
+            fired.clear()
+            raise Stop
+
     hooks: list[tuple[str, Callable]] = []
-    for i, site in enumerate(plan):
-        last = i == len(plan) - 1
+    for site in plan:
         if site.name == "heads":
-            hooks.extend(_head_hooks(bridge, site, sink, last))
+            hooks.extend(_head_hooks(bridge, site, each))
         else:
-            hooks.append((site.hook_names()[0], _feature_hook(site, sink, last)))
+            hooks.append((site.hook_names()[0], _feature_hook(site, each)))
     return hooks
 
 
-def _feature_hook(site: Site, sink: Callable, last: bool) -> Callable:
+def _feature_hook(site: Site, each: Callable) -> Callable:
+    encode = site.encoder  # an SAE site's latents are encoded from the hooked activation
+
     def hook(tensor: Any, hook: Any) -> None:
-        sink(site, tensor.float().contiguous() if site.encoder is None else site.encoder(tensor), None)
-        if last:
-            raise Stop
+        each(site, tensor.float().contiguous() if encode is None else encode(tensor), None)
 
     return hook
 
 
-def _head_hooks(bridge: Any, site: Site, sink: Callable, last: bool) -> list[tuple[str, Callable]]:
+def _head_hooks(bridge: Any, site: Site, each: Callable) -> list[tuple[str, Callable]]:
+    """The v, pattern and z hooks of a heads site; the metrics are computed when the last of
+    the three fires, whatever the order (GPT-J and OPT fire z before the pattern)."""
     metrics = HeadMetrics(bridge, site.layer)
     held: dict[str, Any] = {}
 
     def keep(key: str) -> Callable:
         def hook(tensor: Any, hook: Any) -> None:
             held[key] = tensor
+            if len(held) == 3:
+                v, pattern, z = held.pop("v"), held.pop("pattern"), held.pop("z")
+                each(site, metrics(v, pattern, z), pattern)
 
         return hook
 
-    def finish(z: Any, hook: Any) -> None:
-        pattern = held.pop("pattern")
-        sink(site, metrics(held.pop("v"), pattern, z), pattern)
-        if last:
-            raise Stop
-
-    v_name, pattern_name, z_name = site.hook_names()
-    return [(v_name, keep("v")), (pattern_name, keep("pattern")), (z_name, finish)]
+    return [(name, keep(key)) for name, key in zip(site.hook_names(), ("v", "pattern", "z"))]

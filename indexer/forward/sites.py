@@ -8,6 +8,10 @@ A site is one layer's worth of features that share recorders:
   (formerly ``mlp_pre_ln``)                                             # [batch, pos, d_mlp]
 - ``mlp_post``: the MLP neurons, ``blocks.L.mlp.hook_post`` (after the activation function
   and, for SoLU, its LayerNorm)                                         # [batch, pos, d_mlp]
+- ``mlp_gate``, ``mlp_up``: gated MLPs (Llama, Mistral, Qwen, Gemma, OLMo...), where ``mlp_post``
+  is act(gate) × up: the gate projection before its activation, ``blocks.L.mlp.hook_pre``
+  (the bridge's ``gate.hook_out``; on these models ``mlp_pre`` reads the same hook), and the
+  up projection, ``blocks.L.mlp.hook_pre_linear`` (``in.hook_out``)     # [batch, pos, d_mlp]
 - ``heads``: per-token metrics of every head, feature ``head * N_METRICS + metric``
                                                                         # [batch, pos, n_heads * 4]
 """
@@ -58,6 +62,10 @@ class Site:
             return (f"{prefix}.mlp.hook_pre",)
         if self.name == "mlp_mid":
             return (f"{prefix}.mlp.ln.hook_in",)
+        if self.name == "mlp_gate":
+            return (f"{prefix}.mlp.hook_pre",)
+        if self.name == "mlp_up":
+            return (f"{prefix}.mlp.hook_pre_linear",)
         return (f"{prefix}.attn.hook_v", f"{prefix}.attn.hook_pattern", f"{prefix}.attn.hook_z")
 
 
@@ -68,7 +76,7 @@ def plan_sites(info: ModelInfo, sites: tuple[str, ...] | None = None, layers: tu
     chosen_layers = _choose_layers(info, layers)
     plan = []
     for layer in chosen_layers:
-        for name in ("heads", "mlp_pre", "mlp_mid", "mlp_post"):  # the order they fire in a block
+        for name in ("heads", "mlp_pre", "mlp_gate", "mlp_up", "mlp_mid", "mlp_post"):  # the order they fire in a block
             if name in names:
                 width = info.n_heads * len(HEAD_METRICS) if name == "heads" else info.d_mlp
                 plan.append(Site(name, layer, width))
@@ -89,6 +97,9 @@ def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
         raise ConfigError(f"--sites: unknown {', '.join(sorted(unknown))}; expected {', '.join(SITES)}")
     if "mlp_mid" in sites and not info.is_solu:
         raise ConfigError(f"--sites mlp_mid (after SoLU, before its LayerNorm) needs a SoLU model; {info.name} uses {info.act_fn}")
+    if {"mlp_gate", "mlp_up"} & set(sites) and not info.gated:
+        raise ConfigError(f"--sites mlp_gate/mlp_up need a gated MLP (act(gate) * up); {info.name} has an ungated "
+                          f"MLP ({info.act_fn}): use mlp_pre and mlp_post")
     return set(sites)
 
 

@@ -8,7 +8,9 @@ Three kinds of spec, tried in this order:
   (``config.json`` + weights + tokenizer files, e.g. written by ``save_pretrained``),
   loaded offline with ``TransformerBridge.boot_transformers``;
 - a hub name: a TransformerLens alias (``gelu-1l``) or a Hugging Face id (``owner/name``).
-  Needs network access; offline it fails with a message that says how to use a folder.
+  Offline (``HF_HUB_OFFLINE=1``) it is read from the local Hugging Face cache, as
+  ``transformers`` does (``hf_cache.py``); only a name missing there is refused, with a
+  message naming the cache folder.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from indexer.errors import ModelSpecError, hub_offline, one_line
 from indexer.inputs.data import models_dir, tokenizer_dir
+from indexer.inputs.hf_cache import cached_snapshot, hub_cache_dir
 
 NATIVE_CONFIG = "bridge_config.json"
 NATIVE_WEIGHTS = "model.safetensors"
@@ -32,11 +35,14 @@ class ModelInfo:
 
     Attributes:
         name: the spec the model was loaded from.
-        source: 'embedded', 'local-native', 'local-hf' or 'hub'.
+        source: 'embedded', 'local-native', 'local-hf', 'hf-cache' or 'hub'.
         n_layers, d_model, d_mlp, n_heads, d_head, n_ctx, d_vocab: the architecture.
         act_fn: the MLP activation ('gelu', 'solu_ln', ...).
         bos_token_id: the token put at position 0 of every context.
         attn_only: the model has no MLPs (only the ``heads`` site exists).
+        gated: the MLP is gated, act(gate) × up (the ``mlp_gate`` and ``mlp_up`` sites exist).
+        n_experts, experts_per_token: a mixture-of-experts MLP (0 for a dense one); d_mlp is
+            then the width of one expert.
     """
 
     name: str
@@ -51,6 +57,9 @@ class ModelInfo:
     act_fn: str
     bos_token_id: int
     attn_only: bool = False
+    gated: bool = False
+    n_experts: int = 0
+    experts_per_token: int = 0
 
     @property
     def is_solu(self) -> bool:
@@ -135,10 +144,14 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
             "or give a local folder, a TransformerLens alias (gelu-1l) or a Hugging Face id"
         )
     if hub_offline():
-        raise ModelSpecError(
-            f"{spec!r} is a hub model ({hub_id}) and this machine is offline (HF_HUB_OFFLINE=1); "
-            "download it where there is network (save_pretrained) and pass the folder: --model PATH"
-        )
+        snapshot = cached_snapshot(hub_id)
+        if snapshot is None:
+            raise ModelSpecError(
+                f"{spec!r} is a hub model ({hub_id}) that is not in the local Hugging Face cache "
+                f"{hub_cache_dir()} and this machine is offline (HF_HUB_OFFLINE=1); download it there where there "
+                f"is network (huggingface-cli download {hub_id}), set HF_HOME to the cache, or pass a folder: --model PATH"
+            )
+        return _load_transformers(spec, str(snapshot), "hf-cache", snapshot, device)
     return _load_transformers(spec, hub_id, "hub", None, device)
 
 
@@ -176,6 +189,8 @@ def _load_transformers(
 def _finish(spec: str, source: str, bridge: Any, tokenizer: Any) -> LoadedModel:
     bridge.eval()
     cfg = bridge.cfg
+    n_experts = int(getattr(cfg, "num_experts", None) or 0)
+    attn_only = bool(getattr(cfg, "attn_only", False))
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if bos is None:
         raise ModelSpecError(f"{spec}: the tokenizer has neither a BOS nor an EOS token")
@@ -184,16 +199,45 @@ def _finish(spec: str, source: str, bridge: Any, tokenizer: Any) -> LoadedModel:
         source=source,
         n_layers=int(cfg.n_layers),
         d_model=int(cfg.d_model),
-        d_mlp=int(cfg.d_mlp),
+        d_mlp=int(cfg.d_mlp) if attn_only or n_experts else _mlp_width(spec, bridge),
         n_heads=int(cfg.n_heads),
         d_head=int(cfg.d_head),
         n_ctx=int(cfg.n_ctx),
         d_vocab=int(cfg.d_vocab),
         act_fn=str(cfg.act_fn or "gelu"),
         bos_token_id=int(bos),
-        attn_only=bool(getattr(cfg, "attn_only", False)),
+        attn_only=attn_only,
+        gated=bool(getattr(cfg, "gated_mlp", False)),
+        n_experts=n_experts,
+        experts_per_token=int(getattr(cfg, "experts_per_token", None) or 0) if n_experts else 0,
     )
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, info=info)
+
+
+class _Probed(Exception):
+    pass
+
+
+def _mlp_width(spec: str, bridge: Any) -> int:
+    """The number of MLP neurons, read from a two-token forward pass: the bridge's d_mlp can be
+    wrong (OPT's ffn_dim is read as 4 x d_model)."""
+    import torch
+
+    width: list[int] = []
+
+    def probe(tensor: Any, hook: Any) -> None:
+        width.append(int(tensor.shape[-1]))
+        raise _Probed
+
+    device = next(bridge.parameters()).device
+    with torch.inference_mode(), bridge.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", probe)]):
+        try:
+            bridge(torch.zeros((1, 2), dtype=torch.long, device=device))
+        except _Probed:
+            pass
+    if not width:
+        raise ModelSpecError(f"{spec}: the MLP of layer 0 fired no hook_post; this architecture's MLP is not supported")
+    return width[0]
 
 
 def _local_folder(spec: str) -> Path | None:
