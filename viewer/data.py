@@ -21,7 +21,9 @@ from indexer.store.query import run_sql
 # A neuron active on more than this fraction of tokens is counted as dense on the overview.
 DENSE_FRACTION = 0.5
 # Analysis views shown on a neuron page, in page order; any of them may be missing or empty.
-NEURON_ANALYSES = ("logit_effects", "flags", "minimal_examples", "regex_scores", "trigram_scores", "site_agreement")
+NEURON_ANALYSES = ("logit_effects", "flags", "minimal_examples", "regex_scores", "trigram_scores", "site_agreement",
+                   "latent_logit_effects", "latent_neurons")
+SAE_SITE = "sae:"  # the sites of SAE latents (a latent's page is a neuron page of such a site)
 HEAD_ANALYSES = ("head_wiki", "head_composition")
 # Drawn on the head examples rather than shown as a table; joins head_examples on EXAMPLE_SLOT.
 ATTENTION = "head_attention"
@@ -102,6 +104,13 @@ def neuron_page(ix: Index, site: str, layer: int, neuron: int, catalog: dict[str
     catalog = analysis_catalog(ix) if catalog is None else catalog
     key = {"site": site, "layer": layer, "neuron": neuron}
     found = {name: analysis_rows(ix, name, key, catalog) for name in NEURON_ANALYSES}
+    if site.startswith(SAE_SITE):  # logit_effects is keyed by (layer, neuron) of the model's neurons
+        found["logit_effects"] = found.pop("latent_logit_effects")
+        found["latent_neurons"] = analysis_rows(ix, "latent_neurons", {"sae_site": site, "latent": neuron}, catalog)
+    found.pop("latent_logit_effects", None)
+    if found.get("latent_neurons") is not None and not found["latent_neurons"].empty:
+        order = "rank_in_latent" if site.startswith(SAE_SITE) else "rank_in_neuron"
+        found["latent_neurons"] = found["latent_neurons"].sort_values(["role", order]).reset_index(drop=True)
     return FeaturePage(record, contexts(ix, record.top["ctx_id"].tolist()), found)
 
 

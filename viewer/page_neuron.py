@@ -19,6 +19,7 @@ ANALYSIS_TITLES = {
     "regex_scores": "Regex scores",
     "trigram_scores": "Trigram scores",
     "site_agreement": "Agreement between sites",
+    "latent_neurons": "SAE latents and neurons",
 }
 
 
@@ -157,10 +158,27 @@ def _analyses(ix: Index, page: data.FeaturePage, site: str, layer: int, neuron: 
             st.caption(f"No `{name}` rows for this neuron ({produce}, when it applies).")
         elif name == "minimal_examples":
             _minimal(page, df, vocab)
+        elif name == "latent_neurons":
+            _latent_links(df, site)
         else:
             st.dataframe(df.drop(columns=[c for c in ("site", "layer", "neuron") if c in df.columns]),
                          hide_index=True)
     _regex_box(ix, site, layer, neuron)
+
+
+def _latent_links(df: pd.DataFrame, site: str) -> None:
+    """A latent's neurons, or a neuron's latents ('reads': the latent's encoder reads the
+    neuron; 'writes': its decoder writes along it), each a link to the other's page."""
+    latent_page = site.startswith(data.SAE_SITE)
+    if latent_page:
+        link = [f"?site={s}&layer={int(l)}&neuron={int(n)}" for s, l, n in zip(df["site"], df["layer"], df["neuron"])]
+        shown = df.assign(page=link)[["role", "rank_in_latent", "site", "neuron", "weight", "page"]]
+        st.caption("The MLP neurons this latent weighs most (reads: its encoder, writes: its decoder).")
+    else:
+        link = [f"?site={s}&layer={int(l)}&neuron={int(n)}" for s, l, n in zip(df["sae_site"], df["layer"], df["latent"])]
+        shown = df.assign(page=link)[["role", "rank_in_neuron", "sae_site", "latent", "weight", "page"]]
+        st.caption("SAE latents that read from this neuron (encoder) or write along it (decoder), largest |weight| first.")
+    st.dataframe(shown, hide_index=True, column_config={"page": st.column_config.LinkColumn(display_text="open")})
 
 
 def _minimal(page: data.FeaturePage, df: pd.DataFrame, vocab: list[str]) -> None:

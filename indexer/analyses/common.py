@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import IndexDirError
+from indexer.inputs.sae import SITE_PREFIX as SAE_PREFIX  # SAE sites: neuron sites whose features are latents
 from indexer.store.manifest import read_manifest
 from indexer.store.query import open_index, run_sql
 
@@ -70,8 +71,10 @@ class IndexContext:
         """The manifest's neuron sites, in firing order: dicts with name, layer, n_features."""
         return [s for s in self.manifest.get("sites", []) if s["name"] != HEAD_SITE]
 
-    def sites_of_layer(self, layer: int) -> list[str]:
-        return [s["name"] for s in self.neuron_sites if s["layer"] == layer]
+    def sites_of_layer(self, layer: int, latents: bool = False) -> list[str]:
+        """The model's own neuron sites of ``layer`` (and with ``latents``, its SAE sites too)."""
+        return [s["name"] for s in self.neuron_sites
+                if s["layer"] == layer and (latents or not s["name"].startswith(SAE_PREFIX))]
 
     def output_site(self, layer: int) -> str | None:
         """The site whose features W_out reads: the last MLP site to fire in the layer."""
@@ -103,6 +106,15 @@ class IndexContext:
         if not spec:
             raise IndexDirError(f"{self.root}: the manifest names no model to re-run")
         return load_model(spec, device=resolve_device(self.options.device))
+
+    @cached_property
+    def sae_sites(self) -> dict[str, Any]:
+        """site name -> Site with its encoder, for the SAEs the index was made with."""
+        if not self.manifest.get("saes"):
+            return {}
+        from indexer.forward.sae_sites import sites_from_manifest
+
+        return sites_from_manifest(self.model, self.manifest)
 
     def bar(self, total: int, desc: str, unit: str = "seq"):
         from tqdm import tqdm
@@ -173,7 +185,8 @@ class IndexContext:
         from indexer.forward.sites import Site
 
         wanted = set(layers)
-        plan = [Site(s["name"], s["layer"], s["n_features"]) for s in self.neuron_sites if s["layer"] in wanted]
+        plan = [self.sae_sites[s["name"]] if s["name"] in self.sae_sites else Site(s["name"], s["layer"], s["n_features"])
+                for s in self.neuron_sites if s["layer"] in wanted]
         if not plan:
             raise IndexDirError(f"{self.root}: no neuron site of layer(s) {sorted(wanted)} was indexed")
         return SiteForward(self.model, plan, self.options.dtype), plan

@@ -171,7 +171,7 @@ def check(index_dir, layer: int, neuron: int, pattern: str, site: str | None = N
     ix = IndexContext(index_dir, options or Options(progress=False))
     try:
         site = site or ix.output_site(layer)
-        sites = ix.sites_of_layer(layer)
+        sites = ix.sites_of_layer(layer, latents=True)
         if site not in sites:
             raise ConfigError(f"--site {site} --layer {layer}: the index has sites {sites or 'none'} at layer {layer}")
         width = next(s["n_features"] for s in ix.neuron_sites if s["name"] == site and s["layer"] == layer)

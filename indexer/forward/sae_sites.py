@@ -52,6 +52,18 @@ def tl_hook(sae: Sae) -> str:
     return f"blocks.{found.group(1)}.{_SPARSIFY_HOOKS[(kind, sae.cfg.transcoder)]}"
 
 
+def written_hook(sae: Sae) -> str | None:
+    """The TransformerLens name of what the decoder reconstructs: an SAE's own hook, a
+    transcoder's output hook (None when its config does not name it)."""
+    if not sae.cfg.transcoder:
+        return tl_hook(sae)
+    found = _HF_MODULE.match(sae.cfg.hook) if sae.cfg.format == "sparsify" else None
+    if found is not None:
+        kind = {"self_attn": "attn", "attention": "attn"}.get(found.group(2), found.group(2))
+        return f"blocks.{found.group(1)}.{_SPARSIFY_HOOKS[(kind, False)]}"
+    return sae.cfg.hook_out
+
+
 def bridge_hook(bridge: Any, hook: str, name: str) -> str:
     """``hook`` as the bridge knows it (a hook point name or one of its aliases)."""
     if hook in bridge.hook_dict:

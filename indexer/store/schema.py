@@ -393,6 +393,33 @@ class LogitEffects(Table):
 
 
 @_table
+class LatentLogitEffects(LogitEffects):
+    """Per SAE latent (neuron = latent index): the tokens its decoder row directly boosts and
+    suppresses, W_dec[i] @ W_U with the final norm folded as for neurons; ``site`` is
+    ``sae:NAME`` (the columns of ``logit_effects``, then site)."""
+
+    NAME: ClassVar[str] = "latent_logit_effects"
+    LOCATION: ClassVar[str] = "analyses/latent_logit_effects"
+    site: str
+
+
+@_table
+class LatentNeurons(_NeuronKey):
+    """Links between an SAE's latents and the MLP neurons of the layer it reads: keyed by the
+    neuron (site, layer, neuron); ``role`` 'reads' = how much the latent's encoder reads the
+    neuron, 'writes' = how much its decoder writes along the neuron (see analyses.latents)."""
+
+    NAME: ClassVar[str] = "latent_neurons"
+    LOCATION: ClassVar[str] = "analyses/latent_neurons"
+    sae_site: str
+    latent: Int32
+    role: str  # 'reads' or 'writes'
+    weight: float
+    rank_in_latent: Int32  # 0 = the neuron the latent weighs most (by |weight|)
+    rank_in_neuron: Int32  # 0 = the latent that weighs this neuron most (by |weight|)
+
+
+@_table
 class LogitAgreement(Table):
     """Per neuron: do the tokens its output boosts follow its top examples?"""
 
@@ -437,6 +464,8 @@ TABLES: tuple[type[Table], ...] = (
     MinimalExamples,
     LogitEffects,
     MinimalSummary,
+    LatentLogitEffects,
+    LatentNeurons,
     LogitAgreement,
     SiteAgreement,
 )
