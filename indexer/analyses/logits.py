@@ -7,8 +7,15 @@ so the final normalisation is folded in as TransformerLens's ``fold_ln`` and
 - LayerNorm (``LN``, ``LNPre``) first subtracts the mean of the residual, so the part of
   W_out[n] along the all-ones direction never reaches the logits: W_out[n] is centred
   (``center_writing_weights``). RMSNorm does not centre, so neither do we.
-- The final norm's scale ``w`` multiplies each residual dimension: W_U' = diag(w) @ W_U
-  (its bias adds the same to every neuron and is dropped).
+- The final norm's scale multiplies each residual dimension: W_U' = diag(w) @ W_U (its
+  bias adds the same to every neuron and is dropped). For RMSNorm the scale is read by
+  running the norm's own module on a constant vector, so Gemma's (1 + w) RMSNorm (and any
+  other offset convention) is folded as the model applies it; for LayerNorm it is the weight.
+- Tied embeddings need nothing special: W_U is the bridge's unembedding, the transposed
+  embedding when they are tied.
+- Final-logit soft-capping (Gemma 2: logits = cap * tanh(z / cap)) is not folded: effects are
+  on the pre-cap logits z. The cap is monotone per token, so it changes no token's rank
+  within a position; it only shrinks changes to tokens whose logit is already near the cap.
 - Softmax ignores a constant added to every logit: each row of W_U' is centred over the
   vocabulary (``center_unembed``).
 
@@ -37,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.analyses.common import SAE_PREFIX, IndexContext
+from indexer.analyses.common import IndexContext
 from indexer.store.schema import LogitAgreement, LogitEffects
 
 NAME = "logits"
@@ -52,13 +59,25 @@ def folded_unembed(bridge: Any):
     kind = str(getattr(bridge.cfg, "normalization_type", None) or "")
     ln = getattr(bridge, "ln_final", None)
     scale = None
-    if ln is not None:
+    if ln is not None and kind.startswith("RMS"):
+        scale = _rms_scale(getattr(ln, "original_component", None) or ln, w_u)
+    elif ln is not None:
         params = dict(ln.named_parameters())
         scale = next((p for name, p in params.items() if name.endswith("weight")), None)
     if scale is not None:
         w_u = scale.detach().float()[:, None] * w_u
     w_u = w_u - w_u.mean(dim=1, keepdim=True)
     return w_u, kind in ("LN", "LNPre")
+
+
+def _rms_scale(norm: Any, w_u: Any):
+    """The per-dimension scale an RMSNorm module applies (w, or 1 + w for Gemma): its output
+    for a constant input, whose RMS is 1 (1e3 of it, so the module's epsilon is negligible)."""
+    import torch
+
+    x = torch.full((1, 1, w_u.shape[0]), 1e3, dtype=torch.float32, device=w_u.device)
+    with torch.inference_mode():
+        return norm(x)[0, 0].float() / 1e3
 
 
 def effects(bridge: Any, layer: int):
@@ -76,7 +95,7 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
     bridge = ix.model.bridge
     rows: dict[str, list] = {c: [] for c in LogitEffects.columns()}
     agree: dict[str, list] = {c: [] for c in LogitAgreement.columns()}
-    layers = sorted({s["layer"] for s in ix.neuron_sites if not s["name"].startswith(SAE_PREFIX)})  # latents: analyses.latents
+    layers = sorted({s["layer"] for s in ix.neuron_sites})
     bar = ix.bar(len(layers), "logit effects", unit="layer")
     for layer in layers:
         with torch.inference_mode():

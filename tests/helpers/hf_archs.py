@@ -33,6 +33,7 @@ class Arch:
         gated: for gated MLPs, the gate and up projections (``mlp_gate``, ``mlp_up``).
         experts: for mixture-of-experts MLPs, the experts module (its inputs are the routed
             hidden states, the chosen experts and their weights).
+        final_norm: the final norm (its input is the residual stream the unembedding reads).
     """
 
     config: str
@@ -40,14 +41,15 @@ class Arch:
     down: str = ""
     gated: dict = field(default_factory=dict)
     experts: str = ""
+    final_norm: str = "model.norm"
 
 
 ARCHS = {
     "gpt2": Arch("GPT2Config", dict(n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_positions=N_CTX, n_inner=D_MLP),
-                 "transformer.h.{L}.mlp.c_proj"),
+                 "transformer.h.{L}.mlp.c_proj", final_norm="transformer.ln_f"),
     "gpt_neox": Arch("GPTNeoXConfig", dict(hidden_size=D_MODEL, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
                                            intermediate_size=D_MLP, max_position_embeddings=N_CTX, rotary_pct=0.25),
-                     "gpt_neox.layers.{L}.mlp.dense_4h_to_h"),
+                     "gpt_neox.layers.{L}.mlp.dense_4h_to_h", final_norm="gpt_neox.final_layer_norm"),
     "llama": Arch("LlamaConfig", _LLAMA, "model.layers.{L}.mlp.down_proj", _GATED),
     "mistral": Arch("MistralConfig", dict(_LLAMA, sliding_window=16), "model.layers.{L}.mlp.down_proj", _GATED),
     "qwen2": Arch("Qwen2Config", dict(_LLAMA, tie_word_embeddings=True), "model.layers.{L}.mlp.down_proj", _GATED),
@@ -56,15 +58,15 @@ ARCHS = {
                    "model.layers.{L}.mlp.down_proj", _GATED),
     "phi": Arch("PhiConfig", dict(hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
                                   num_attention_heads=N_HEADS, max_position_embeddings=N_CTX, partial_rotary_factor=0.5),
-                "model.layers.{L}.mlp.fc2"),
+                "model.layers.{L}.mlp.fc2", final_norm="model.final_layernorm"),
     "olmo2": Arch("Olmo2Config", _LLAMA, "model.layers.{L}.mlp.down_proj", _GATED),
     "bloom": Arch("BloomConfig", dict(hidden_size=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS),
-                  "transformer.h.{L}.mlp.dense_4h_to_h"),
+                  "transformer.h.{L}.mlp.dense_4h_to_h", final_norm="transformer.ln_f"),
     "gptj": Arch("GPTJConfig", dict(n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_positions=N_CTX, rotary_dim=8,
-                                    n_inner=D_MLP), "transformer.h.{L}.mlp.fc_out"),
+                                    n_inner=D_MLP), "transformer.h.{L}.mlp.fc_out", final_norm="transformer.ln_f"),
     "opt": Arch("OPTConfig", dict(hidden_size=D_MODEL, num_hidden_layers=N_LAYERS, ffn_dim=D_MLP, num_attention_heads=N_HEADS,
                                   max_position_embeddings=N_CTX, word_embed_proj_dim=D_MODEL),
-                "model.decoder.layers.{L}.fc2"),
+                "model.decoder.layers.{L}.fc2", final_norm="model.decoder.final_layer_norm"),
     "mixtral": Arch("MixtralConfig", dict(_LLAMA, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2),
                     experts="model.layers.{L}.mlp.experts"),
 }
@@ -165,3 +167,11 @@ def head_reference(attn: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
     return {"max_attn": max_attn, "entropy": entropy}
+
+
+def output_direction(model, name: str, layer: int, neuron: int) -> torch.Tensor:
+    """[d_model]: what neuron ``neuron`` of ``layer`` writes to the residual stream per unit of
+    activation, read from the output projection's own weight (Conv1D stores it transposed)."""
+    down = dict(model.named_modules())[ARCHS[name].down.format(L=layer)]
+    weight = down.weight.detach()
+    return weight[neuron] if type(down).__name__ == "Conv1D" else weight[:, neuron]

@@ -38,6 +38,21 @@ def indexed(request, tmp_path_factory):
     return name, folder, out, refs, model
 
 
+def test_default_and_gated_sites(indexed):
+    from indexer.forward.sites import plan_sites
+    from indexer.inputs.models import load_model
+
+    name, folder, out, _, _ = indexed
+    info = load_model(str(folder)).info
+    assert {s.name for s in plan_sites(info)} == {"mlp_post", "heads"}  # the defaults (gated indexes ask for more)
+    assert info.gated == bool(hf_archs.ARCHS[name].gated)
+    with Index.open(out) as ix:
+        widths = ix.sql("SELECT site, layer, count(*) AS n FROM neurons GROUP BY ALL")
+    assert set(widths.site) == ({"mlp_post", "mlp_gate", "mlp_up"} if info.gated else {"mlp_post"})
+    expected = hf_archs.D_MLP if name != "bloom" else 4 * hf_archs.D_MODEL  # BLOOM's MLP is always 4 x d_model
+    assert set(widths.n) == {expected} and info.d_mlp == expected, widths
+
+
 def relative_error(got, want, scale) -> float:
     """max |got - want| / scale, where scale is the largest |value| the feature takes over the
     whole indexed corpus: relative to the feature's own magnitude (an elementwise ratio would
