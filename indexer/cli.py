@@ -103,22 +103,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from indexer.run.bench import CONFIGS, bench
+    from indexer.run.bench import bench
 
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
     result = bench(args.model, tokens=args.tokens, batch_size=args.batch_size, dtype=args.dtype,
-                   memory=not args.no_memory, configs=tuple(args.config or CONFIGS), rounds=args.rounds)
+                   memory=not args.no_memory, configs=tuple(args.config) if args.config else None, rounds=args.rounds)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from indexer.run.bench import DEMO_SAE
     from indexer.run.engine import index
 
     out = Path(args.out)
-    config = IndexConfig(
-        model="toy-1l", corpus=["code", "prose"], out=str(out), tokens=args.tokens, overwrite=out.exists()
+    config = IndexConfig(  # toy-1l's neurons, heads and the latents of its embedded SAE, in one pass
+        model="toy-1l", corpus=["code", "prose"], out=str(out), tokens=args.tokens, overwrite=out.exists(),
+        sae=[DEMO_SAE],
     )
     index(config, progress=True)
     print(f"demo index written to {out}\n")
@@ -175,10 +177,18 @@ def _print_demo_summary(out: Path) -> None:
         "Neurons with the highest activations": "top-neurons",
         "Their best examples": (
             "SELECT e.layer, e.neuron, e.activation, e.corpus, e.token_str, e.context_text "
-            "FROM examples e JOIN (SELECT layer, neuron FROM neurons ORDER BY max DESC LIMIT 5) t "
-            "USING (layer, neuron) WHERE e.kind = 'top' AND e.rank = 0 ORDER BY e.activation DESC"
+            "FROM examples e JOIN (SELECT site, layer, neuron FROM neurons WHERE site = 'mlp_post' ORDER BY max DESC "
+            "LIMIT 5) t USING (site, layer, neuron) WHERE e.kind = 'top' AND e.rank = 0 ORDER BY e.activation DESC"
         ),
         "Heads most like induction heads": "induction-heads",
+        "SAE latents (toy-1l-mlp-out) with the highest activations": (
+            "SELECT site, neuron AS latent, max, frac_active FROM neurons WHERE site LIKE 'sae:%' "
+            "ORDER BY max DESC"
+        ),
+        "The latents that read most from neuron 7": (
+            "SELECT sae_site, latent, weight, rank_in_neuron FROM latent_neurons "
+            "WHERE site = 'mlp_post' AND layer = 0 AND neuron = 7 AND role = 'reads' ORDER BY rank_in_neuron"
+        ),
     }
     for title, query in queries.items():
         df, _ = run_sql(out, query, limit=5)
@@ -294,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=200_000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--config", action="append", choices=("mlp", "mlp+heads"),
-                   help="time only this configuration (repeatable; default: both)")
+    p.add_argument("--config", action="append", choices=("mlp", "mlp+heads", "mlp+sae"),
+                   help="time only this configuration (repeatable; default: all; mlp+sae: toy-1l's neurons and its embedded SAE)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per pass; the fastest is kept")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs at N and 4N tokens")
     p.set_defaults(run=cmd_bench)

@@ -1,6 +1,8 @@
 """`neuroscope bench`: indexing throughput as ratios measured side by side in one run.
 
-Per configuration (``mlp``, ``mlp+heads``):
+Per configuration (``mlp``, ``mlp+heads``, and for toy-1l ``mlp+sae``: the neurons plus the
+embedded SAE's 2048 latents, with ``job_vs_mlp_job`` = the neurons-only job's throughput over
+this one's):
 
 - ``job``: the whole ``index`` job from model loaded to manifest written (stream, then
   finalize), with ``phases_s`` (seconds per phase, from the fastest round);
@@ -32,19 +34,30 @@ GELU_1L_SHAPE = dict(
 RANDOM_GELU_1L = "gelu-1l-random"
 
 
-CONFIGS = {"mlp": "mlp_post", "mlp+heads": "all"}  # configuration name -> --sites
+DEMO_SAE = "toy-1l-mlp-out"  # data/saes/: an SAE on toy-1l's blocks.0.hook_mlp_out
+# configuration name -> its index options (--sites, --sae)
+CONFIGS: dict[str, dict[str, Any]] = {"mlp": {"sites": "mlp_post"}, "mlp+heads": {"sites": "all"},
+                                      "mlp+sae": {"sites": "mlp_post", "sae": [DEMO_SAE]}}
+
+
+def default_configs(model: str) -> tuple[str, ...]:
+    """Every configuration; ``mlp+sae`` only for toy-1l, the model the embedded SAE reads."""
+    return tuple(name for name in CONFIGS if name != "mlp+sae" or model == "toy-1l")
 
 
 def bench(model: str = "toy-1l", tokens: int = 200_000, batch_size: int = 8, dtype: str = "float32",
-          memory: bool = True, configs: tuple[str, ...] = tuple(CONFIGS), rounds: int = 3) -> dict[str, Any]:
+          memory: bool = True, configs: tuple[str, ...] | None = None, rounds: int = 3) -> dict[str, Any]:
     """All the figures for one model, as a JSON-able dict. Fewer ``configs``, fewer ``rounds``
     or no ``memory`` runs make a large model's bench affordable (each round times every pass once)."""
     with tempfile.TemporaryDirectory(prefix="neuroscope-bench-") as tmp:
         spec = _random_gelu_1l(Path(tmp)) if model == RANDOM_GELU_1L else model
         result: dict[str, Any] = {"model": model, "tokens": tokens, "batch_size": batch_size, "dtype": dtype,
                                   "rounds": rounds}
-        for name in configs:
+        for name in configs or default_configs(model):
             result[name] = _throughput(spec, CONFIGS[name], tokens, batch_size, dtype, rounds)
+        if "mlp" in result and "mlp+sae" in result:  # what adding the SAE's latents costs
+            result["mlp+sae"]["job_vs_mlp_job"] = round(result["mlp"]["job"]["tokens_per_s"]
+                                                        / result["mlp+sae"]["job"]["tokens_per_s"], 3)
         if memory:
             result["peak_rss_mb"] = {
                 str(n): _peak_rss_mb(spec, n, batch_size, dtype, Path(tmp) / f"mem{n}") for n in (tokens, 4 * tokens)
@@ -54,7 +67,7 @@ def bench(model: str = "toy-1l", tokens: int = 200_000, batch_size: int = 8, dty
     return result
 
 
-def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str, rounds: int) -> dict[str, Any]:
+def _throughput(spec: str, options: dict[str, Any], tokens: int, batch_size: int, dtype: str, rounds: int) -> dict[str, Any]:
     from indexer.config import IndexConfig
     from indexer.inputs.contexts import batches
     from indexer.forward.runner import bare_forward, make_batch
@@ -62,7 +75,7 @@ def _throughput(spec: str, sites: str, tokens: int, batch_size: int, dtype: str,
     from indexer.run.engine import Run
 
     cfg = IndexConfig.parse(dict(model=spec, corpus=["code", "prose"], out="", tokens=tokens, batch_size=batch_size,
-                                 dtype=dtype, sites=sites, checkpoint_every=10**9))
+                                 dtype=dtype, checkpoint_every=10**9, **options))
     with tempfile.TemporaryDirectory() as out:
         run = Run.open(cfg, Path(out))
         bos = run.model.info.bos_token_id
@@ -135,6 +148,8 @@ def _naive_indexer(run: Any, prepared: list) -> Callable[[], None]:
             if site.name == "heads":
                 v, pattern, z = (cache[n] for n in site.hook_names())
                 out.append(metrics[site.layer](v, pattern, z))
+            elif site.encoder is not None:  # an SAE site: its latents, from the cached activation
+                out.append(site.encoder(cache[site.hook_names()[0]]))
             else:
                 out.append(cache[site.hook_names()[0]].float())
         return out
