@@ -78,26 +78,27 @@ class FeatureRecorders:
         tk, qs, st, sw = self.topk, self.samples, self.stats, self.windows
         n_values = int(np.maximum(lengths - 1, 0).sum())
         exactsum.check_capacity(n_values)
+        qs._count_tokens(n_values)
+        sw.bands_for(len(qs.quantiles))
         st.count += n_values
         fused_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
                      tk.vals, tk.ctxs, tk.poss,
-                     np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.thr,
-                     qs.prio, qs.vals, qs.ctxs, qs.poss,
+                     np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.terms, qs.per_bin,
+                     qs.kval, qs.kctx, qs.kpos, qs.kn, qs.squeeze,
                      st.total, st.total_sq, st.lo, st.hi, st.n_active,
                      tk.wins, tk.before,
                      refresh,
-                     qs.quantiles, sw.cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
+                     qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
         st.normalise()
 
     def nbytes(self) -> int:
-        """Bytes of recorder state (fixed at creation: it does not grow with the stream), the
-        numba kernels' cached admission thresholds included."""
+        """Bytes of recorder state (fixed at creation: it does not grow with the stream)."""
         total = 0
         for part in self.parts().values():
             for name in part.arrays:
                 a = getattr(part, name)
                 total += a.nbytes if isinstance(a, np.ndarray) else a.element_size() * a.numel()
-        return total + (self.samples.thr.nbytes if self.samples.thr is not None else 0)
+        return total
 
     def merge(self, other: "FeatureRecorders") -> None:
         for name, part in self.parts().items():

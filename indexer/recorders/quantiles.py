@@ -1,20 +1,24 @@
-"""QuantileSampler: per feature, exact counts and uniform samples in fine value bins, from
-which the requested quantile bins (bands) are cut at the end.
+"""QuantileSampler: per feature, exact counts in fine value bins and a small pool of kept
+tokens, from which the requested quantile bins (bands) and their uniform samples are cut at
+the end.
 
-Design (issue 8): the edges of a feature's quantile bins must be the requested quantiles of
-*all* its tokens, known only when the stream ends, while memory stays flat and shards merge
-exactly. So the stream keeps, per feature, the exact token count of every bin of a fixed
-global fine grid (``finebins``: 64 bins per octave, 2,561 bins) and, per fine bin, the
-``per_bin`` tokens with the smallest hash priority. Both depend only on the multiset of
-tokens seen, so resume, shards and merge are exact. At the end each requested quantile q
-snaps to the fine-bin boundary whose share of tokens below is nearest to q; a band is a run
-of fine bins, its count the sum of theirs, and its sample the ``per_bin`` lowest priorities
-among its fine bins' samples: exactly the bottom-k of the band, a uniform sample of it.
+Design (issues 8 and 25): the edges of a feature's quantile bins must be the requested
+quantiles of *all* its tokens, known only when the stream ends, while memory stays flat and
+shards merge exactly. So the stream keeps, per feature, the exact token count of every bin
+of a fixed global fine grid (``finebins``: 64 bins per octave, 2,561 bins) and the tokens
+whose hash priority is below the keep rule's threshold for their fine bin (``keep_rule``):
+a threshold that only falls as tokens arrive, so the kept set is a pure function of the
+tokens seen and resume, shards, merge and backends agree bit for bit. At the end each
+requested quantile q snaps to the fine-bin boundary whose share of tokens below is nearest
+to q; a band is a run of fine bins, its count the sum of theirs, and its sample the
+``per_bin`` lowest priorities among its kept tokens under the band's smallest threshold:
+exactly the bottom-k of the band (a uniform sample of it) whenever that many are there.
 
-Memory per feature: N_FINE * (12 + per_bin * 24) bytes (338 KB at per_bin=5; on disk only
-the filled slots are stored), independent of
-the corpus length. A band's share is exact; its distance from the nominal share is at most
-the share of the fine bin its edge falls in.
+Memory per feature: N_FINE x 4 bytes of counts and ``pool_capacity(per_bin)`` x 16 bytes of
+kept tokens (10 + 11.5 KB at per_bin=5; a kept token's priority is recomputed from its
+coordinates, not stored), independent of the corpus length. A band's share
+is exact; its distance from the nominal share is at most the share of the fine bin its edge
+falls in.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ import numpy as np
 import torch
 
 from indexer.recorders.common import (
-    Recorder, RecorderError, check_batch, feature_chunk, torch_batch, valid_tokens,
+    Recorder, RecorderError, check_batch, feature_chunk, numpy_batch, torch_batch, valid_tokens,
 )
-from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_t, lower_edges
+from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_np, fine_bins_t, lower_edges
 from indexer.recorders.histogram import hist_from_fine
-from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, priority_t, seed_of, token_hash_t
-from indexer.recorders.quantile_kernels import band_samples, quantile_merge, quantile_update, thresholds
+from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, fmix32_t, priority_np, priority_t, seed_of, token_hash_t
+from indexer.recorders.keep_rule import (
+    GROUP_BITS, KEEP_ALL, MARGIN, band_terms, fine_thresholds_np, group_thresholds_t, pool_capacity,
+    token_thresholds_t,
+)
+from indexer.recorders.quantile_kernels import quantile_update
 
 ELEMENTS_PER_STEP = 1 << 22  # torch backend: tokens x features per step, bounds the temporaries
 STATUS = ("ok", "near_constant", "dead")
@@ -44,25 +52,30 @@ def check_quantiles(quantiles) -> np.ndarray:
 
 
 def bytes_per_feature(per_bin: int) -> int:
-    """State bytes of one feature: fine counts, thresholds and the per-fine-bin sample slots."""
-    return N_FINE * (8 + 4 + per_bin * (8 + 4 + 8 + 4))
+    """State bytes of one feature: fine counts, the kept-token pool and its two counters."""
+    return N_FINE * 4 + pool_capacity(per_bin) * (4 + 8 + 4) + 8
+
+
+MAX_TOKENS = 2**31 - 1  # fine counts are int32
+CHUNK = 1024  # features per numpy step at the end (bounds the [feat, N_FINE] temporaries)
 
 
 class QuantileSampler(Recorder):
-    """Fine-bin counts and bottom-k-by-priority samples per (feature, fine bin).
+    """Fine-bin counts and a pool of kept tokens per feature.
 
-    A token's priority is a pure hash of (salt, feature, ctx_id, pos); each fine bin keeps the
-    `per_bin` tokens with the smallest priority (ties by ctx_id, pos). `bands()` cuts the
-    requested quantile bins from them.
+    A token's priority is a pure hash of (salt, feature, ctx_id, pos); a feature keeps the
+    tokens whose priority is below its fine bin's threshold (keep_rule.py). `bands()` cuts
+    the requested quantile bins and their samples from them.
 
     Attributes:
-        fine_counts: int64 [feat, N_FINE].
-        prio: int64, vals: float32, ctxs: int64, poss: int32, each [feat, N_FINE, per_bin],
-            sorted by priority; empty slots have prio 2**32, ctx_id -1, pos -1, value nan.
+        fine_counts: int32 [feat, N_FINE].
+        kval float32, kctx int64, kpos int32, each [feat, capacity]: the kept tokens, unordered, the first kn[f] of row f in use.
+        kn: int32 [feat] (int64 on torch).  squeeze: [feat], how often a feature's
+            thresholds were halved because its pool overflowed (0 but for freak inputs).
     """
 
     kind = "quantiles"
-    arrays = ("fine_counts", "prio", "vals", "ctxs", "poss")
+    arrays = ("fine_counts", "kval", "kctx", "kpos", "kn", "squeeze")
 
     def __init__(self, n_features: int, quantiles=(0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999),
                  per_bin: int = 5, salt: int = 0, backend: str | None = None, device="cpu"):
@@ -72,24 +85,23 @@ class QuantileSampler(Recorder):
         self.n_features, self.per_bin, self.salt = int(n_features), int(per_bin), int(salt)
         self.quantiles = check_quantiles(quantiles)
         self.seed = seed_of(self.salt)
+        self.capacity = pool_capacity(self.per_bin)
+        terms = band_terms(self.quantiles)
+        self.terms = np.zeros((4, len(terms[0])), np.float64)
+        self.terms[:3] = terms
+        self.terms[3, 0] = MARGIN
         self.keys = self._array(feature_keys(self.n_features))
-        if self.backend == "torch":
+        wide = self.backend == "torch"  # torch has no uint32 arithmetic
+        if wide:
             self.keys = self.keys.to(torch.int64)
-        shape = (self.n_features, N_FINE, self.per_bin)
-        self.fine_counts = self._array(np.zeros(shape[:2], np.int64))
-        self.prio = self._array(np.full(shape, EMPTY_PRIORITY, np.int64))
-        self.vals = self._array(np.full(shape, np.nan, np.float32))
-        self.ctxs = self._array(np.full(shape, -1, np.int64))
-        self.poss = self._array(np.full(shape, -1, np.int32))
-        self.thr = None  # numba backend: each bin's admission threshold, derived from prio
-        self._sync_thresholds()
-
-    def _sync_thresholds(self) -> None:
-        """Recompute the numba kernels' cached thresholds after prio changed outside them."""
-        if self.backend == "numba":
-            if self.thr is None:
-                self.thr = np.empty(self.prio.shape[:2], np.uint32)
-            thresholds(self.prio, self.thr)
+        shape = (self.n_features, self.capacity)
+        self.fine_counts = self._array(np.zeros((self.n_features, N_FINE), np.int32))
+        self.kval = self._array(np.zeros(shape, np.float32))
+        self.kctx = self._array(np.zeros(shape, np.int64))
+        self.kpos = self._array(np.zeros(shape, np.int32))
+        self.kn = self._array(np.zeros(self.n_features, np.int64 if wide else np.int32))
+        self.squeeze = self._array(np.zeros(self.n_features, np.int64 if wide else np.int32))
+        self.n_seen = 0  # tokens per feature so far (the fine counts of any feature sum to it)
 
     def config(self) -> dict[str, Any]:
         return {"n_features": self.n_features, "quantiles": self.quantiles,
@@ -97,8 +109,8 @@ class QuantileSampler(Recorder):
 
     @classmethod
     def _config_from_state(cls, state):
-        if "quantiles" not in state:
-            raise RecorderError("quantile state without 'quantiles': written by an older neuroscope; re-index")
+        if "quantiles" not in state or "kept_feature" not in state:
+            raise RecorderError("quantile state without kept tokens: written by an older neuroscope; re-index")
         return {"n_features": int(state["n_features"]), "quantiles": np.asarray(state["quantiles"]),
                 "per_bin": int(state["per_bin"]), "salt": int(state["salt"])}
 
@@ -107,19 +119,50 @@ class QuantileSampler(Recorder):
         a = getattr(self, name)
         return a if isinstance(a, np.ndarray) else a.detach().cpu().numpy()
 
-    # --- state: sparse, since most fine bins of a feature stay empty ------------------------
+    # --- the kept set, canonical: what the rule keeps, sorted -------------------------------
+
+    def kept(self) -> dict[str, np.ndarray]:
+        """The kept tokens the rule keeps for the counts so far, sorted by (feature,
+        priority, ctx_id, pos): feature int64, prio int64, value float32, ctx_id int64,
+        pos int64 (flat). The same for every order, shard and backend."""
+        kn = self._read("kn").astype(np.int64)
+        used = np.arange(self.capacity)[None, :] < kn[:, None]
+        feat = np.nonzero(used)[0]
+        ctx, pos = self._read("kctx")[used].astype(np.int64), self._read("kpos")[used].astype(np.int64)
+        cols = {"feature": feat, "prio": priority_np(self.salt, feat, ctx, pos) if len(feat) else feat,
+                "value": self._read("kval")[used], "ctx_id": ctx, "pos": pos}
+        return _canonical(cols, self._read("fine_counts"), self.quantiles, self.per_bin,
+                          self._read("squeeze").astype(np.int64))
+
+    def _set_kept(self, kept: dict[str, np.ndarray], squeeze: np.ndarray) -> None:
+        """Fill the pool from a kept set sorted by feature."""
+        n = np.bincount(kept["feature"], minlength=self.n_features)
+        kept = {k: v for k, v in kept.items() if k != "prio"}
+        if n.size and n.max() > self.capacity:
+            raise RecorderError(f"{int(n.max())} kept tokens for a feature but the pool holds {self.capacity}")
+        rank = np.arange(len(kept["feature"])) - np.searchsorted(kept["feature"], kept["feature"])
+        arrays = {name: self._numpy(name) for name in ("kval", "kctx", "kpos")}
+        for name, col in (("kval", "value"), ("kctx", "ctx_id"), ("kpos", "pos")):
+            arrays[name][kept["feature"], rank] = kept[col]
+        arrays["kn"] = n.astype(self._numpy("kn").dtype)
+        arrays["squeeze"] = np.asarray(squeeze).astype(self._numpy("squeeze").dtype)
+        for name, a in arrays.items():
+            setattr(self, name, self._array(a))
+
+    # --- state: sparse counts and the canonical kept set ---------------------------------
 
     def state(self) -> dict[str, np.ndarray]:
-        """Config, the non-zero fine counts and the filled slots, as flat indices and values."""
+        """Config, the non-zero fine counts and the kept tokens, as flat indices and values."""
         out = {"kind": np.array(self.kind), **{k: np.asarray(v) for k, v in self.config().items()}}
         counts = self._read("fine_counts").ravel()
         nz = np.flatnonzero(counts)
-        out["fine_index"], out["fine_value"] = _narrow(nz), _narrow(counts[nz])
-        filled = np.flatnonzero(self._read("ctxs").ravel() >= 0)
-        out["slot_index"] = _narrow(filled)
-        for name in ("prio", "vals", "ctxs", "poss"):
-            out[f"slot_{name}"] = self._read(name).ravel()[filled]
-        out["slot_prio"] = out["slot_prio"].astype(np.uint32)  # filled slots: priority < 2**32
+        out["fine_index"], out["fine_value"] = _narrow(nz), counts[nz].astype(np.uint32)
+        kept = self.kept()
+        out["kept_feature"] = kept["feature"].astype(np.uint32)
+        out["kept_value"] = kept["value"]
+        out["kept_ctx"] = kept["ctx_id"]
+        out["kept_pos"] = kept["pos"].astype(np.int32)
+        out["squeeze"] = self._read("squeeze").astype(np.int32)
         return out
 
     @classmethod
@@ -128,17 +171,19 @@ class QuantileSampler(Recorder):
         if kind != cls.kind:
             raise RecorderError(f"state kind={kind!r} but expected {cls.kind!r}")
         obj = cls(**cls._config_from_state(state), backend=backend, device=device)
-        arrays = {name: obj._numpy(name) for name in obj.arrays}
+        counts = obj._numpy("fine_counts")
         try:
-            arrays["fine_counts"].ravel()[np.asarray(state["fine_index"])] = state["fine_value"]
-            at = np.asarray(state["slot_index"])
-            for name in ("prio", "vals", "ctxs", "poss"):
-                arrays[name].ravel()[at] = state[f"slot_{name}"]
+            counts.ravel()[np.asarray(state["fine_index"], np.int64)] = state["fine_value"]
+            kept = {"feature": np.asarray(state["kept_feature"], np.int64), "value": np.asarray(state["kept_value"]),
+                    "ctx_id": np.asarray(state["kept_ctx"], np.int64), "pos": np.asarray(state["kept_pos"], np.int64)}
+            squeeze = np.asarray(state["squeeze"])
+            if squeeze.shape != (obj.n_features,) or (kept["feature"] >= obj.n_features).any():
+                raise IndexError("features out of range")
         except (KeyError, IndexError) as err:
             raise RecorderError(f"quantile state is incomplete or of another shape: {err}") from None
-        for name, a in arrays.items():
-            setattr(obj, name, obj._array(a))
-        obj._sync_thresholds()
+        obj.fine_counts = obj._array(counts)
+        obj.n_seen = int(counts[0].sum()) if obj.n_features else 0
+        obj._set_kept(kept, squeeze)
         return obj
 
     # --- results -----------------------------------------------------------------------
@@ -155,13 +200,17 @@ class QuantileSampler(Recorder):
         """
         counts = self._read("fine_counts")
         n_feat, n_bands = self.n_features, len(self.quantiles) + 1
-        bounds = choose_boundaries(counts, self.quantiles)  # [feat, Q]
-        cum = np.zeros((n_feat, N_FINE + 1), np.int64)
-        np.cumsum(counts, axis=1, out=cum[:, 1:])
-        rows = np.arange(n_feat)[:, None]
-        full = np.concatenate([np.zeros((n_feat, 1), np.int64), bounds, np.full((n_feat, 1), N_FINE)], axis=1)
-        band_counts = cum[rows, full[:, 1:]] - cum[rows, full[:, :-1]]
-        total = cum[:, -1]
+        bounds = np.empty((n_feat, len(self.quantiles)), np.int64)
+        band_counts = np.empty((n_feat, n_bands), np.int64)
+        for f0 in range(0, n_feat, CHUNK):
+            c = counts[f0:f0 + CHUNK].astype(np.int64)
+            bounds[f0:f0 + CHUNK] = choose_boundaries(c, self.quantiles)
+            cum = np.zeros((len(c), N_FINE + 1), np.int64)
+            np.cumsum(c, axis=1, out=cum[:, 1:])
+            full = _full_bounds(bounds[f0:f0 + CHUNK])
+            rows = np.arange(len(c))[:, None]
+            band_counts[f0:f0 + CHUNK] = cum[rows, full[:, 1:]] - cum[rows, full[:, :-1]]
+        total = np.full(n_feat, self.n_seen, np.int64)
         shares = band_counts / np.maximum(total, 1)[:, None]
         status = np.where((band_counts == 0).any(axis=1), "near_constant", "ok")
         status = np.where((total == 0) | (counts[:, ZERO] == total), "dead", status).astype(object)
@@ -171,12 +220,31 @@ class QuantileSampler(Recorder):
         return out
 
     def _band_samples(self, bounds: np.ndarray, n_bands: int) -> dict[str, np.ndarray]:
-        shape = (self.n_features, 1, n_bands, self.per_bin)  # the kernel inserts into out[f][0, band]
+        """Per band, the per_bin smallest (priority, ctx, pos) among its kept tokens under the
+        band's smallest fine threshold: all of them are kept, so this is the band's bottom-k."""
+        k = self.per_bin
+        shape = (self.n_features, n_bands, k)
         out = {"prio": np.full(shape, EMPTY_PRIORITY, np.int64), "value": np.full(shape, np.nan, np.float32),
                "ctx_id": np.full(shape, -1, np.int64), "pos": np.full(shape, -1, np.int32)}
-        band_samples(*(self._read(name) for name in ("prio", "vals", "ctxs", "poss")),
-                     np.ascontiguousarray(bounds, np.int64), out["prio"], out["value"], out["ctx_id"], out["pos"])
-        return {k: v[:, 0] for k, v in out.items()}
+        kept = self.kept()
+        counts, squeeze = self._read("fine_counts"), self._read("squeeze").astype(np.int64)
+        band_thr = np.empty((self.n_features, n_bands), np.int64)
+        for f0 in range(0, self.n_features, CHUNK):
+            t = fine_thresholds_np(counts[f0:f0 + CHUNK], self.quantiles, self.per_bin, squeeze[f0:f0 + CHUNK])
+            band_thr[f0:f0 + CHUNK] = _band_minima(t, bounds[f0:f0 + CHUNK])
+        f = kept["feature"]
+        band = (fine_bins_np(kept["value"])[:, None] >= bounds[f]).sum(axis=1)
+        keep = kept["prio"] < band_thr[f, band]
+        f, band = f[keep], band[keep]
+        cols = {name: kept[name][keep] for name in ("prio", "value", "ctx_id", "pos")}
+        order = np.lexsort((cols["pos"], cols["ctx_id"], cols["prio"], band, f))  # kept is sorted already
+        f, band = f[order], band[order]
+        key = f * n_bands + band
+        rank = np.arange(len(key)) - np.searchsorted(key, key)
+        sel = rank < k
+        for name in out:
+            out[name][f[sel], band[sel], rank[sel]] = cols[name][order][sel]
+        return out
 
     def histogram(self) -> np.ndarray:
         """int64 [feat, histogram.N_BINS]: every token in the fixed symlog bins of
@@ -199,27 +267,30 @@ class QuantileSampler(Recorder):
 
     # --- updates -----------------------------------------------------------------------
 
-    def _update_numba(self, acts, lengths, ctx_ids) -> None:
-        quantile_update(acts, lengths, ctx_ids, feature_chunk(self.n_features), np.uint32(self.seed),
-                        self.keys, self.fine_counts, self.thr, self.prio, self.vals, self.ctxs, self.poss)
-
-    def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
-        self.fine_counts += other["fine_counts"]
-        quantile_merge(self.prio, self.vals, self.ctxs, self.poss,
-                       other["prio"], other["vals"], other["ctxs"], other["poss"])
-        self._sync_thresholds()
+    def _count_tokens(self, n: int) -> None:
+        if self.n_seen + n > MAX_TOKENS:
+            raise RecorderError(f"{self.n_seen + n} tokens but one index counts at most {MAX_TOKENS} per feature: "
+                                "index in shards of fewer tokens")
+        self.n_seen += n
 
     def update(self, acts, lengths, ctx_ids, offered=None) -> None:
         """Record one batch (common.Recorder.update); torch backend: ``offered`` as in _update_torch."""
-        if offered is None or self.backend == "numba":
-            return super().update(acts, lengths, ctx_ids)
         check_batch(acts, lengths, ctx_ids, self.n_features)
+        self._count_tokens(int(torch.clamp(torch.as_tensor(lengths) - 1, min=0).sum()))
+        if self.backend == "numba":
+            self._update_numba(*numpy_batch(acts, lengths, ctx_ids))
+            return
         with torch.no_grad():
             self._update_torch(*torch_batch(acts, lengths, ctx_ids, self.device), offered=offered)
 
+    def _update_numba(self, acts, lengths, ctx_ids) -> None:
+        quantile_update(acts, lengths, ctx_ids, feature_chunk(self.n_features), np.uint32(self.seed),
+                        self.keys, self.fine_counts, self.terms, self.per_bin,
+                        self.kval, self.kctx, self.kpos, self.kn, self.squeeze)
+
     def _update_torch(self, acts, lengths, ctx_ids, offered=None) -> None:
         """Fold the batch, a step of tokens at a time; after each step, ``offered(b, t, f)`` (if
-        given) gets the batch row, position and feature of the tokens offered to a bin's slots
+        given) gets the batch row, position and feature of the tokens that entered the pool
         in it (the sample-window pool's candidates)."""
         b, t = valid_tokens(lengths, acts.shape[1]).nonzero(as_tuple=True)  # [tokens]
         n_feat = self.n_features
@@ -228,57 +299,94 @@ class QuantileSampler(Recorder):
         for r in range(0, b.numel(), step):
             x = acts[b[r:r + step], t[r:r + step]]  # [tokens, feat]
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
-            group = feat * N_FINE + fine_bins_t(x)  # [tokens, feat]
-            self.fine_counts += torch.bincount(group.flatten(), minlength=self.fine_counts.numel()
+            q = fine_bins_t(x)
+            self.fine_counts += torch.bincount((feat * N_FINE + q).flatten(), minlength=self.fine_counts.numel()
                                                ).view_as(self.fine_counts)
+            group = group_thresholds_t(self.fine_counts, self.quantiles, self.per_bin)  # counts after the step: valid
             prio = priority_t(token_hash_t(self.seed, ctx, pos), self.keys)  # [tokens, feat]
-            threshold = self.prio.view(-1, self.per_bin)[:, -1]
-            row, f = (prio <= threshold[group]).nonzero(as_tuple=True)  # candidates only
-            self._keep_best(group[row, f], prio[row, f], x[row, f], ctx[row], pos[row])
+            row, f = (prio < (group[feat, q >> GROUP_BITS] >> self.squeeze)).nonzero(as_tuple=True)
+            thr = token_thresholds_t(group, self.fine_counts, f, q[row, f], self.per_bin, self.squeeze)
+            ok = prio[row, f] < thr
+            row, f = row[ok], f[ok]
+            self._absorb(group, f, x[row, f], ctx[row], pos[row])
             if offered is not None:
                 offered(b[r:r + step][row], pos[row], f)
 
-    def _merge_torch(self, other: dict[str, torch.Tensor]) -> None:
-        self.fine_counts += other["fine_counts"]
-        group = torch.arange(self.fine_counts.numel(), device=self.device).repeat_interleave(self.per_bin)
-        keep = other["ctxs"].flatten() >= 0
-        self._keep_best(group[keep], *(other[k].flatten()[keep] for k in ("prio", "vals", "ctxs", "poss")))
+    def _absorb(self, group, f, vals, ctxs, poss) -> None:
+        """The pool's entries and these candidates, filtered by the thresholds of the counts
+        so far (squeezing a feature whose pool would stay over three-quarters full), back
+        into the pool."""
+        used = torch.arange(self.capacity, device=self.device)[None, :] < self.kn[:, None]
+        old_f = used.nonzero(as_tuple=True)[0]
+        f = torch.cat([old_f, f])
+        cols = [torch.cat([getattr(self, name)[used], new.to(getattr(self, name).dtype)])
+                for name, new in (("kval", vals), ("kctx", ctxs), ("kpos", poss))]
+        q = fine_bins_t(cols[0])
+        prio = fmix32_t(token_hash_t(self.seed, cols[1], cols[2]) ^ self.keys[f])
+        while True:
+            keep = prio < token_thresholds_t(group, self.fine_counts, f, q, self.per_bin, self.squeeze)
+            n = torch.bincount(f[keep], minlength=self.n_features)
+            over = 4 * n > 3 * self.capacity
+            if not bool(over.any()):
+                break
+            self.squeeze += over.to(self.squeeze.dtype)
+        f, cols = f[keep], [c[keep] for c in cols]
+        order = torch.sort(f, stable=True).indices
+        f, cols = f[order], [c[order] for c in cols]
+        rank = torch.arange(f.numel(), device=self.device) - torch.searchsorted(f, f)
+        for name, col in zip(("kval", "kctx", "kpos"), cols):
+            getattr(self, name)[f, rank] = col
+        self.kn = n.to(self.kn.dtype)
 
-    def _keep_best(self, group, prio, vals, ctxs, poss) -> None:
-        """Replace the slots of the touched groups by the bottom per_bin of slots + candidates."""
-        if group.numel() == 0:
-            return
-        k = self.per_bin
-        touched = torch.unique(group)  # sorted
-        old_group = touched.repeat_interleave(k)
-        old_flat = (touched[:, None] * k + torch.arange(k, device=self.device)).flatten()
-        flats = {name: getattr(self, name).view(-1) for name in ("prio", "vals", "ctxs", "poss")}
-        old = flats["ctxs"][old_flat] >= 0
-        cols = [torch.cat([a, b]) for a, b in zip(
-            (old_group[old], *(flats[name][old_flat][old] for name in ("prio", "vals", "ctxs", "poss"))),
-            (group, prio, vals, ctxs, poss.to(torch.int32)))]
-        g, p, v, c, s = _sorted_unique(*cols)
-        start = torch.searchsorted(g, g)
-        rank = torch.arange(g.numel(), device=self.device) - start
-        sel = rank < k
-        for name, empty in (("prio", EMPTY_PRIORITY), ("vals", float("nan")), ("ctxs", -1), ("poss", -1)):
-            flats[name][old_flat] = empty
-        flat = g[sel] * k + rank[sel]
-        for name, col in (("prio", p), ("vals", v), ("ctxs", c), ("poss", s)):
-            flats[name][flat] = col[sel]
+    def merge(self, other: "QuantileSampler") -> None:
+        """Fold another sampler in: counts add, kept sets unite under the merged thresholds."""
+        self._check_mergeable(other)
+        self._count_tokens(other.n_seen)
+        counts = self._read("fine_counts").astype(np.int64) + other._read("fine_counts")
+        mine, theirs = self.kept(), other.kept()
+        kept = {k: np.concatenate([mine[k], theirs[k]]) for k in mine}  # shards: disjoint tokens
+        squeeze = np.maximum(self._read("squeeze"), other._read("squeeze")).astype(np.int64)
+        while True:
+            kept = _canonical(kept, counts, self.quantiles, self.per_bin, squeeze)
+            over = 4 * np.bincount(kept["feature"], minlength=self.n_features) > 3 * self.capacity
+            if not over.any():
+                break
+            squeeze += over
+        self.fine_counts = self._array(counts.astype(np.int32))
+        self._set_kept(kept, squeeze)
+
+
+def _canonical(cols: dict[str, np.ndarray], counts: np.ndarray, quantiles: np.ndarray, per_bin: int,
+               squeeze: np.ndarray) -> dict[str, np.ndarray]:
+    """The entries the rule keeps (priority under the fine threshold of their feature's
+    counts), sorted by (feature, priority, ctx_id, pos)."""
+    f = cols["feature"]
+    keep = np.zeros(len(f), bool)
+    q = fine_bins_np(cols["value"])
+    for f0 in range(0, counts.shape[0], CHUNK):
+        t = fine_thresholds_np(counts[f0:f0 + CHUNK], quantiles, per_bin, squeeze[f0:f0 + CHUNK])
+        at = (f >= f0) & (f < f0 + CHUNK)
+        keep[at] = cols["prio"][at] < t[f[at] - f0, q[at]]
+    order = np.lexsort((cols["pos"][keep], cols["ctx_id"][keep], cols["prio"][keep], f[keep]))
+    return {k: v[keep][order] for k, v in cols.items()}
+
+
+def _full_bounds(bounds: np.ndarray) -> np.ndarray:
+    """[feat, Q+2]: 0, the boundaries, N_FINE."""
+    n = len(bounds)
+    return np.concatenate([np.zeros((n, 1), np.int64), bounds, np.full((n, 1), N_FINE)], axis=1)
+
+
+def _band_minima(t: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """int64 [feat, B]: the smallest fine threshold of each band (KEEP_ALL for an empty band)."""
+    n_feat, n_bands = len(t), bounds.shape[1] + 1
+    full = _full_bounds(bounds)
+    starts = (np.arange(n_feat)[:, None] * N_FINE + full[:, :-1]).ravel()
+    flat = np.append(t.ravel(), KEEP_ALL)
+    mins = np.minimum.reduceat(flat, np.minimum(starts, flat.size - 1)).reshape(n_feat, n_bands)
+    return np.where(full[:, 1:] > full[:, :-1], mins, KEEP_ALL)
 
 
 def _narrow(a: np.ndarray) -> np.ndarray:
     """Non-negative int64 as uint32 when every value fits (smaller checkpoints)."""
     return a.astype(np.uint32) if a.size == 0 or a.max() <= 0xFFFFFFFF else a
-
-
-def _sorted_unique(group, prio, vals, ctxs, poss):
-    """Sort by (group, prio, ctx, pos) and drop repeated tokens."""
-    order = torch.sort(poss, stable=True).indices
-    for key in (ctxs, prio, group):
-        order = order[torch.sort(key[order], stable=True).indices]
-    g, p, v, c, s = (a[order] for a in (group, prio, vals, ctxs, poss))
-    new = torch.ones_like(g, dtype=torch.bool)
-    new[1:] = (g[1:] != g[:-1]) | (p[1:] != p[:-1]) | (c[1:] != c[:-1]) | (s[1:] != s[:-1])
-    return tuple(a[new] for a in (g, p, v, c, s))

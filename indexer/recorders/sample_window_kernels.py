@@ -17,7 +17,7 @@ from indexer.recorders.topk_kernels import window_into
 
 MARGIN = 3.0  # cap = MARGIN x the expected largest final-sample priority of the band
 EDGE_BINS = 8  # fine bins either side of an estimated band edge that get the larger cap
-NO_CAP = np.uint32(0xFFFFFFFF)
+NO_CAP = np.int64(0xFFFFFFFF)
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
@@ -35,41 +35,46 @@ def find_slots(w_ctx, w_pos, feature, ctx_id, pos):
 
 
 @njit(**NJIT_OPTIONS)
-def _in_slots(s_ctxs, s_poss, f, q, c, t):
-    for j in range(s_ctxs.shape[2]):
-        if s_ctxs[f, q, j] == c and s_poss[f, q, j] == t:
-            return True
-    return False
+def cap_of(mids_f, band_cap_f, q):
+    """The cap of fine bin q of a feature whose estimated band edges are mids_f [Q] with
+    band caps band_cap_f [Q+1]; near an edge (edges still move), the larger of its two bands'."""
+    band = 0
+    for j in range(mids_f.shape[0]):
+        if mids_f[j] <= q:
+            band += 1
+    c = band_cap_f[band]
+    for j in range(mids_f.shape[0]):
+        if mids_f[j] - EDGE_BINS <= q < mids_f[j] + EDGE_BINS:
+            c = max(c, max(band_cap_f[j], band_cap_f[j + 1]))
+    return c
 
 
 @njit(**NJIT_OPTIONS)
 def sample_windows_feature(f, x, qb, hb, inserted, rows, poss, starts, ctx_ids, acts, before, refresh, counts,
-                           quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+                           quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
     """After quantile_feature folded feature f's tokens (qb: their fine bins, hb: their
-    priorities, inserted: those that entered a bin's slots, in token order): with ``refresh``,
-    first new caps and a sweep (``refresh_feature``); then capture the window of each
-    inserted token under its bin's cap that still sits in its bin's sample slots, while the
-    pool has free entries."""
+    priorities, inserted: those that entered its kept pool, in token order): with
+    ``refresh``, first new caps and a sweep (``refresh_feature``); then capture the window
+    of each inserted token under its bin's cap, while the pool has free entries."""
     if w_ctx.shape[1] == 0:
         return
     if refresh:
-        refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top)
-    cf = cap[f]
+        refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q,
+                        w_free, w_top)
     for i in inserted:
         q = qb[i]
-        if hb[i] < cf[q]:
-            b = rows[i]
-            c, t = ctx_ids[b], poss[i]
-            if not _in_slots(s_ctxs, s_poss, f, q, c, t):
-                continue
+        if hb[i] < cap_of(mids[f], band_cap[f], q):
             if w_top[f] == 0 and not refresh:  # full: tighter caps from the counts so far may free some
-                refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q,
+                refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q,
                                 w_free, w_top)
                 refresh = True
-                if hb[i] >= cf[q]:
+                if hb[i] >= cap_of(mids[f], band_cap[f], q):
                     continue
-            if w_top[f] == 0:
-                continue  # the pool is full: finalize runs the model for this one if it stays a sample
+            if w_top[f] == 0 and not _evict_worse(f, hb[i], cap_of(mids[f], band_cap[f], q), mids, band_cap,
+                                                  w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+                continue  # the pool holds likelier samples: finalize runs the model for this one if need be
+            b = rows[i]
+            c, t = ctx_ids[b], poss[i]
             w_top[f] -= 1
             slot = w_free[f, w_top[f]]
             s = starts[b]
@@ -78,34 +83,42 @@ def sample_windows_feature(f, x, qb, hb, inserted, rows, poss, starts, ctx_ids, 
 
 
 @njit(**NJIT_OPTIONS)
-def refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
-    """Feature f's caps from its current fine counts (bands estimated as at the end: each
-    quantile at the nearest fine boundary), then free its entries above their cap or no
-    longer in their bin's slots, and rebuild its free stack."""
+def _evict_worse(f, prio, cap, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+    """A full pool: free the entry least likely to end a sample (largest priority relative to
+    its cap) if it is less likely than a token of this priority and cap; whether one was."""
+    worst, worst_ratio = -1, prio / max(cap, 1)
+    for slot in range(w_ctx.shape[1]):
+        ratio = w_prio[f, slot] / max(cap_of(mids[f], band_cap[f], w_q[f, slot]), 1)
+        if ratio > worst_ratio:
+            worst, worst_ratio = slot, ratio
+    if worst < 0:
+        return False
+    w_ctx[f, worst], w_pos[f, worst], w_q[f, worst], w_prio[f, worst] = -1, -1, -1, 0
+    w_free[f, w_top[f]] = worst
+    w_top[f] += 1
+    return True
+
+
+@njit(**NJIT_OPTIONS)
+def refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+    """Feature f's band edges and caps from its current fine counts (bands estimated as at
+    the end: each quantile at the nearest fine boundary), then free its entries above their
+    cap and rebuild its free stack."""
     n_fine, n_q = counts.shape[1], quantiles.shape[0]
-    per_bin = s_ctxs.shape[2]
-    bounds = np.empty(n_q + 2, np.int64)  # band i: fine bins bounds[i] .. bounds[i + 1] - 1
-    bounds[0], bounds[n_q + 1] = 0, n_fine
-    nearest_boundaries(counts[f], quantiles, bounds[1:n_q + 1])  # as the bands are cut at the end
-    band_cap = np.empty(n_q + 1, np.uint32)
+    nearest_boundaries(counts[f], quantiles, mids[f])  # as the bands are cut at the end
+    lo = 0
     for i in range(n_q + 1):
-        lo, hi = bounds[i], max(bounds[i], bounds[i + 1])
+        hi = mids[f, i] if i < n_q else n_fine
         n = 0
-        for q in range(lo, hi):
+        for q in range(lo, max(lo, hi)):
             n += counts[f, q]
-        band_cap[i] = np.uint32(min(MARGIN * per_bin * 4294967296.0 / max(n, 1), 4294967295.0))
-        for q in range(lo, hi):
-            cap[f, q] = band_cap[i]
-    for j in range(n_q):  # edges still move: near one, either band's cap
-        c = max(band_cap[j], band_cap[j + 1])
-        for q in range(max(bounds[j + 1] - EDGE_BINS, 0), min(bounds[j + 1] + EDGE_BINS, n_fine)):
-            cap[f, q] = max(cap[f, q], c)
+        band_cap[f, i] = np.int64(min(MARGIN * per_bin * 4294967296.0 / max(n, 1), 4294967295.0))
+        lo = max(lo, hi)
     top = 0
     for slot in range(w_ctx.shape[1]):
         c = w_ctx[f, slot]
         if c >= 0:
-            q = w_q[f, slot]
-            if w_prio[f, slot] < cap[f, q] and _in_slots(s_ctxs, s_poss, f, q, c, w_pos[f, slot]):
+            if w_prio[f, slot] < cap_of(mids[f], band_cap[f], w_q[f, slot]):
                 continue
             w_ctx[f, slot], w_pos[f, slot], w_q[f, slot], w_prio[f, slot] = -1, -1, -1, 0
             w_vals[f, slot, :] = 0
@@ -115,21 +128,19 @@ def refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
-def refresh_all(counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+def refresh_all(counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
     for f in prange(w_ctx.shape[0]):
-        refresh_feature(f, counts, quantiles, cap, s_ctxs, s_poss, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top)
+        refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q,
+                        w_free, w_top)
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
 def merge_pool(w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top, o_vals, o_prio, o_ctx, o_pos, o_q,
-               cap, s_ctxs, s_poss):
-    """Other's entries into free entries: those under their bin's cap and (with s_ctxs) still
-    in its sample slots, not already here."""
+               mids, band_cap):
+    """Other's entries into free entries: those under their bin's cap, not already here."""
     for f in prange(w_ctx.shape[0]):
         for i in range(o_ctx.shape[1]):
-            if o_ctx[f, i] < 0 or w_top[f] == 0 or not o_prio[f, i] < cap[f, o_q[f, i]]:
-                continue
-            if s_ctxs is not None and not _in_slots(s_ctxs, s_poss, f, o_q[f, i], o_ctx[f, i], o_pos[f, i]):
+            if o_ctx[f, i] < 0 or w_top[f] == 0 or not o_prio[f, i] < cap_of(mids[f], band_cap[f], o_q[f, i]):
                 continue
             dup = False
             for slot in range(w_ctx.shape[1]):

@@ -3,25 +3,24 @@ per-feature pool, so finalize runs the model only over the samples it missed.
 
 A band's final sample is the ``per_bin`` smallest priorities among its ``N`` tokens, and
 priorities are uniform in [0, 2**32): its largest is about ``per_bin * 2**32 / N``. So a
-fine-bin sample slot whose priority is below ``cap = MARGIN * per_bin * 2**32 / N̂`` (N̂: the
-count of the band its fine bin falls in, estimated from the feature's current fine counts as
-the end will cut them; fine bins within ``EDGE_BINS`` of an estimated edge take the larger
-cap of the two bands, since edges still move) is a likely final sample.
+kept token whose priority is below ``cap = MARGIN * per_bin * 2**32 / N̂`` (N̂: the count of
+the band its fine bin falls in, estimated from the feature's current fine counts as the end
+will cut them; fine bins within ``EDGE_BINS`` of an estimated edge take the larger cap of
+the two bands, since edges still move) is a likely final sample.
 
 Inside the fused kernel, after ``quantile_feature`` folded a feature's tokens:
-``sample_windows_feature`` copies the window of each token under its bin's cap that sits in
-its bin's sample slots into a free pool entry. In batches 1, 2, 4 and every ``SWEEP_EVERY``th
-(and whenever the feature's pool is full) ``refresh_feature`` first recomputes the feature's
-caps and frees entries whose priority is now above the cap or whose token left its bin's
-slots. The pool never grows past ``pool`` entries per feature; a token met while it is full
-is not captured.
+``sample_windows_feature`` copies the window of each token that entered the sampler's kept
+pool under its bin's cap into a free pool entry. In batches 1, 2, 4 and every
+``SWEEP_EVERY``th (and whenever the feature's pool is full) ``refresh_feature`` first
+recomputes the feature's band edges and caps (``mids`` [feat, Q], ``band_cap`` [feat, Q+1])
+and frees entries whose priority is now above their cap. The pool never grows past ``pool``
+entries per feature; a token met while it is full is not captured.
 
 The torch backend (an accelerator's) does the same on the device, vectorised (``capturer``):
-the candidates are the tokens its sampler offered to a bin's slots, a step of the batch at a
-time; caps are refreshed before every batch (``_refresh_torch``: each feature's band bounds
-and band caps, [feat, Q] and [feat, Q+1], not a cap per fine bin), because noticing a full
-pool, as the numba kernel does, would sync the device (refreshed 1 batch in 8, a small test
-run missed ~17% of its samples); candidates fill a feature's free entries in token order.
+the candidates are the tokens that entered its sampler's pool, a step of the batch at a
+time; caps are refreshed before every batch (``_refresh_torch``), because noticing a full
+pool, as the numba kernel does, would sync the device; candidates fill a feature's free
+entries in token order.
 
 Exactness does not depend on what is captured: an entry's window is the token's true window,
 and finalize runs the model over the contexts of final samples without one. Which entries
@@ -38,17 +37,17 @@ import numpy as np
 import torch
 
 from indexer.recorders.common import Recorder, RecorderError
-from indexer.recorders.finebins import N_FINE, fine_bins_t
+from indexer.recorders.finebins import fine_bins_t
 from indexer.recorders.hashing import fmix32_t, token_hash_t
 from indexer.recorders.sample_window_kernels import (
     EDGE_BINS, MARGIN, NO_CAP, find_slots, merge_pool, refresh_all,
 )
 
-POOL_PER_SAMPLE = 5  # pool entries per feature = POOL_PER_SAMPLE x bands x per_bin
+POOL_PER_SAMPLE = 3  # pool entries per feature = POOL_PER_SAMPLE x bands x per_bin
 
 
 def pool_size(n_quantiles: int, per_bin: int) -> int:
-    return POOL_PER_SAMPLE * (n_quantiles + 1) * per_bin
+    return int(np.ceil(POOL_PER_SAMPLE * (n_quantiles + 1) * per_bin))
 
 
 class SampleWindows(Recorder):
@@ -57,7 +56,8 @@ class SampleWindows(Recorder):
     Attributes (state):
         vals: float32 [feat, pool, W].  prio: int64, ctx: int64 (-1: free), pos: int32,
         q: int32 (fine bin), each [feat, pool].
-    Derived: cap uint32 [feat, N_FINE]; free int32 [feat, pool] / top int64 [feat], a stack.
+    Derived: mids int64 [feat, Q], band_cap int64 [feat, Q+1]; free int32 [feat, pool] / top
+    int64 [feat], a stack.
     """
 
     kind = "sample_windows"
@@ -76,12 +76,16 @@ class SampleWindows(Recorder):
         self.ctx = self._array(np.full(shape, -1, np.int64))
         self.pos = self._array(np.full(shape, -1, np.int32))
         self.q = self._array(np.full(shape, -1, np.int32))
-        if self.backend == "numba":
-            self.cap = np.full((self.n_features, N_FINE), NO_CAP, np.uint32)
-        else:  # per feature: the estimated band bounds (fine bins) and each band's cap
-            self.mids = torch.zeros((self.n_features, 0), dtype=torch.int64, device=self.device)
-            self.band_cap = torch.full((self.n_features, 1), int(NO_CAP), dtype=torch.int64, device=self.device)
+        # per feature: the estimated band edges (fine bins) and each band's cap (none yet)
+        self.mids = self._array(np.zeros((self.n_features, 0), np.int64))
+        self.band_cap = self._array(np.full((self.n_features, 1), NO_CAP, np.int64))
         self._rebuild_free()
+
+    def bands_for(self, n_quantiles: int) -> None:
+        """Size the per-feature band estimates for this many quantiles (no caps yet)."""
+        if self.mids.shape[1] != n_quantiles:
+            self.mids = self._array(np.zeros((self.n_features, n_quantiles), np.int64))
+            self.band_cap = self._array(np.full((self.n_features, n_quantiles + 1), NO_CAP, np.int64))
 
     def _rebuild_free(self) -> None:
         ctx = self._numpy("ctx")
@@ -115,14 +119,15 @@ class SampleWindows(Recorder):
         return found, out
 
     def sweep(self, samples: Any) -> None:
-        """New caps from the sampler's fine counts; free entries above them or out of the slots."""
+        """New caps from the sampler's fine counts; free the entries above them."""
         if self.pool == 0:
             return
         if self.backend == "torch":
             with torch.no_grad():
                 self._refresh_torch(samples)
             return
-        refresh_all(samples.fine_counts, samples.quantiles, self.cap, samples.ctxs, samples.poss,
+        self.bands_for(len(samples.quantiles))
+        refresh_all(samples.fine_counts, samples.quantiles, samples.per_bin, self.mids, self.band_cap,
                     self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top)
 
     def _update_numba(self, acts, lengths, ctx_ids) -> None:
@@ -135,7 +140,7 @@ class SampleWindows(Recorder):
         """Torch backend, before ``samples`` folds this batch (a torch batch on this device):
         new caps and a sweep from the counts so far, then a function the sampler calls with
         each step's offered tokens (batch row b, position t, feature f), which captures those
-        still in their bin's slots and under its cap into free entries of their feature; None
+        under their bin's cap into free entries of their feature; None
         without a pool."""
         if self.pool == 0:
             return None
@@ -145,7 +150,7 @@ class SampleWindows(Recorder):
             c = ctx_ids[b]
             q = fine_bins_t(acts[b, t, f])
             prio = fmix32_t(token_hash_t(samples.seed, c, t) ^ samples.keys[f])  # hashing.priority_t, per token
-            keep = (prio < self._cap_of(q, f)) & _in_slots_t(samples.ctxs, samples.poss, f, q, c, t)
+            keep = prio < self._cap_of(q, f)
             b, t, f, c, q, prio = (a[keep] for a in (b, t, f, c, q, prio))
             self._place(f, prio, c, t.to(torch.int32), q.to(torch.int32),
                         _windows_t(acts, lengths, b, t, f, self.before, self.width))
@@ -166,11 +171,11 @@ class SampleWindows(Recorder):
 
     def _refresh_torch(self, samples: Any) -> None:
         """refresh_feature for every feature at once: band bounds chosen as nearest_boundaries
-        chooses them, band caps, then free the entries above their cap or out of the slots."""
+        chooses them, band caps, then free the entries above their cap."""
         counts = samples.fine_counts  # [feat, N_FINE]
         n_feat, n_fine = counts.shape
         cum = torch.zeros((n_feat, n_fine + 1), dtype=torch.int64, device=counts.device)
-        torch.cumsum(counts, 1, out=cum[:, 1:])
+        cum[:, 1:] = torch.cumsum(counts, 1, dtype=torch.int64)
         quantiles = torch.as_tensor(samples.quantiles, dtype=torch.float64, device=counts.device)
         target = quantiles[None, :] * cum[:, -1:].double()  # [feat, Q]
         upper = torch.searchsorted(cum.double(), target).clamp(max=n_fine - 1)
@@ -186,10 +191,9 @@ class SampleWindows(Recorder):
 
     def _wanted(self, ctx, pos, q, prio, samples: Any) -> torch.Tensor:
         """bool [feat, m]: which of these entries (each [feat, m], row f of feature f) are in
-        use, under their bin's cap and still in its sample slots."""
-        f = torch.arange(self.n_features, device=ctx.device)[:, None].expand_as(ctx)
+        use and under their bin's cap."""
         q = q.to(torch.int64).clamp(min=0)
-        return (ctx >= 0) & (prio < self._cap_of(q)) & _in_slots_t(samples.ctxs, samples.poss, f, q, ctx, pos)
+        return (ctx >= 0) & (prio < self._cap_of(q))
 
     def _clear(self, drop: torch.Tensor) -> None:
         self.ctx[drop], self.pos[drop], self.q[drop], self.prio[drop] = -1, -1, -1, 0
@@ -211,8 +215,8 @@ class SampleWindows(Recorder):
 
     def merge_with(self, other: "SampleWindows", samples: Any) -> None:
         """Fold another pool in, ``samples`` already merged: first free this pool's entries the
-        merged sampler no longer needs, then take the other's entries that are still in their
-        bin's slots and under its cap, while there is room."""
+        merged sampler no longer needs, then take the other's entries that are under their
+        bin's cap, while there is room."""
         self._check_mergeable(other)
         if self.pool == 0:
             return
@@ -223,17 +227,18 @@ class SampleWindows(Recorder):
                 self._merge_torch({k: torch.from_numpy(v).to(self.device) for k, v in o.items()}, samples)
             return
         merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
-                   o["vals"], o["prio"], o["ctx"], o["pos"], o["q"], self.cap, samples.ctxs, samples.poss)
+                   o["vals"], o["prio"], o["ctx"], o["pos"], o["q"], self.mids, self.band_cap)
 
     def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
         """Other's entries into free entries, unfiltered (``merge_with`` is the one runs use)."""
-        no_cap = np.full((self.n_features, N_FINE), NO_CAP, np.uint32)
+        no_cap = np.full((self.n_features, 1), NO_CAP, np.int64)
         merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
-                   other["vals"], other["prio"], other["ctx"], other["pos"], other["q"], no_cap, None, None)
+                   other["vals"], other["prio"], other["ctx"], other["pos"], other["q"],
+                   np.zeros((self.n_features, 0), np.int64), no_cap)
 
     def _merge_torch(self, other, samples: Any = None) -> None:
         """Other's entries into free entries: those not already here, and (with ``samples``)
-        under their bin's cap and still in its slots."""
+        under their bin's cap."""
         f = torch.arange(self.n_features, device=self.device)[:, None].expand_as(other["ctx"])
         keep = other["ctx"] >= 0
         if samples is not None:
@@ -246,13 +251,6 @@ class SampleWindows(Recorder):
             keep[mine] &= ~same.any(2)
         self._place(f[keep], other["prio"][keep], other["ctx"][keep], other["pos"][keep], other["q"][keep],
                     other["vals"][keep])
-
-
-def _in_slots_t(s_ctxs, s_poss, f, q, c, t) -> torch.Tensor:
-    """bool, shaped like f: whether token (c, t) sits in fine bin q's sample slots of feature f."""
-    slots = (f * s_ctxs.shape[1] + q)  # rows of the [feat * N_FINE, per_bin] slot arrays
-    ctxs, poss = s_ctxs.view(-1, s_ctxs.shape[2])[slots], s_poss.view(-1, s_poss.shape[2])[slots]
-    return ((ctxs == c[..., None]) & (poss == t[..., None].to(poss.dtype))).any(-1)
 
 
 def _windows_t(acts, lengths, b, t, f, before: int, width: int) -> torch.Tensor:

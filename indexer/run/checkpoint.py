@@ -13,7 +13,7 @@ another version is refused with a message naming both (version 2: the stats' sum
 integer limbs, ``indexer.recorders.exactsum``).
 
 A state file is streamed to disk as it is hashed (``write_state_file``), never copied whole in
-memory. When the recorders have not changed since the last checkpoint (a run's stream ends with
+memory, and the recorders' states are produced one site at a time as it goes. When the recorders have not changed since the last checkpoint (a run's stream ends with
 one), finalize makes ``state.npz`` a hard link to it instead of writing the same bytes again.
 """
 
@@ -23,7 +23,9 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,20 +108,32 @@ class _SealingSink:
         pass
 
 
-def write_state_file(path: Path, arrays: dict[str, np.ndarray], point: str | None = None) -> None:
-    """Write ``arrays`` as a sealed ``.npz`` (the magic line, the payload's SHA-256, the payload:
-    what ``unseal`` checks) atomically, streamed: no copy of the payload is made in memory (a
-    checkpoint is ~200 KB per feature)."""
-    half = sum(np.asarray(a).nbytes for a in arrays.values()) // 2
+def write_state_file(path: Path, arrays: Iterable[tuple[str, np.ndarray]], point: str | None = None) -> None:
+    """Write ``arrays`` (name, array pairs, produced one at a time) as a sealed ``.npz`` (the
+    magic line, the payload's SHA-256, the payload: what ``unseal`` checks) atomically,
+    streamed: neither the payload nor the whole state is ever copied in memory, only the
+    array being written. ``point``'s kill point is hit in the middle of the first recorder
+    array written."""
     with atomic_open(path) as f:
         f.write(MAGIC + bytes(32))  # the digest's place, filled in once the payload is through
-        sink = _SealingSink(f, point, half)
-        np.savez(sink, **arrays)
+        sink = _SealingSink(f, point, 0)
+        _write_npz(sink, arrays)
         f.seek(len(MAGIC))
         f.write(sink.hash.digest())
 
 
-def write_checkpoint(out: Path, arrays: dict[str, np.ndarray]) -> None:
+def _write_npz(sink: Any, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
+    """What ``np.savez`` writes (a zip of ``NAME.npy`` members), one array at a time."""
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, array in arrays:
+            array = np.asanyarray(array)
+            if isinstance(sink, _SealingSink) and sink.half == 0 and "/" in name:
+                sink.half = sink.n + max(1, array.nbytes // 2)
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def write_checkpoint(out: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
     """Write a checkpoint and keep the one before it as ``checkpoint.prev.npz``.
 
     The new file is written in full (atomically) under another name first, so at every moment
@@ -194,19 +208,21 @@ def site_salt(seed: int, site: Site) -> int:
     return zlib.crc32(f"{seed}:{site.key}".encode()) & 0x7FFFFFFF
 
 
-def state_arrays(recorders: dict[Site, FeatureRecorders], extra: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """All recorder states (and JSON-able ``extra`` entries) as the arrays of one .npz file."""
-    arrays = {key: json_array(value) for key, value in (extra or {}).items()}
+def state_arrays(recorders: dict[Site, FeatureRecorders],
+                 extra: dict[str, Any] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """All recorder states (and JSON-able ``extra`` entries) as the (name, array) pairs of one
+    .npz file, one site's state at a time (so a checkpoint holds one site's copy at most)."""
+    for key, value in (extra or {}).items():
+        yield key, json_array(value)
     for site, rec in recorders.items():
         for key, value in rec.state().items():
-            arrays[f"{site.key}/{key}"] = np.asarray(value)
-    return arrays
+            yield f"{site.key}/{key}", np.asarray(value)
 
 
 def save_states(recorders: dict[Site, FeatureRecorders], extra: dict[str, Any] | None = None) -> bytes:
     """``state_arrays`` as the bytes of one .npz file (what a Dask shard returns)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **state_arrays(recorders, extra))
+    _write_npz(buffer, state_arrays(recorders, extra))
     return buffer.getvalue()
 
 
@@ -221,15 +237,14 @@ def load_state_file(path: Path, plan: list[Site], device: str) -> tuple[dict[Sit
 
 def load_states(data: bytes, plan: list[Site], device: str) -> tuple[dict[Site, FeatureRecorders], dict[str, Any]]:
     """Recorders for ``plan`` from bytes written by ``save_states``, and the extra entries."""
-    with np.load(io.BytesIO(data)) as npz:
-        arrays = {k: npz[k] for k in npz.files}
     backend = default_backend(device)
     recorders = {}
-    for site in plan:
-        prefix = f"{site.key}/"
-        state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-        recorders[site] = FeatureRecorders.from_state(state, backend=backend, device=device)
-    extra = {k: from_json_array(v) for k, v in arrays.items() if "/" not in k}
+    with np.load(io.BytesIO(data)) as npz:  # one site's arrays in memory at a time
+        for site in plan:
+            prefix = f"{site.key}/"
+            state = {k[len(prefix):]: npz[k] for k in npz.files if k.startswith(prefix)}
+            recorders[site] = FeatureRecorders.from_state(state, backend=backend, device=device)
+        extra = {k: from_json_array(npz[k]) for k in npz.files if "/" not in k}
     return recorders, extra
 
 

@@ -2,8 +2,8 @@
 into one line that says what is kept.
 
 The estimate counts what the options size, per feature of every planned site: the recorder
-states (top-k, the quantile sampler's fine-bin counts and per-fine-bin samples, stats and
-histogram; twice, for a checkpoint's copy),
+states (top-k, the quantile sampler's fine-bin counts and kept tokens, stats and histogram;
+plus the widest site's again, for the copy a checkpoint makes while writing it),
 the examples' windows at finalize (``window_before + window_after + 1`` values and token ids
 per example), and the activations of one batch. It is an estimate of the index's own memory,
 not of the model's; it is printed at start-up and a run whose estimate exceeds the memory
@@ -18,31 +18,40 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 
 N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature (tests check they agree)
-POOL_PER_SAMPLE = 5  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
-ENTRY_BYTES = 24  # value f32 + ctx_id i64 + pos i32 + priority i64, as the recorders keep them
+POOL_PER_SAMPLE = 3  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
+KEPT_PER_SAMPLE = 144  # indexer.recorders.keep_rule.pool_capacity(per_bin) / per_bin (tests check they agree)
+ENTRY_BYTES = 16  # a top-k entry: value f32 + ctx_id i64 + pos i32
+KEPT_BYTES = 16  # a kept token: value f32 + ctx_id i64 + pos i32 (its priority is recomputed)
 STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and x**2 (5 words each); min, max
 
 
-def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int) -> dict[str, int]:
-    """Bytes, by part, that the options make the run hold at once for ``n_features`` features."""
+def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_site: int | None = None) -> dict[str, int]:
+    """Bytes, by part, that the options make the run hold at once for ``n_features`` features
+    (``largest_site``: the features of the widest site, whose state a checkpoint copies while
+    writing it; default all of them)."""
     bins = len(cfg.quantiles) + 1
     examples = cfg.top_k + bins * cfg.per_bin
-    # top-k entries, then per fine bin a count, a cached threshold and per_bin sample entries,
-    # then stats (the histogram is summed from the fine counts)
     window = cfg.window_before + cfg.window_after + 1
-    # (+ each top-k entry's window of float32 values, captured while streaming)
-    per_feature = (cfg.top_k * (ENTRY_BYTES + window * 4) + N_FINE * (8 + 4 + cfg.per_bin * ENTRY_BYTES)
-                   + STATS_BYTES)
+    # top-k entries with each one's window of float32 values, captured while streaming;
+    # the quantile sampler's int32 fine counts and its pool of kept tokens; stats
+    per_feature = (cfg.top_k * (ENTRY_BYTES + window * 4) + N_FINE * 4
+                   + KEPT_PER_SAMPLE * cfg.per_bin * KEPT_BYTES + 8 + STATS_BYTES)
     # (+ the pool of captured sample windows, indexer.recorders.sample_windows)
-    per_feature += POOL_PER_SAMPLE * bins * cfg.per_bin * (window * 4 + 8 + 8 + 4 + 4)
-    recorders = n_features * per_feature * 2
+    per_feature += int(np.ceil(POOL_PER_SAMPLE * bins * cfg.per_bin)) * (window * 4 + 8 + 8 + 4 + 4)
+    # a checkpoint writes one site at a time: its copy of that site's state (sparse, at most
+    # as large as the state itself)
+    recorders = (n_features + (n_features if largest_site is None else largest_site)) * per_feature
     windows = n_features * examples * window * (4 + 4) * 2
-    batch = cfg.batch_size * ctx_len * n_features * 4 * 3
-    return {"recorders": recorders, "windows": windows, "batch": batch, "total": recorders + windows + batch}
+    # one site's activations at a time, as float32, plus the recorders' per-batch temporaries
+    batch = cfg.batch_size * ctx_len * (n_features if largest_site is None else largest_site) * 4 * 3
+    return {"recorders": recorders, "windows": windows, "batch": batch, "total": recorders + windows + batch,
+            "per_feature": per_feature}
 
 
 def available_memory() -> int | None:
@@ -64,13 +73,13 @@ def available_memory() -> int | None:
 
 
 def check_memory(cfg: IndexConfig, n_features: int, ctx_len: int, available: int | None = None,
-                 quiet: bool = False) -> dict[str, int]:
+                 quiet: bool = False, largest_site: int | None = None) -> dict[str, int]:
     """Print the estimate; ConfigError (with it) if it exceeds the memory available."""
-    estimate = memory_estimate(cfg, n_features, ctx_len)
+    estimate = memory_estimate(cfg, n_features, ctx_len, largest_site)
     available = available_memory() if available is None else available
     text = (f"memory estimate {_size(estimate['total'])} (recorders {_size(estimate['recorders'])}, "
             f"example windows {_size(estimate['windows'])}, one batch {_size(estimate['batch'])}; "
-            f"{n_features} features)")
+            f"{n_features} features, {estimate['per_feature'] / 1024:.1f} KB each)")
     if not quiet:
         print(f"neuroscope: {text}; {_size(available) if available else 'unknown'} available", file=sys.stderr)
     if available is not None and estimate["total"] > available and not getattr(cfg, "allow_large", False):

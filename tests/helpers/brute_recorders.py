@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from indexer.recorders import N_BINS, N_FINE, hist_edges
+from indexer.recorders.keep_rule import fine_thresholds_np
 from indexer.recorders.finebins import fine_bins_np
 from indexer.recorders.hashing import priority_np
 
@@ -85,21 +86,20 @@ def brute_windows(batches, ctxs, poss, before, after):
     return out
 
 
-def brute_fine(batches, per_bin, salt):
-    """Fine-bin counts [feat, N_FINE] and bottom-per_bin (prio, ctx, pos) per fine bin."""
+def brute_kept(batches, per_bin, salt, quantiles=QUANTILES):
+    """Fine-bin counts [feat, N_FINE] and the kept set [n, 4] (feature, prio, ctx, pos) the keep
+    rule defines for them (keep_rule.fine_thresholds_np), sorted, from every token."""
     vals, ctx, pos = tokens(batches)
     n_feat = vals.shape[1]
     bins = fine_bins_np(vals)  # [tokens, feat]
-    counts = np.zeros((n_feat, N_FINE), np.int64)
-    samples = np.full((n_feat, N_FINE, per_bin, 3), -1, np.int64)
+    counts = np.stack([np.bincount(bins[:, f], minlength=N_FINE) for f in range(n_feat)])
+    thr = fine_thresholds_np(counts, np.asarray(quantiles), per_bin, np.zeros(n_feat, np.int64))
+    rows = []
     for f in range(n_feat):
         prio = priority_np(salt, np.full(len(ctx), f), ctx, pos)
-        counts[f] = np.bincount(bins[:, f], minlength=N_FINE)
-        for q in np.unique(bins[:, f]):
-            idx = np.flatnonzero(bins[:, f] == q)
-            for i, row in enumerate(sorted(zip(prio[idx], ctx[idx], pos[idx]))[:per_bin]):
-                samples[f, q, i] = row
-    return counts, samples
+        keep = prio < thr[f, bins[:, f]]
+        rows += sorted(zip([f] * int(keep.sum()), prio[keep], ctx[keep], pos[keep]))
+    return counts, np.array(rows, np.int64).reshape(-1, 4)
 
 
 def brute_boundary(column: np.ndarray, q: float) -> int:

@@ -109,9 +109,11 @@ def test_memory_estimate_constants_match_the_recorders():
     from indexer.recorders.finebins import N_FINE
     from indexer.run import safety
 
+    from indexer.recorders.keep_rule import pool_capacity
     from indexer.recorders.sample_windows import POOL_PER_SAMPLE
 
     assert (safety.N_FINE, safety.POOL_PER_SAMPLE) == (N_FINE, POOL_PER_SAMPLE)
+    assert all(safety.KEPT_PER_SAMPLE * per_bin == pool_capacity(per_bin) for per_bin in (1, 2, 5, 10))
 
 
 def test_memory_estimate_covers_the_recorder_state_with_windows():
@@ -122,5 +124,5 @@ def test_memory_estimate_covers_the_recorder_state_with_windows():
     for before, after in ((48, 8), (200, 100)):  # the top-k windows are part of the state
         cfg = IndexConfig(model="x", corpus=["c"], window_before=before, window_after=after)
         rec = FeatureRecorders.create(3, cfg.quantiles, cfg.top_k, cfg.per_bin, 0, "numba", window=(before, after))
-        per_copy = safety.memory_estimate(cfg, 3, 32)["recorders"] / 2  # the estimate counts two copies
+        per_copy = safety.memory_estimate(cfg, 3, 32, largest_site=0)["recorders"]  # no checkpoint copy
         assert rec.nbytes() <= per_copy <= 1.1 * rec.nbytes()

@@ -20,7 +20,7 @@ from indexer.recorders.finebins import ZERO, choose_boundaries, fine_bins_np, lo
 from indexer.recorders.hashing import feature_keys, priority_np, priority_t, seed_of, token_hash_t
 
 from helpers.brute_recorders import (
-    AFTER, BACKENDS, BEFORE, K, PER_BIN, QUANTILES, SALT, brute_boundary, brute_fine, brute_hist_bin, brute_quantiles,
+    AFTER, BACKENDS, BEFORE, K, PER_BIN, QUANTILES, SALT, brute_boundary, brute_hist_bin, brute_kept, brute_quantiles,
     brute_topk, brute_windows, edges_for, make_batches, run, tokens,
 )
 
@@ -42,10 +42,10 @@ def test_topk_matches_brute_force(backend):
 def test_quantiles_match_brute_force(backend, n_feat):
     batches = make_batches(n_feat=n_feat, n_batches=4)
     rec = run(lambda: QuantileSampler(n_feat, QUANTILES, PER_BIN, SALT, backend), batches)
-    fine_counts, fine_want = brute_fine(batches, PER_BIN, SALT)
+    fine_counts, kept_want = brute_kept(batches, PER_BIN, SALT)
     np.testing.assert_array_equal(rec._numpy("fine_counts"), fine_counts)
-    np.testing.assert_array_equal(rec._numpy("ctxs"), fine_want[..., 1])
-    np.testing.assert_array_equal(rec._numpy("prio"), np.where(fine_want[..., 0] < 0, 2**32, fine_want[..., 0]))
+    kept = rec.kept()
+    np.testing.assert_array_equal(np.stack([kept[k] for k in ("feature", "prio", "ctx_id", "pos")], 1), kept_want)
     counts, want, bounds = brute_quantiles(batches, QUANTILES, PER_BIN, SALT)
     bands = rec.bands()
     np.testing.assert_array_equal(bands["boundaries"], bounds)
@@ -108,8 +108,9 @@ def everything(rec) -> dict[str, np.ndarray]:
         return {f"{p}.{k}": v for p in ("topk", "samples", "stats") for k, v in everything(getattr(rec, p)).items()}
     if isinstance(rec, TopK):
         return {**dict(zip(("vals", "ctxs", "poss"), rec.result())), "wins": rec.windows()}
-    if isinstance(rec, QuantileSampler):  # the fine state itself, and the bands cut from it
-        fine = {name: rec._numpy(name) for name in rec.arrays}
+    if isinstance(rec, QuantileSampler):  # the counts and kept set (canonical), and the bands cut from them
+        fine = {"fine_counts": rec._numpy("fine_counts"), "squeeze": rec._numpy("squeeze").astype(np.int64),
+                **{f"kept.{k}": v for k, v in rec.kept().items()}}
         bands = {k: v for k, v in rec.bands().items() if k != "status"}
         return {**fine, **bands, "status": rec.bands()["status"].astype(str)}
     return rec.summary()
@@ -312,4 +313,4 @@ def test_sample_window_pool_holds_true_windows_of_most_samples(backend):
         found, values = pool.lookup(feature[real], s_ctx[real], s_pos[real])
         want = brute_windows(batches, s_ctx, s_pos, BEFORE, AFTER)[real]
         np.testing.assert_array_equal(values[found], want[found])
-        assert found.mean() > 0.8, found.mean()  # most final samples were captured in the stream
+        assert found.mean() > 0.5, found.mean()  # most final samples captured (2 entries per sample; 480 tokens)

@@ -25,6 +25,8 @@ from helpers.fixtures_index import D_MLP, DEAD, LAYERS, N_HEADS, PER_BIN, BINS, 
 
 # The contract's minimum columns (DESIGN.md, "Index layout and SQL views").
 CONTRACT = {
+    "latent_logit_effects": "site layer neuron direction rank token_id token_str value",  # beyond DESIGN.md (issue 20)
+    "latent_neurons": "sae_site latent site layer neuron role weight",
     "neurons": "site layer neuron n_tokens mean std min max frac_active",
     "examples": "site layer neuron kind bin rank activation corpus ctx_id pos token_id token_str "
     "prev_token_str context_text window_start window_token_ids window_acts",
