@@ -71,7 +71,8 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
     layers = sorted({s["layer"] for s in ix.neuron_sites})
     thresholds = _thresholds(ix)
     sums: dict[tuple[str, int], _Sums] = {}
-    for i, acts in ix.all_token_acts([contexts[c] for c in ids], layers, "regex: activations"):
+    every = ix.all_token_acts([contexts[c] for c in ids], layers, "regex: activations") if layers else ()  # heads only
+    for i, acts in every:
         m = np.stack([masks[name][i][1:] for name in PATTERNS], axis=1).astype(np.float32)  # [tok, pattern]
         for key, a in acts.items():
             sums.setdefault(key, _Sums(len(PATTERNS), a.shape[1])).add(m, a[1:], thresholds[key])

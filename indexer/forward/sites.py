@@ -83,8 +83,17 @@ def plan_sites(info: ModelInfo, sites: tuple[str, ...] | None = None, layers: tu
     return plan
 
 
+def skipped_sites_note(info: ModelInfo, sites: tuple[str, ...] | None) -> str | None:
+    """One line saying which of the model's default sites are not indexed and why, or None."""
+    if sites is None and info.n_experts:
+        return (f"{info.name}: its MLPs are a mixture of {info.n_experts} experts (top-{info.experts_per_token}); "
+                "expert neurons are not indexed yet (each must be recorded only over the tokens routed to it, "
+                "which the recorders cannot mask yet), so only heads are indexed")
+    return None
+
+
 def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
-    if sites is None and info.attn_only:
+    if sites is None and (info.attn_only or info.n_experts):
         return {"heads"}
     if sites is None:
         return {"mlp_post", "heads"} | ({"mlp_pre", "mlp_mid"} if info.is_solu else set())
@@ -92,6 +101,8 @@ def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
     if info.attn_only and set(sites) - {"heads"}:
         raise ConfigError(f"--sites {','.join(sorted(set(sites) - {'heads'}))}: {info.name} is attention-only "
                           "(no MLPs); its only site is heads")
+    if info.n_experts and set(sites) - {"heads"}:
+        raise ConfigError(f"--sites {','.join(sorted(set(sites) - {'heads'}))}: {skipped_sites_note(info, None)}")
     unknown = set(sites) - set(SITES)
     if unknown or not sites:
         raise ConfigError(f"--sites: unknown {', '.join(sorted(unknown))}; expected {', '.join(SITES)}")

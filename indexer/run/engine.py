@@ -20,7 +20,7 @@ import numpy as np
 
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, CorpusError, IndexDirError
-from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites
+from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites, skipped_sites_note
 from indexer.forward.sae_sites import load_saes, plan_with_saes
 from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
@@ -118,6 +118,9 @@ class Run:
         model = load_model(cfg.model, device=device)
         ctx_len = _ctx_len(cfg, model)
         plan = plan_with_saes(model, plan_sites(model.info, cfg.sites, cfg.layers), saes)
+        note = skipped_sites_note(model.info, cfg.sites)
+        if note:
+            print(f"neuroscope: note: {note}", file=sys.stderr)
         stream = ContextStream(
             specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens, cfg.skip_bad_records, cfg.shard,
             **stream_options(cfg, model),

@@ -15,6 +15,7 @@ from indexer import cli
 from indexer.api import Index
 
 DENSE = [name for name, arch in hf_archs.ARCHS.items() if not arch.experts]
+GATED_SITES = {"llama", "gemma2"}  # index mlp_gate and mlp_up too (the other gated families share their bridge)
 TOLERANCE = 1e-5  # max relative error in float32
 pytestmark = pytest.mark.slow
 
@@ -25,9 +26,9 @@ def indexed(request, tmp_path_factory):
     name = request.param
     tmp = tmp_path_factory.mktemp(name)
     folder = hf_archs.build(name, tmp / "model")
-    sites = "mlp_post,mlp_gate,mlp_up,heads" if hf_archs.ARCHS[name].gated else "all"
+    sites = "mlp_post,mlp_gate,mlp_up,heads" if name in GATED_SITES else "all"
     out = tmp / "index"
-    assert cli.main(["index", "--model", str(folder), "--corpus", "code", "--out", str(out), "--tokens", "1200",
+    assert cli.main(["index", "--model", str(folder), "--corpus", "code", "--out", str(out), "--tokens", "800",
                      "--ctx-len", "32", "--batch-size", "8", "--top-k", "4", "--per-bin", "2",
                      "--store-contexts", "all", "--sites", sites, "--quiet"]) == 0
     model = hf_archs.load_eager(folder)
@@ -48,7 +49,7 @@ def test_default_and_gated_sites(indexed):
     assert info.gated == bool(hf_archs.ARCHS[name].gated)
     with Index.open(out) as ix:
         widths = ix.sql("SELECT site, layer, count(*) AS n FROM neurons GROUP BY ALL")
-    assert set(widths.site) == ({"mlp_post", "mlp_gate", "mlp_up"} if info.gated else {"mlp_post"})
+    assert set(widths.site) == ({"mlp_post", "mlp_gate", "mlp_up"} if name in GATED_SITES else {"mlp_post"})
     expected = hf_archs.D_MLP if name != "bloom" else 4 * hf_archs.D_MODEL  # BLOOM's MLP is always 4 x d_model
     assert set(widths.n) == {expected} and info.d_mlp == expected, widths
 

@@ -1,0 +1,61 @@
+"""A mixture-of-experts model (tiny random Mixtral): indexes its heads without a traceback,
+says in one line why its expert neurons are not indexed, refuses MLP sites in one line; head
+metrics equal the eager attention weights; analyze runs; the viewer opens a head page."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from helpers import hf_archs
+from helpers.paths import ROOT
+from indexer import cli
+from indexer.api import Index
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mixtral")
+    return hf_archs.build("mixtral", tmp / "model"), tmp
+
+
+def test_heads_are_indexed_and_the_experts_skipped_in_one_line(moe, capfd, monkeypatch):
+    folder, tmp = moe
+    out = tmp / "index"
+    assert cli.main(["index", "--model", str(folder), "--corpus", "code", "--out", str(out), "--tokens", "600",
+                     "--ctx-len", "32", "--batch-size", "8", "--top-k", "4", "--per-bin", "2",
+                     "--store-contexts", "all", "--quiet"]) == 0
+    notes = [line for line in capfd.readouterr().err.splitlines() if "experts" in line]
+    assert len(notes) == 1 and "mixture of 4 experts (top-2)" in notes[0] and "only heads" in notes[0]
+    model = hf_archs.load_eager(folder)
+    with Index.open(out) as ix:
+        contexts = dict(zip(ix.sql("SELECT ctx_id FROM contexts").ctx_id, ix.sql("SELECT token_ids FROM contexts").token_ids))
+        ex = ix.sql("SELECT layer, head, metric, value, ctx_id, pos FROM head_examples WHERE metric IN ('max_attn', 'entropy')")
+        assert len(ix.sql("SELECT * FROM neurons")) == 0
+    refs = {c: hf_archs.reference(model, "mixtral", [int(t) for t in contexts[c]]) for c in set(ex.ctx_id)}
+    got, want = [], []
+    for layer, head, metric, value, c, p in ex.itertuples(index=False):
+        attn = refs[c][("attn", int(layer))]
+        got.append(value)
+        want.append(hf_archs.head_reference(attn)[metric][head, p])
+    assert len(got) > 0 and np.abs(np.array(got) - np.array(want)).max() / np.log(32) <= 1e-5
+    assert cli.main(["analyze", str(out), "--quiet"]) == 0
+    monkeypatch.setenv("NEUROSCOPE_INDEX", str(out))
+    at = AppTest.from_file(str(ROOT / "viewer" / "app.py"), default_timeout=120)
+    for key, value in (("page", "head"), ("layer", 1), ("head", 2)):
+        at.query_params[key] = str(value)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+
+
+def test_mlp_sites_of_a_moe_model_are_refused_in_one_line(moe, capsys):
+    folder, tmp = moe
+    assert cli.main(["index", "--model", str(folder), "--corpus", "code", "--out", str(tmp / "x"),
+                     "--sites", "mlp_post", "--quiet"]) == 1
+    err = capsys.readouterr().err  # transformers' own "Loading weights" bar may come first
+    ours = [line for line in err.splitlines() if line.startswith("neuroscope")]
+    assert "Traceback" not in err and len(ours) == 1
+    assert ours[0].startswith("neuroscope: error: --sites mlp_post:") and "experts" in ours[0]
