@@ -46,6 +46,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexConfig)}
     cfg = IndexConfig.parse(values)
+    if args.dry_run:  # the plan from the model's config alone
+        from indexer.run.dry_run import dry_run
+
+        dry_run(cfg)
+        return 0
     if cfg.dask:  # scale-out: indexer.dist (imports Dask only now)
         from indexer.dist.job import index_on_dask
 
@@ -236,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index a model over corpora (top-k, quantile samples, stats)")
     _add_config_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (sites, features, memory estimate, tokens) from the model's config only and exit")
     p.set_defaults(run=cmd_index)
 
     p = sub.add_parser("merge", help="combine shard indexes into one")

@@ -68,7 +68,9 @@ def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monk
     # The head examples' attention rows were cut from the stream's patterns, nearly all of them.
     assert n_attention < head_ctxs / 5, (n_attention, head_ctxs)
     # Nearly every kept context holds a sample here; most samples' windows came from the stream's pool.
-    assert sample_ctxs <= kept and n_rerun < sample_ctxs / 5, (n_rerun, sample_ctxs, kept)  # 3 of 82 today
+    # (27 of 82 on this 2,500-token index: the compact state's pool holds 3 entries per sample,
+    # and here every context holds samples of many features; the old 5-per-sample pool re-ran 3)
+    assert sample_ctxs <= kept and n_rerun < sample_ctxs / 2, (n_rerun, sample_ctxs, kept)
     assert not any((tmp_path / "captured" / name).exists() for name in STORE_FILES)  # a single run drops it
 
 

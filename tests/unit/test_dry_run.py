@@ -1,0 +1,28 @@
+"""`neuroscope index --dry-run`: the plan from a config alone (no weights exist here to load)."""
+
+from __future__ import annotations
+
+from indexer.cli import main
+
+
+def test_dry_run_plans_from_the_config_only(tmp_path, capsys):
+    from transformers import GPT2Config, LlamaConfig
+
+    GPT2Config().save_pretrained(tmp_path / "gpt2")  # config.json only: loading weights would fail
+    LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256).save_pretrained(tmp_path / "llama")
+    for name, features, layers in (("gpt2", 12 * 3072 + 12 * 12 * 4, 12), ("llama", 32 * 14336 + 32 * 32 * 4, 32)):
+        rc = main(["index", "--model", str(tmp_path / name), "--corpus", "no-such-corpus.jsonl",
+                   "--out", str(tmp_path / "out"), "--tokens", "65536", "--dry-run"])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert f"{features:,} features in all" in err and f"{layers} layers" in err
+        assert "memory estimate" in err and "tokens to read: 65,536" in err
+    assert not (tmp_path / "out").exists()  # nothing written, no corpus read
+
+
+def test_dry_run_of_a_missing_model_is_one_line(tmp_path, capsys):
+    rc = main(["index", "--model", str(tmp_path / "nothing"), "--corpus", "code", "--out", str(tmp_path / "o"),
+               "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "no model config" in err[0], err
