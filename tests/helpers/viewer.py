@@ -29,3 +29,19 @@ def build_viewer_index(folder: Path) -> Path:
         window_before=32, window_after=8,
     )
     return index(cfg, progress=False)
+
+
+def open_page(monkeypatch, index_dir: Path, **params):
+    """The viewer run once by AppTest on ``index_dir`` with these query parameters; fails on
+    any exception or error message."""
+    from streamlit.testing.v1 import AppTest
+
+    from helpers.paths import ROOT
+
+    monkeypatch.setenv("NEUROSCOPE_INDEX", str(index_dir))
+    at = AppTest.from_file(str(ROOT / "viewer" / "app.py"), default_timeout=120)
+    for key, value in params.items():
+        at.query_params[key] = str(value)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    return at

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from helpers import hf_archs
-from helpers.paths import ROOT
+from helpers.viewer import open_page
 from indexer import cli
 from indexer.api import Index
 
@@ -117,10 +115,5 @@ def test_analyze_runs_and_the_viewer_opens_a_neuron_page(indexed, monkeypatch):
     assert cli.main(["analyze", str(out), "--quiet"]) == 0
     with Index.open(out) as ix:
         assert len(ix.sql("SELECT * FROM logit_effects LIMIT 1")) == 1
-    monkeypatch.setenv("NEUROSCOPE_INDEX", str(out))
-    at = AppTest.from_file(str(ROOT / "viewer" / "app.py"), default_timeout=120)
-    for key, value in (("site", "mlp_post"), ("layer", 1), ("neuron", 3)):
-        at.query_params[key] = str(value)
-    at.run()
-    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    at = open_page(monkeypatch, out, site="mlp_post", layer=1, neuron=3)
     assert "3" in at.title[0].value

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from helpers import hf_archs
-from helpers.paths import ROOT
+from helpers.viewer import open_page
 from indexer import cli
 from indexer.api import Index
 
@@ -43,12 +41,8 @@ def test_heads_are_indexed_and_the_experts_skipped_in_one_line(moe, capfd, monke
         want.append(hf_archs.head_reference(attn)[metric][head, p])
     assert len(got) > 0 and np.abs(np.array(got) - np.array(want)).max() / np.log(32) <= 1e-5
     assert cli.main(["analyze", str(out), "--quiet"]) == 0
-    monkeypatch.setenv("NEUROSCOPE_INDEX", str(out))
-    at = AppTest.from_file(str(ROOT / "viewer" / "app.py"), default_timeout=120)
-    for key, value in (("page", "head"), ("layer", 1), ("head", 2)):
-        at.query_params[key] = str(value)
-    at.run()
-    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    at = open_page(monkeypatch, out, page="head", layer=1, head=2)
+    assert "head" in at.title[0].value.lower() and "2" in at.title[0].value, at.title[0].value
 
 
 def test_mlp_sites_of_a_moe_model_are_refused_in_one_line(moe, capsys):
