@@ -46,7 +46,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexConfig)}
     cfg = IndexConfig.parse(values)
-    if args.dry_run:  # the plan from the model's config alone
+    if getattr(args, "dry_run", False):  # the plan from the model's config alone
         from indexer.run.dry_run import dry_run
 
         dry_run(cfg)
