@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="minimal examples, regex, trigram, flags, logit effects, site agreement")
     p.add_argument("dir")
-    p.add_argument("--only", default="all", help="comma list of minimal,regex,trigram,flags,logits,latents,agreement (default: all)")
+    p.add_argument("--only", default="all", help="comma list of minimal,regex,trigram,flags,logits,latents,agreement,experts (default: all)")
     p.add_argument("--force", action="store_true", help="redo analyses already done")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))

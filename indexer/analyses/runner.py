@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from indexer.analyses import agreement, flags, latents, logits, minimal, regex, trigram
+from indexer.analyses import agreement, experts, flags, latents, logits, minimal, regex, trigram
 from indexer.analyses.common import IndexContext, Options, partial_dir
 from indexer.errors import ConfigError
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
-ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (flags, logits, latents, agreement, regex, trigram, minimal)}
+ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (flags, logits, latents, agreement, regex, trigram, minimal, experts)}
 
 
 def parse_only(text: str | None) -> list[str]:

@@ -447,6 +447,19 @@ class SiteAgreement(Table):
     k: Int32 | None = None
 
 
+@_table
+class ExpertUsage(Table):
+    """Per mixture-of-experts layer and expert: how often its router chose it (analysis ``experts``)."""
+
+    NAME: ClassVar[str] = "expert_usage"
+    LOCATION: ClassVar[str] = "analyses/expert_usage"
+    layer: Int32
+    expert: Int32
+    n_tokens: int  # tokens routed to the expert
+    n_tokens_read: int  # tokens the analysis read (BOS excluded)
+    share: float  # n_tokens / n_tokens_read (a layer's shares sum to its top-k)
+
+
 TABLES: tuple[type[Table], ...] = (
     Vocab,
     Contexts,
@@ -468,5 +481,6 @@ TABLES: tuple[type[Table], ...] = (
     LatentNeurons,
     LogitAgreement,
     SiteAgreement,
+    ExpertUsage,
 )
 BY_NAME: dict[str, type[Table]] = {t.NAME: t for t in TABLES}

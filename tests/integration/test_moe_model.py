@@ -1,6 +1,7 @@
 """A mixture-of-experts model (tiny random Mixtral): indexes its heads without a traceback,
 says in one line why its expert neurons are not indexed, refuses MLP sites in one line; head
-metrics equal the eager attention weights; analyze runs; the viewer opens a head page."""
+metrics equal the eager attention weights; analyze runs, and its expert-usage table equals
+the routing read from the model's own experts module; the viewer opens a head page."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_heads_are_indexed_and_the_experts_skipped_in_one_line(moe, capfd, monke
         contexts = dict(zip(ix.sql("SELECT ctx_id FROM contexts").ctx_id, ix.sql("SELECT token_ids FROM contexts").token_ids))
         ex = ix.sql("SELECT layer, head, metric, value, ctx_id, pos FROM head_examples WHERE metric IN ('max_attn', 'entropy')")
         assert len(ix.sql("SELECT * FROM neurons")) == 0
-    refs = {c: hf_archs.reference(model, "mixtral", [int(t) for t in contexts[c]]) for c in set(ex.ctx_id)}
+    refs = {c: hf_archs.reference(model, "mixtral", [int(t) for t in contexts[c]]) for c in contexts}
     got, want = [], []
     for layer, head, metric, value, c, p in ex.itertuples(index=False):
         attn = refs[c][("attn", int(layer))]
@@ -41,6 +42,13 @@ def test_heads_are_indexed_and_the_experts_skipped_in_one_line(moe, capfd, monke
         want.append(hf_archs.head_reference(attn)[metric][head, p])
     assert len(got) > 0 and np.abs(np.array(got) - np.array(want)).max() / np.log(32) <= 1e-5
     assert cli.main(["analyze", str(out), "--top-ranks", "1", "--quiet"]) == 0
+    with Index.open(out) as ix:
+        usage = ix.sql("SELECT layer, expert, n_tokens, n_tokens_read, share FROM expert_usage ORDER BY layer, expert")
+    for layer in range(hf_archs.N_LAYERS):
+        want = sum(refs[c][("route", layer)][1:].sum(axis=0) for c in contexts)  # every context: --store-contexts all
+        rows = usage[usage.layer == layer]
+        assert rows.n_tokens.tolist() == want.astype(int).tolist() and rows.share.sum() == pytest.approx(2.0)
+    assert set(usage.n_tokens_read) == {sum(len(t) - 1 for t in contexts.values())}
     at = open_page(monkeypatch, out, page="head", layer=1, head=2)
     assert "head" in at.title[0].value.lower() and "2" in at.title[0].value, at.title[0].value
 

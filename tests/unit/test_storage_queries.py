@@ -46,6 +46,7 @@ CONTRACT = {
     "site_agreement": "layer neuron site_a site_b top_k_overlap",
     "minimal_summary": "site layer neuron n_examples frac_within_8 median_length",
     "logit_agreement": "layer neuron site score top10_hit_rate",
+    "expert_usage": "layer expert n_tokens n_tokens_read share",  # beyond DESIGN.md (issue 19)
 }
 SLOW = "SELECT sum(a.range * b.range) FROM range(100000000) a, range(100000000) b"
 
