@@ -230,11 +230,14 @@ def _mlp_width(spec: str, bridge: Any) -> int:
         raise _Probed
 
     device = next(bridge.parameters()).device
-    with torch.inference_mode(), bridge.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", probe)]):
-        try:
+    try:
+        with torch.inference_mode(), bridge.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", probe)]):
             bridge(torch.zeros((1, 2), dtype=torch.long, device=device))
-        except _Probed:
-            pass
+    except _Probed:
+        pass
+    except Exception as e:  # the bridge has no such hook, or this architecture's forward fails here
+        raise ModelSpecError(f"{spec}: cannot read the MLP of layer 0 ({one_line(e)}); this architecture's MLP "
+                             "is not supported") from None
     if not width:
         raise ModelSpecError(f"{spec}: the MLP of layer 0 fired no hook_post; this architecture's MLP is not supported")
     return width[0]
