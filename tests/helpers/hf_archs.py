@@ -17,7 +17,7 @@ import torch
 
 from helpers.paths import TOKENIZER_DIR
 
-D_MODEL, N_LAYERS, N_HEADS, D_MLP, N_CTX = 64, 2, 4, 64, 64
+D_MODEL, N_LAYERS, N_HEADS, D_MLP, N_CTX = 64, 2, 4, 32, 64
 _LLAMA = dict(hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
               num_key_value_heads=2, max_position_embeddings=N_CTX)
 _GATED = {"gate": "model.layers.{L}.mlp.gate_proj", "up": "model.layers.{L}.mlp.up_proj"}

@@ -26,7 +26,7 @@ def indexed(request, tmp_path_factory):
     folder = hf_archs.build(name, tmp / "model")
     sites = "mlp_post,mlp_gate,mlp_up,heads" if name in GATED_SITES else "all"
     out = tmp / "index"
-    assert cli.main(["index", "--model", str(folder), "--corpus", "code", "--out", str(out), "--tokens", "800",
+    assert cli.main(["index", "--model", str(folder), "--corpus", "code", "--out", str(out), "--tokens", "500",
                      "--ctx-len", "32", "--batch-size", "8", "--top-k", "4", "--per-bin", "2",
                      "--store-contexts", "all", "--sites", sites, "--quiet"]) == 0
     model = hf_archs.load_eager(folder)
