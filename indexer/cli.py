@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("bench", help="indexing throughput vs the bare forward pass and a naive indexer (JSON)")
-    p.add_argument("--model", default="toy-1l", help="model spec, or 'gelu-1l-random' for a random gelu-1l-shaped model")
+    p.add_argument("--model", default="toy-1l", help="model spec, or 'gelu-1l-random' (a random gelu-1l-shaped model) or 'gpt2-small-random' (a random Hugging Face GPT-2-small-shaped model)")
     p.add_argument("--tokens", type=int, default=200_000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.analyses.common import IndexContext
+from indexer.analyses.common import SAE_PREFIX, IndexContext
 from indexer.store.schema import LogitAgreement, LogitEffects
 
 NAME = "logits"
@@ -95,7 +95,7 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
     bridge = ix.model.bridge
     rows: dict[str, list] = {c: [] for c in LogitEffects.columns()}
     agree: dict[str, list] = {c: [] for c in LogitAgreement.columns()}
-    layers = sorted({s["layer"] for s in ix.neuron_sites})
+    layers = sorted({s["layer"] for s in ix.neuron_sites if not s["name"].startswith(SAE_PREFIX)})  # latents: analyses.latents
     bar = ix.bar(len(layers), "logit effects", unit="layer")
     for layer in layers:
         with torch.inference_mode():

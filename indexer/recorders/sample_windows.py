@@ -200,18 +200,42 @@ class SampleWindows(Recorder):
         self.vals[drop] = 0
 
     def _place(self, f, prio, ctx, pos, q, vals) -> None:
-        """Candidates (feature f, ...) into their feature's free entries, in the order given;
-        those beyond a full pool are not captured."""
+        """Candidates (feature f, ...) into their feature's entries: where a feature has fewer
+        free entries than candidates, its entries and candidates most likely to end a sample
+        (smallest priority relative to their cap; ties: entries first, then the order given)
+        are kept, as the numba kernel's eviction does one at a time."""
+        if f.numel() == 0:
+            return
+        used = self.ctx >= 0
+        ef, eslot = used.nonzero(as_tuple=True)
+        all_f = torch.cat([ef, f])
+        ratio = torch.cat([self._ratio(self.prio[ef, eslot], self.q[ef, eslot], ef), self._ratio(prio, q, f)])
+        order = torch.sort(ratio, stable=True).indices
+        order = order[torch.sort(all_f[order], stable=True).indices]  # by feature, then ratio
+        rank = torch.empty_like(order)
+        sorted_f = all_f[order]
+        rank[order] = torch.arange(order.numel(), device=f.device) - torch.searchsorted(sorted_f, sorted_f)
+        keep = rank < self.pool
+        n_old = ef.numel()
+        drop = ~keep[:n_old]
+        self._clear_entries(ef[drop], eslot[drop])
+        new = keep[n_old:]
+        f, prio, ctx, pos, q, vals = (a[new] for a in (f, prio, ctx, pos, q, vals))
         order = torch.sort(f, stable=True).indices
         f, prio, ctx, pos, q, vals = (a[order] for a in (f, prio, ctx, pos, q, vals))
         rank = torch.arange(f.numel(), device=f.device) - torch.searchsorted(f, f)
-        used = (self.ctx >= 0).to(torch.int16)
-        free_first = torch.sort(used, dim=1, stable=True).indices  # [feat, pool]: free entries first
-        ok = rank < (1 - used).sum(1)[f]
-        f, rank, prio, ctx, pos, q, vals = (a[ok] for a in (f, rank, prio, ctx, pos, q, vals))
+        free_first = torch.sort((self.ctx >= 0).to(torch.int16), dim=1, stable=True).indices  # free entries first
         slot = free_first[f, rank]
         self.vals[f, slot], self.prio[f, slot], self.ctx[f, slot] = vals, prio, ctx
         self.pos[f, slot], self.q[f, slot] = pos, q
+
+    def _ratio(self, prio, q, f) -> torch.Tensor:
+        """float64: priority over the cap of its fine bin (below 1: under the cap)."""
+        return prio.double() / self._cap_of(q.to(torch.int64).clamp(min=0), f).clamp(min=1).double()
+
+    def _clear_entries(self, f, slot) -> None:
+        self.ctx[f, slot], self.pos[f, slot], self.q[f, slot], self.prio[f, slot] = -1, -1, -1, 0
+        self.vals[f, slot] = 0
 
     def merge_with(self, other: "SampleWindows", samples: Any) -> None:
         """Fold another pool in, ``samples`` already merged: first free this pool's entries the

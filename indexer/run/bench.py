@@ -32,6 +32,7 @@ GELU_1L_SHAPE = dict(
     act_fn="gelu", normalization_type="LN", seed=0,
 )
 RANDOM_GELU_1L = "gelu-1l-random"
+RANDOM_GPT2_SMALL = "gpt2-small-random"  # a Hugging Face GPT2LMHeadModel shaped like GPT-2 small
 
 
 DEMO_SAE = "toy-1l-mlp-out"  # data/saes/: an SAE on toy-1l's blocks.0.hook_mlp_out
@@ -50,7 +51,8 @@ def bench(model: str = "toy-1l", tokens: int = 200_000, batch_size: int = 8, dty
     """All the figures for one model, as a JSON-able dict. Fewer ``configs``, fewer ``rounds``
     or no ``memory`` runs make a large model's bench affordable (each round times every pass once)."""
     with tempfile.TemporaryDirectory(prefix="neuroscope-bench-") as tmp:
-        spec = _random_gelu_1l(Path(tmp)) if model == RANDOM_GELU_1L else model
+        spec = {RANDOM_GELU_1L: _random_gelu_1l, RANDOM_GPT2_SMALL: _random_gpt2_small}.get(
+            model, lambda _: model)(Path(tmp))
         result: dict[str, Any] = {"model": model, "tokens": tokens, "batch_size": batch_size, "dtype": dtype,
                                   "rounds": rounds}
         for name in configs or default_configs(model):
@@ -105,13 +107,19 @@ def _throughput(spec: str, options: dict[str, Any], tokens: int, batch_size: int
                            "total": round(time.perf_counter() - started, 3)})
 
         naive = _naive_indexer(run, prepared)
-        times = _alternate({"forward": forward, "stream": stream, "job": job, "naive": naive}, rounds)
+        passes = {"forward": forward, "stream": stream, "job": job, "naive": naive}
+        passes.update(_transformers_forwards(spec, run, prepared))
+        times = _alternate(passes, rounds)
     best = min(phases, key=lambda p: p["total"])
 
     def figures(name: str) -> dict[str, Any]:
-        return {"tokens_per_s": round(n_tokens / times[name], 1),
-                "vs_forward": round(times["forward"] / times[name], 3),
-                "vs_naive": round(times["naive"] / times[name], 3)}
+        out = {"tokens_per_s": round(n_tokens / times[name], 1),
+               "vs_forward": round(times["forward"] / times[name], 3),
+               "vs_naive": round(times["naive"] / times[name], 3)}
+        for hf in ("hf_eager", "hf_sdpa"):  # what a user would otherwise run: the model's own forward
+            if hf in times:
+                out[f"vs_{hf}"] = round(times[hf] / times[name], 3)
+        return out
 
     return {
         "job": {**figures("job"), "phases_s": best},
@@ -120,6 +128,34 @@ def _throughput(spec: str, options: dict[str, Any], tokens: int, batch_size: int
         "vs_forward": round(times["forward"] / times["stream"], 3),  # streaming-only, as before
         "vs_naive": round(times["naive"] / times["stream"], 3),
     }
+
+
+def _transformers_forwards(spec: str, run: Any, prepared: list) -> dict[str, Callable[[], None]]:
+    """For a Hugging Face folder: the model's own body (no unembedding), through ``transformers``
+    alone, with eager attention (which materialises the pattern a heads site reads) and with
+    SDPA, over the same batches, stopped after the last indexed layer. None for other models."""
+    folder = Path(spec)
+    if not (folder / "config.json").is_file():
+        return {}
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    last = max(site.layer for site in run.plan)
+    out = {}
+    for impl in ("eager", "sdpa"):
+        model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation=impl, torch_dtype=torch.float32)
+        body = model.base_model
+        layers = next(m for m in body.modules() if isinstance(m, torch.nn.ModuleList))
+        del layers[last + 1:]  # stop at the last indexed layer, as the bridge's pass does
+        body.eval()
+
+        def forward(body: Any = body) -> None:
+            with torch.inference_mode():
+                for batch in prepared:
+                    body(input_ids=batch.tokens)
+
+        out[f"hf_{impl}"] = forward
+    return out
 
 
 def _alternate(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -183,6 +219,20 @@ def _peak_rss_mb(spec: str, tokens: int, batch_size: int, dtype: str, out: Path)
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"bench index run failed: {done.stderr.strip().splitlines()[-1:]}")
     return round(json.loads(lines[-1])["maxrss_kb"] / 1024, 1)
+
+
+def _random_gpt2_small(folder: Path) -> str:
+    """A randomly initialised ``GPT2LMHeadModel`` shaped like GPT-2 small (12 layers x 3,072
+    neurons, 12 x 12 heads, ctx 1024), written by ``save_pretrained`` with the embedded tokenizer
+    (vocabulary 8192, so the embedding is smaller than GPT-2's; the blocks are the same)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from indexer.inputs.data import tokenizer_dir
+
+    path = folder / RANDOM_GPT2_SMALL
+    GPT2LMHeadModel(GPT2Config(vocab_size=8192, bos_token_id=0, eos_token_id=0)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir())).save_pretrained(path)
+    return str(path)
 
 
 def _random_gelu_1l(folder: Path) -> str:

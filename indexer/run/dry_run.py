@@ -19,7 +19,7 @@ from indexer.errors import ModelSpecError
 from indexer.forward.sites import plan_sites
 from indexer.inputs.data import models_dir
 from indexer.inputs.models import ModelInfo
-from indexer.run.safety import _size, memory_estimate
+from indexer.run.safety import memory_estimate, size_text
 
 
 def info_from_config(spec: str) -> ModelInfo:
@@ -103,8 +103,8 @@ def dry_run(cfg: IndexConfig, n_devices: int = 1) -> dict[str, Any]:
              f"{info.n_heads} heads{f', {info.n_experts} experts' if info.n_experts else ''}); nothing loaded, nothing read"]
     lines += [f"  {name:<10} {v['layers']:>3} layers  {v['features']:>10,} features" for name, v in sites.items()]
     lines.append(f"  {n_features:,} features in all, {est['per_feature'] / 1024:.1f} KB of recorder state each")
-    lines.append(f"  memory estimate {_size(est['total'])}: recorders {_size(est['recorders'])}, "
-                 f"example windows {_size(est['windows'])}, one batch {_size(est['batch'])}")
+    lines.append(f"  memory estimate {size_text(est['total'])}: recorders {size_text(est['recorders'])}, "
+                 f"example windows {size_text(est['windows'])}, one batch {size_text(est['batch'])}")
     lines.append(f"  tokens to read: {cfg.tokens:,} (ctx_len {ctx_len}, batch {cfg.batch_size})" if cfg.tokens
                  else f"  tokens to read: every document of the corpora (ctx_len {ctx_len})")
     print("\n".join(lines), file=sys.stderr)

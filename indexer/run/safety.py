@@ -77,20 +77,21 @@ def check_memory(cfg: IndexConfig, n_features: int, ctx_len: int, available: int
     """Print the estimate; ConfigError (with it) if it exceeds the memory available."""
     estimate = memory_estimate(cfg, n_features, ctx_len, largest_site)
     available = available_memory() if available is None else available
-    text = (f"memory estimate {_size(estimate['total'])} (recorders {_size(estimate['recorders'])}, "
-            f"example windows {_size(estimate['windows'])}, one batch {_size(estimate['batch'])}; "
+    text = (f"memory estimate {size_text(estimate['total'])} (recorders {size_text(estimate['recorders'])}, "
+            f"example windows {size_text(estimate['windows'])}, one batch {size_text(estimate['batch'])}; "
             f"{n_features} features, {estimate['per_feature'] / 1024:.1f} KB each)")
     if not quiet:
-        print(f"neuroscope: {text}; {_size(available) if available else 'unknown'} available", file=sys.stderr)
+        print(f"neuroscope: {text}; {size_text(available) if available else 'unknown'} available", file=sys.stderr)
     if available is not None and estimate["total"] > available and not getattr(cfg, "allow_large", False):
         raise ConfigError(
-            f"{text} exceeds the {_size(available)} available; lower --top-k, --per-bin, --window-before/after "
+            f"{text} exceeds the {size_text(available)} available; lower --top-k, --per-bin, --window-before/after "
             "or --batch-size, or pass --allow-large"
         )
     return estimate
 
 
-def _size(n: int | None) -> str:
+def size_text(n: int | None) -> str:
+    """Bytes as a short human-readable size (e.g. "4.3 GB")."""
     if n is None:
         return "?"
     for unit in ("B", "KB", "MB", "GB", "TB"):
