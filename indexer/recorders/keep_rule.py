@@ -93,16 +93,17 @@ def thresholds_np(counts: np.ndarray, quantiles: np.ndarray, per_bin: int, squee
 
 
 @njit(**NJIT_OPTIONS)
-def bin_limit_nb(n, ck):
-    """bin_limit_np of one count, SLACK above it."""
+def bin_limit_nb(n, ck, slack=SLACK):
+    """bin_limit_np of one count, ``slack`` above it (0: the rule's exact value)."""
     if n <= ck:
         return KEEP_ALL
-    return min(np.int64(np.floor(ck * 4294967296.0 / n)) + SLACK, KEEP_ALL)
+    return min(np.int64(np.floor(ck * 4294967296.0 / n)) + slack, KEEP_ALL)
 
 
 @njit(**NJIT_OPTIONS)
-def thresholds_nb(counts_f, one_minus_lo, hi, share, ck, squeeze, out):
-    """One feature's thresholds into out int64 [N_GROUPS], SLACK above the rule's."""
+def thresholds_nb(counts_f, one_minus_lo, hi, share, ck, squeeze, out, slack=SLACK):
+    """One feature's group thresholds into out int64 [N_GROUPS], ``slack`` above the rule's
+    (0: exactly thresholds_np's, the same float64 operations in the same order)."""
     n_fine = counts_f.shape[0]
     n_groups = out.shape[0]
     g = np.zeros(n_groups, np.float64)
@@ -121,7 +122,7 @@ def thresholds_nb(counts_f, one_minus_lo, hi, share, ck, squeeze, out):
         if low <= ck:
             t = KEEP_ALL
         else:
-            t = min(np.int64(np.floor(ck * 4294967296.0 / low)) + SLACK, KEEP_ALL)
+            t = min(np.int64(np.floor(ck * 4294967296.0 / low)) + slack, KEEP_ALL)
         out[k] = t >> squeeze
         below += g[k]
 

@@ -35,9 +35,10 @@ from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bin
 from indexer.recorders.histogram import hist_from_fine
 from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, fmix32_t, priority_np, priority_t, seed_of, token_hash_t
 from indexer.recorders.keep_rule import (
-    GROUP_BITS, KEEP_ALL, MARGIN, band_terms, fine_thresholds_np, group_thresholds_t, pool_capacity,
+    GROUP_BITS, MARGIN, band_terms, fine_thresholds_np, group_thresholds_t, pool_capacity,
     token_thresholds_t,
 )
+from indexer.recorders.kept_kernels import band_samples, canonical_counts, canonical_fill
 from indexer.recorders.quantile_kernels import quantile_update
 
 ELEMENTS_PER_STEP = 1 << 22  # torch backend: tokens x features per step, bounds the temporaries
@@ -125,14 +126,22 @@ class QuantileSampler(Recorder):
         """The kept tokens the rule keeps for the counts so far, sorted by (feature,
         priority, ctx_id, pos): feature int64, prio int64, value float32, ctx_id int64,
         pos int64 (flat). The same for every order, shard and backend."""
-        kn = self._read("kn").astype(np.int64)
-        used = np.arange(self.capacity)[None, :] < kn[:, None]
-        feat = np.nonzero(used)[0]
-        ctx, pos = self._read("kctx")[used].astype(np.int64), self._read("kpos")[used].astype(np.int64)
-        cols = {"feature": feat, "prio": priority_np(self.salt, feat, ctx, pos) if len(feat) else feat,
-                "value": self._read("kval")[used], "ctx_id": ctx, "pos": pos}
-        return _canonical(cols, self._read("fine_counts"), self.quantiles, self.per_bin,
-                          self._read("squeeze").astype(np.int64))
+        args = self._kernel_args()
+        keep = np.zeros(args[-2].shape, bool)
+        n = canonical_counts(*args, N_FINE, keep)
+        offsets = np.zeros(len(n) + 1, np.int64)
+        np.cumsum(n, out=offsets[1:])
+        total = int(offsets[-1])
+        out = {"feature": np.empty(total, np.int64), "prio": np.empty(total, np.int64),
+               "value": np.empty(total, np.float32), "ctx_id": np.empty(total, np.int64), "pos": np.empty(total, np.int64)}
+        canonical_fill(*args[4:], keep, offsets, *out.values())
+        return out
+
+    def _kernel_args(self) -> tuple:
+        """counts, terms, per_bin, squeeze, seed, keys, kval, kctx, kpos, kn: numpy, for kept_kernels."""
+        return (self._read("fine_counts"), self.terms, self.per_bin, self._read("squeeze").astype(np.int64),
+                np.uint32(self.seed), feature_keys(self.n_features), self._read("kval"), self._read("kctx"),
+                self._read("kpos"), self._read("kn").astype(np.int64))
 
     def _set_kept(self, kept: dict[str, np.ndarray], squeeze: np.ndarray) -> None:
         """Fill the pool from a kept set sorted by feature."""
@@ -222,28 +231,11 @@ class QuantileSampler(Recorder):
     def _band_samples(self, bounds: np.ndarray, n_bands: int) -> dict[str, np.ndarray]:
         """Per band, the per_bin smallest (priority, ctx, pos) among its kept tokens under the
         band's smallest fine threshold: all of them are kept, so this is the band's bottom-k."""
-        k = self.per_bin
-        shape = (self.n_features, n_bands, k)
+        shape = (self.n_features, n_bands, self.per_bin)
         out = {"prio": np.full(shape, EMPTY_PRIORITY, np.int64), "value": np.full(shape, np.nan, np.float32),
-               "ctx_id": np.full(shape, -1, np.int64), "pos": np.full(shape, -1, np.int32)}
-        kept = self.kept()
-        counts, squeeze = self._read("fine_counts"), self._read("squeeze").astype(np.int64)
-        band_thr = np.empty((self.n_features, n_bands), np.int64)
-        for f0 in range(0, self.n_features, CHUNK):
-            t = fine_thresholds_np(counts[f0:f0 + CHUNK], self.quantiles, self.per_bin, squeeze[f0:f0 + CHUNK])
-            band_thr[f0:f0 + CHUNK] = _band_minima(t, bounds[f0:f0 + CHUNK])
-        f = kept["feature"]
-        band = (fine_bins_np(kept["value"])[:, None] >= bounds[f]).sum(axis=1)
-        keep = kept["prio"] < band_thr[f, band]
-        f, band = f[keep], band[keep]
-        cols = {name: kept[name][keep] for name in ("prio", "value", "ctx_id", "pos")}
-        order = np.lexsort((cols["pos"], cols["ctx_id"], cols["prio"], band, f))  # kept is sorted already
-        f, band = f[order], band[order]
-        key = f * n_bands + band
-        rank = np.arange(len(key)) - np.searchsorted(key, key)
-        sel = rank < k
-        for name in out:
-            out[name][f[sel], band[sel], rank[sel]] = cols[name][order][sel]
+               "ctx_id": np.full(shape, -1, np.int64), "pos": np.full(shape, -1, np.int64)}
+        band_samples(*self._kernel_args(), N_FINE, np.ascontiguousarray(bounds, np.int64), *out.values())
+        out["pos"] = out["pos"].astype(np.int32)
         return out
 
     def histogram(self) -> np.ndarray:
@@ -344,7 +336,8 @@ class QuantileSampler(Recorder):
         self._count_tokens(other.n_seen)
         counts = self._read("fine_counts").astype(np.int64) + other._read("fine_counts")
         mine, theirs = self.kept(), other.kept()
-        kept = {k: np.concatenate([mine[k], theirs[k]]) for k in mine}  # shards: disjoint tokens
+        order = np.argsort(np.concatenate([mine["feature"], theirs["feature"]]), kind="stable")
+        kept = {k: np.concatenate([mine[k], theirs[k]])[order] for k in mine}  # shards: disjoint tokens
         squeeze = np.maximum(self._read("squeeze"), other._read("squeeze")).astype(np.int64)
         while True:
             kept = _canonical(kept, counts, self.quantiles, self.per_bin, squeeze)
@@ -358,14 +351,14 @@ class QuantileSampler(Recorder):
 
 def _canonical(cols: dict[str, np.ndarray], counts: np.ndarray, quantiles: np.ndarray, per_bin: int,
                squeeze: np.ndarray) -> dict[str, np.ndarray]:
-    """The entries the rule keeps (priority under the fine threshold of their feature's
-    counts), sorted by (feature, priority, ctx_id, pos)."""
+    """The entries (sorted by feature) the rule keeps (priority under the fine threshold of
+    their feature's counts), sorted by (feature, priority, ctx_id, pos)."""
     f = cols["feature"]
     keep = np.zeros(len(f), bool)
     q = fine_bins_np(cols["value"])
     for f0 in range(0, counts.shape[0], CHUNK):
         t = fine_thresholds_np(counts[f0:f0 + CHUNK], quantiles, per_bin, squeeze[f0:f0 + CHUNK])
-        at = (f >= f0) & (f < f0 + CHUNK)
+        at = slice(*np.searchsorted(f, [f0, f0 + CHUNK]))
         keep[at] = cols["prio"][at] < t[f[at] - f0, q[at]]
     order = np.lexsort((cols["pos"][keep], cols["ctx_id"][keep], cols["prio"][keep], f[keep]))
     return {k: v[keep][order] for k, v in cols.items()}
@@ -375,16 +368,6 @@ def _full_bounds(bounds: np.ndarray) -> np.ndarray:
     """[feat, Q+2]: 0, the boundaries, N_FINE."""
     n = len(bounds)
     return np.concatenate([np.zeros((n, 1), np.int64), bounds, np.full((n, 1), N_FINE)], axis=1)
-
-
-def _band_minima(t: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """int64 [feat, B]: the smallest fine threshold of each band (KEEP_ALL for an empty band)."""
-    n_feat, n_bands = len(t), bounds.shape[1] + 1
-    full = _full_bounds(bounds)
-    starts = (np.arange(n_feat)[:, None] * N_FINE + full[:, :-1]).ravel()
-    flat = np.append(t.ravel(), KEEP_ALL)
-    mins = np.minimum.reduceat(flat, np.minimum(starts, flat.size - 1)).reshape(n_feat, n_bands)
-    return np.where(full[:, 1:] > full[:, :-1], mins, KEEP_ALL)
 
 
 def _narrow(a: np.ndarray) -> np.ndarray:

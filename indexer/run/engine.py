@@ -21,6 +21,7 @@ import numpy as np
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, CorpusError, IndexDirError
 from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites, skipped_sites_note
+from indexer.forward.fast_attention import use_fused_attention
 from indexer.forward.sae_sites import load_saes, plan_with_saes
 from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
@@ -118,6 +119,7 @@ class Run:
         model = load_model(cfg.model, device=device)
         ctx_len = _ctx_len(cfg, model)
         plan = plan_with_saes(model, plan_sites(model.info, cfg.sites, cfg.layers), saes)
+        use_fused_attention(model.bridge, plan)  # where no site reads the pattern: SDPA, not the bridge's rebuild
         note = skipped_sites_note(model.info, cfg.sites)
         if note:
             print(f"neuroscope: note: {note}", file=sys.stderr)
