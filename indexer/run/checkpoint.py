@@ -10,7 +10,8 @@ check and is refused (``CorruptState``). The last two checkpoints are kept
 the newer is bad. The checksum catches accidents and careless edits, not a forger who
 recomputes it. The magic line carries the state format's version (``STATE_VERSION``): a file of
 another version is refused with a message naming both (version 2: the stats' sums became exact
-integer limbs, ``indexer.recorders.exactsum``).
+integer limbs, ``indexer.recorders.exactsum``; version 3: the quantile sampler keeps a pool of
+kept tokens instead of per-fine-bin slots, ``indexer.recorders.keep_rule``).
 
 A state file is streamed to disk as it is hashed (``write_state_file``), never copied whole in
 memory, and the recorders' states are produced one site at a time as it goes. When the recorders have not changed since the last checkpoint (a run's stream ends with
@@ -42,7 +43,7 @@ PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"
 NEW_CHECKPOINT = "checkpoint.new.npz"  # written in full before the rotation
 CHECKPOINTS = (CHECKPOINT, PREVIOUS_CHECKPOINT, NEW_CHECKPOINT)  # the order resume tries them in
 FINAL_STATE = "state.npz"
-STATE_VERSION = 2
+STATE_VERSION = 3
 MAGIC_PREFIX = b"NEUROSCOPE-STATE "
 MAGIC = MAGIC_PREFIX + b"%d\n" % STATE_VERSION
 

@@ -94,7 +94,8 @@ def write_index(run: Any, progress: bool = True) -> Path:
         writer.wait()  # head_attention reads the head examples back
         write_head_attention(run, writer, progress)
     writer.wait()
-    if not (run.checkpoint_current and checkpoint_as_state(run.out)):
+    # A shard keeps its recorder state for `neuroscope merge`; a single run's would serve nothing
+    if run.cfg.shard[1] > 1 and not (run.checkpoint_current and checkpoint_as_state(run.out)):
         write_state_file(run.out / FINAL_STATE, state_arrays(run.recorders), point="state-write")
     phases["write"] = time.perf_counter() - started - phases["examples"] - phases["windows"]
     run.finalize_phases = {k: round(v, 3) for k, v in phases.items()}

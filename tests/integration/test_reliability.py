@@ -35,11 +35,12 @@ from helpers.indexes import assert_same_index
 from helpers.configs import base_config
 
 # (point, hit): before the first checkpoint, mid-stream, inside checkpoint writes (the first
-# one included), between the rotation's renames, at finalize, inside Parquet, state and
-# manifest writes, inside a context store append (before the first checkpoint, and past one).
+# one included), between the rotation's renames, at finalize, inside Parquet and manifest
+# writes (a single run writes no state.npz: only shards keep one, for merge), inside a
+# context store append (before the first checkpoint, and past one).
 KILL_POINTS = [
     "batch:1", "checkpoint-write:1", "checkpoint-rotate:1", "batch:5", "checkpoint-write:3",
-    "checkpoint-rotate:2", "finalize:1", "parquet-write:1", "parquet-write:5", "state-write:1",
+    "checkpoint-rotate:2", "finalize:1", "parquet-write:1", "parquet-write:5",
     "manifest-write:1", "store-write:1", "store-write:6",
 ]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -169,17 +170,19 @@ def test_checkpoints_and_states_of_the_older_format_are_refused_in_one_line(mode
     for name in CHECKPOINTS:
         if (out / name).exists():
             (out / name).write_bytes(old_format((out / name).read_bytes()))
-    with pytest.raises(StateVersionError, match="checkpoint.npz was written in state format version 1.*reads version 2"):
+    with pytest.raises(StateVersionError, match="checkpoint.npz was written in state format version 1.*reads version 3"):
         index(small(model_dir, str(out), resume=True), progress=False)
     proc = run_cli_config(small(model_dir, str(out), resume=True))
     _, err = proc.communicate(timeout=600)
     assert proc.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "state format version 1" in err
-    shard = tmp_path / "shard"
-    shutil.copytree(whole, shard)
-    (shard / "state.npz").write_bytes(old_format((shard / "state.npz").read_bytes()))
+    shards = [str(tmp_path / f"shard{i}") for i in range(2)]  # only shards keep a state.npz
+    for i, shard in enumerate(shards):
+        index(small(model_dir, shard, shard=(i, 2)), progress=False)
+    state = Path(shards[1]) / "state.npz"
+    state.write_bytes(old_format(state.read_bytes()))
     with pytest.raises(StateVersionError, match="state.npz was written in state format version 1"):
-        merge([str(shard)], str(tmp_path / "m"), progress=False)
+        merge(shards, str(tmp_path / "m"), progress=False)
 
 
 def test_failed_checkpoint_write_keeps_the_last_good_one(model_dir, whole, tmp_path, monkeypatch):
@@ -247,6 +250,9 @@ def test_full_disk_is_one_line_and_a_complete_index_stays_untouched(model_dir, w
 
 def test_a_second_run_on_the_same_out_is_refused_and_a_stale_lock_is_taken_over(model_dir, whole, tmp_path):
     out = tmp_path / "locked"
+    shards = [str(tmp_path / f"shard{i}") for i in range(2)]
+    for i, shard in enumerate(shards):
+        index(small(model_dir, shard, shard=(i, 2)), progress=False)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from indexer.run.lock import out_dir_lock\n"
          "with out_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)", str(out)],
@@ -256,7 +262,7 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_stale_lock_is_taken_over(
         with pytest.raises(IndexDirError, match=rf"being written by another neuroscope run \(pid {holder.pid} "):
             index(small(model_dir, str(out)), progress=False)
         with pytest.raises(IndexDirError, match="being written by another"):
-            merge([whole], str(out), progress=False)
+            merge(shards, str(out), progress=False)
     finally:
         holder.kill()
         holder.wait()
