@@ -236,15 +236,17 @@ def load_state_file(path: Path, plan: list[Site], device: str) -> tuple[dict[Sit
         raise CorruptState(f"{path} does not hold the recorder states of this run ({type(e).__name__}: {e})") from None
 
 
-def load_states(data: bytes, plan: list[Site], device: str) -> tuple[dict[Site, FeatureRecorders], dict[str, Any]]:
-    """Recorders for ``plan`` from bytes written by ``save_states``, and the extra entries."""
-    backend = default_backend(device)
+def load_states(data: bytes, plan: list[Site], device: str | dict[Site, str]
+                ) -> tuple[dict[Site, FeatureRecorders], dict[str, Any]]:
+    """Recorders for ``plan`` from bytes written by ``save_states``, and the extra entries;
+    ``device``: one for all sites, or each site's."""
     recorders = {}
     with np.load(io.BytesIO(data)) as npz:  # one site's arrays in memory at a time
         for site in plan:
+            where = device[site] if isinstance(device, dict) else device
             prefix = f"{site.key}/"
             state = {k[len(prefix):]: npz[k] for k in npz.files if k.startswith(prefix)}
-            recorders[site] = FeatureRecorders.from_state(state, backend=backend, device=device)
+            recorders[site] = FeatureRecorders.from_state(state, backend=default_backend(where), device=where)
         extra = {k: from_json_array(npz[k]) for k in npz.files if "/" not in k}
     return recorders, extra
 

@@ -21,6 +21,7 @@ import numpy as np
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, CorpusError, IndexDirError
 from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites, skipped_sites_note
+from indexer.forward.devices import site_devices
 from indexer.forward.fast_attention import use_fused_attention
 from indexer.forward.sae_sites import load_saes, plan_with_saes
 from indexer.inputs.contexts import ContextStream, batches
@@ -84,6 +85,7 @@ class Run:
                  device: str, stream: ContextStream):
         self.cfg, self.out, self.model, self.plan = cfg, out, model, plan
         self.ctx_len, self.device, self.contexts = ctx_len, device, stream
+        self.site_device = site_devices(model.bridge, plan, device)  # a split model: each layer's own
         self.position = 0
         self.tokens_done = 0
         self.batches_done = 0
@@ -140,14 +142,15 @@ class Run:
         cfg = self.cfg
         return {
             site: FeatureRecorders.create(site.n_features, cfg.quantiles, cfg.top_k, cfg.per_bin,
-                                          site_salt(cfg.seed, site), default_backend(self.device), self.device,
+                                          site_salt(cfg.seed, site), default_backend(self.site_device[site]),
+                                          self.site_device[site],
                                           window=(cfg.window_before, cfg.window_after))
             for site in self.plan
         }
 
     def restore(self, checkpoint: bytes) -> None:
         """Recorders and progress from a checkpoint's bytes."""
-        self.recorders, extra = load_states(checkpoint, self.plan, self.device)
+        self.recorders, extra = load_states(checkpoint, self.plan, self.site_device)
         progress = extra["progress"]
         self.position = progress["position"]
         self.tokens_done = progress["tokens_done"]
@@ -237,11 +240,15 @@ class Run:
         return record
 
     def memory_line(self) -> str:
-        """One line: recorder state per feature and in all (flat: it does not grow with the corpus)."""
-        n_bytes = sum(rec.nbytes() for rec in self.recorders.values())
+        """One line: recorder state per feature and in all, per device (flat: it does not grow
+        with the corpus)."""
+        by_device: dict[str, int] = {}
+        for site, rec in self.recorders.items():
+            by_device[self.site_device[site]] = by_device.get(self.site_device[site], 0) + rec.nbytes()
+        n_bytes = sum(by_device.values())
         n_feat = sum(site.n_features for site in self.plan)
-        return (f"recorder state: {n_bytes / max(1, n_feat) / 1024:.0f} KB per feature, "
-                f"{n_bytes / 2**20:.0f} MB for {n_feat} features on {self.device}")
+        where = ", ".join(f"{b / 2**20:.0f} MB on {d}" for d, b in by_device.items())
+        return f"recorder state: {n_bytes / max(1, n_feat) / 1024:.0f} KB per feature, {n_feat} features: {where}"
 
     def expected_tokens(self) -> int | None:
         if self.cfg.tokens is None:
