@@ -80,12 +80,11 @@ class FeatureRecorders:
         exactsum.check_capacity(n_values)
         qs._count_tokens(n_values)
         sw.bands_for(len(qs.quantiles))
-        st.count += n_values
         fused_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
                      tk.vals, tk.ctxs, tk.poss,
                      np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.terms, qs.per_bin,
                      qs.kval, qs.kctx, qs.kpos, qs.kn, qs.squeeze,
-                     st.total, st.total_sq, st.lo, st.hi, st.n_active,
+                     st.count, st.total, st.total_sq, st.lo, st.hi, st.n_active,
                      tk.wins, tk.before,
                      refresh,
                      qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)

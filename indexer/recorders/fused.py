@@ -23,7 +23,7 @@ from indexer.recorders.topk_kernels import topk_feature
 @njit(parallel=True, **NJIT_OPTIONS)
 def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                  seed, keys, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze,
-                 total, total_sq, lo, hi, n_active,
+                 count, total, total_sq, lo, hi, n_active,
                  tk_wins, tk_before,
                  sw_refresh, sw_quantiles, sw_mids, sw_band_cap, sw_vals, sw_prio, sw_ctx, sw_pos, sw_q, sw_free, sw_top):
     """acts float32 [batch, pos, feat]; the three recorders' arrays, updated in place."""
@@ -45,7 +45,7 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                 u = buf[j]
                 x = u.view(np.float32)
                 topk_feature(f, x, starts, ctx_ids, tk_vals, tk_ctxs, tk_poss, tk_wins, acts, tk_before)
-                stats_feature(f, x, u, total, total_sq, lo, hi, n_active)
+                stats_feature(f, x, u, count, total, total_sq, lo, hi, n_active)
                 n_ins = quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], seed, counts, terms, per_bin,
                                          kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins)
                 sample_windows_feature(f, x, qb, hb, ins[:n_ins], rows, poss, starts, ctx_ids, acts, tk_before,

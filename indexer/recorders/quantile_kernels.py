@@ -82,7 +82,7 @@ def compact(f, seed, key, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze,
 def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, seed, counts, terms, per_bin,
                      kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins):
     """Feature-major: fold feature f's values x float32 [n] (u: their bits; th: the tokens'
-    hashes; token i is (ctx_ids[rows[i]], poss[i])). Returns how many tokens entered the
+    hashes; token i is (ctx_ids[rows[i]], poss[i]); NaN values are skipped). Returns how many tokens entered the
     pool; ins[:that] lists them in token order (only those can be samples whose window the
     sample-window pool captures)."""
     n = x.shape[0]
@@ -95,6 +95,8 @@ def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, seed, counts, terms,
     size = kval.shape[1]
     n_ins = 0
     for i in range(n):
+        if not x[i] == x[i]:
+            continue  # NaN: a token the feature did not see (common.py)
         q = qb[i]
         cf[q] += 1
         h = np.int64(hb[i])

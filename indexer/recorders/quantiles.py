@@ -219,7 +219,7 @@ class QuantileSampler(Recorder):
             full = _full_bounds(bounds[f0:f0 + CHUNK])
             rows = np.arange(len(c))[:, None]
             band_counts[f0:f0 + CHUNK] = cum[rows, full[:, 1:]] - cum[rows, full[:, :-1]]
-        total = np.full(n_feat, self.n_seen, np.int64)
+        total = counts.sum(axis=1, dtype=np.int64)  # tokens each feature saw (NaN ones not)
         shares = band_counts / np.maximum(total, 1)[:, None]
         status = np.where((band_counts == 0).any(axis=1), "near_constant", "ok")
         status = np.where((total == 0) | (counts[:, ZERO] == total), "dead", status).astype(object)
@@ -292,11 +292,12 @@ class QuantileSampler(Recorder):
             x = acts[b[r:r + step], t[r:r + step]]  # [tokens, feat]
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
             q = fine_bins_t(x)
-            self.fine_counts += torch.bincount((feat * N_FINE + q).flatten(), minlength=self.fine_counts.numel()
+            seen = ~torch.isnan(x)  # NaN: a token the feature did not see (common.py)
+            self.fine_counts += torch.bincount((feat * N_FINE + q)[seen], minlength=self.fine_counts.numel()
                                                ).view_as(self.fine_counts)
             group = group_thresholds_t(self.fine_counts, self.quantiles, self.per_bin)  # counts after the step: valid
             prio = priority_t(token_hash_t(self.seed, ctx, pos), self.keys)  # [tokens, feat]
-            row, f = (prio < (group[feat, q >> GROUP_BITS] >> self.squeeze)).nonzero(as_tuple=True)
+            row, f = ((prio < (group[feat, q >> GROUP_BITS] >> self.squeeze)) & seen).nonzero(as_tuple=True)
             thr = token_thresholds_t(group, self.fine_counts, f, q[row, f], self.per_bin, self.squeeze)
             ok = prio[row, f] < thr
             row, f = row[ok], f[ok]

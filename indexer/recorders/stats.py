@@ -27,11 +27,10 @@ class Stats(Recorder):
     """Running statistics of every feature over the recorded tokens.
 
     Attributes (state, one entry per feature):
-        count: int64, tokens seen.
+        count: int64, tokens seen (a NaN value is a token the feature did not see: skipped).
         total, total_sq: int64 [exactsum.ROWS, feat], exact sums of x and x**2 (integer limbs,
             plus a float64 side sum of values beyond exactsum.BOUND: order-independent below it).
         lo, hi: float32 min and max.  n_active: int64 tokens with x > 0.
-    NaN activations are not supported.
     """
 
     kind = "stats"
@@ -62,8 +61,7 @@ class Stats(Recorder):
     def _update_numba(self, acts, lengths, ctx_ids) -> None:
         n_values = int(np.maximum(lengths - 1, 0).sum())
         exactsum.check_capacity(n_values)
-        self.count += n_values
-        stats_update(acts, lengths, feature_chunk(self.n_features), self.total, self.total_sq,
+        stats_update(acts, lengths, feature_chunk(self.n_features), self.count, self.total, self.total_sq,
                      self.lo, self.hi, self.n_active)
         self.normalise()
 
@@ -74,16 +72,17 @@ class Stats(Recorder):
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
         rows = acts[valid_tokens(lengths, acts.shape[1])]  # [tokens, feat]
-        self.count += rows.shape[0]
         step = max(1, ROWS_PER_STEP // max(1, self.n_features))
         for r in range(0, rows.shape[0], step):
             x = rows[r:r + step]
-            d = x.double()
+            seen = ~torch.isnan(x)
+            self.count += seen.sum(0)
+            d = x.double().nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
             small = d.abs() < exactsum.BOUND
             exactsum.add_t(self.total, d, small)
             exactsum.add_t(self.total_sq, d * d, small)
-            self.lo = torch.fmin(self.lo, x.amin(0))
-            self.hi = torch.fmax(self.hi, x.amax(0))
+            self.lo = torch.fmin(self.lo, x.nan_to_num(nan=float("inf"), posinf=float("inf"), neginf=float("-inf")).amin(0))
+            self.hi = torch.fmax(self.hi, x.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf")).amax(0))
             self.n_active += (x > 0).sum(0)
 
     def _merge_numba(self, other: dict[str, np.ndarray]) -> None:

@@ -25,22 +25,26 @@ def order_key(u):
 
 
 @njit(**NJIT_OPTIONS)
-def stats_feature(f, x, u, total, total_sq, lo, hi, n_active):
-    """Fold feature f's values x float32 [n] (u: their int32 bits) into its state.
+def stats_feature(f, x, u, count, total, total_sq, lo, hi, n_active):
+    """Fold feature f's values x float32 [n] (u: their int32 bits) into its state; NaN
+    values are tokens the feature did not see (common.py) and are skipped.
 
-    total, total_sq: int64 [exactsum.ROWS, feat] limbs; lo, hi, n_active [feat].
+    count, lo, hi, n_active [feat]; total, total_sq: int64 [exactsum.ROWS, feat] limbs.
     """
     n = x.shape[0]
     t1 = t2 = t3 = s1 = s2 = s3 = np.int64(0)
     n_big = np.int64(0)
+    n_nan = np.int64(0)
     act = np.int64(0)
     kmin = order_key(np.array([lo[f]]).view(np.int32)[0])
     kmax = order_key(np.array([hi[f]]).view(np.int32)[0])
     for i in range(n):  # vectorised
         d = np.float64(x[i])
-        small = abs(d) < BOUND  # False for inf and NaN too: they go to the side sums
+        small = abs(d) < BOUND  # False for inf and NaN too: inf goes to the side sums
+        seen = d == d
         kept = d if small else 0.0
         n_big += not small
+        n_nan += not seen
         a, b, c = split_nb(kept)
         t1 += a
         t2 += b
@@ -50,8 +54,8 @@ def stats_feature(f, x, u, total, total_sq, lo, hi, n_active):
         s2 += b
         s3 += c
         k = order_key(u[i])
-        kmin = k if k < kmin else kmin
-        kmax = k if k > kmax else kmax
+        kmin = k if (k < kmin) & seen else kmin
+        kmax = k if (k > kmax) & seen else kmax
         act += x[i] > 0
     total[1, f] += t1
     total[2, f] += t2
@@ -60,22 +64,23 @@ def stats_feature(f, x, u, total, total_sq, lo, hi, n_active):
     total_sq[2, f] += s2
     total_sq[3, f] += s3
     n_active[f] += act
+    count[f] += n - n_nan
     lo[f] = np.array([order_key(kmin)]).view(np.float32)[0]
     hi[f] = np.array([order_key(kmax)]).view(np.float32)[0]
-    if n_big:  # token order: the side sums are float64 sums (exactsum's docstring)
+    if n_big > n_nan:  # token order: the side sums are float64 sums (exactsum's docstring)
         side = total[SIDE, f:f + 1].view(np.float64)
         side_sq = total_sq[SIDE, f:f + 1].view(np.float64)
         for i in range(n):
             d = np.float64(x[i])
-            if not abs(d) < BOUND:
+            if not abs(d) < BOUND and d == d:
                 side[0] += d
                 side_sq[0] += d * d
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
-def stats_update(acts, lengths, chunk, total, total_sq, lo, hi, n_active):
-    """acts float32 [batch, pos, feat]; total, total_sq int64 [exactsum.ROWS, feat]; lo, hi,
-    n_active [feat]. The limbs are left for the caller to normalise."""
+def stats_update(acts, lengths, chunk, count, total, total_sq, lo, hi, n_active):
+    """acts float32 [batch, pos, feat]; total, total_sq int64 [exactsum.ROWS, feat]; count, lo,
+    hi, n_active [feat]. The limbs are left for the caller to normalise."""
     n_feat = acts.shape[2]
     rows, poss, _ = batch_tokens(lengths)
     bits = acts.view(np.int32)
@@ -86,4 +91,4 @@ def stats_update(acts, lengths, chunk, total, total_sq, lo, hi, n_active):
             m = min(TILE, f1c - f0)
             transpose_tile(bits, rows, poss, f0, m, buf)
             for j in range(m):
-                stats_feature(f0 + j, buf[j].view(np.float32), buf[j], total, total_sq, lo, hi, n_active)
+                stats_feature(f0 + j, buf[j].view(np.float32), buf[j], count, total, total_sq, lo, hi, n_active)

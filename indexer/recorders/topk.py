@@ -75,11 +75,11 @@ class TopK(Recorder):
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
         n_batch, n_pos, _ = acts.shape
-        valid = valid_tokens(lengths, n_pos)[..., None]  # [batch, pos, 1]
+        valid = valid_tokens(lengths, n_pos)[..., None] & ~torch.isnan(acts)  # [batch, pos, feat]
         masked = acts.masked_fill(~valid, float("-inf"))  # [batch, pos, feat]
         best = masked.amax(dim=1)  # [batch, feat]
         first = ((masked == best[:, None, :]) & valid).to(torch.uint8).argmax(dim=1)
-        has = (lengths > 1)[:, None]
+        has = valid.any(dim=1)  # [batch, feat]: a context where the feature saw no token has no entry
         vals = torch.where(has, best, float("-inf")).T  # [feat, batch]
         ctxs = torch.where(has, ctx_ids[:, None], -1).expand(-1, self.n_features).T
         poss = torch.where(has, first, -1).to(torch.int32).T

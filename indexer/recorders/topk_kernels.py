@@ -99,6 +99,8 @@ def topk_feature(f, x, starts, ctx_ids, vals, ctxs, poss, wins, acts, before):
             gt = x[i] > best
             best = x[i] if gt else best
             best_i = i if gt else best_i
+        if not x[best_i] == x[best_i]:
+            continue  # every value NaN: the feature saw no token of this context
         if ranks_before(best, ctx_ids[b], vals[f, k - 1], ctxs[f, k - 1]):
             p = best_i - s + 1
             at = topk_insert(vals, ctxs, poss, wins, f, best, ctx_ids[b], np.int32(p))
