@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, get_args
 
 from indexer.errors import ConfigError
 
-SiteName = Literal["mlp_post", "mlp_pre", "mlp_mid", "mlp_gate", "mlp_up", "heads"]
+SiteName = Literal["mlp_post", "mlp_pre", "mlp_mid", "mlp_gate", "mlp_up", "experts", "heads"]
 SITES: tuple[str, ...] = get_args(SiteName)
 DEPRECATED_SITES = {"mlp_pre_ln": "mlp_mid"}  # old name -> the name the field uses
 Order = Literal["shuffle", "file"]

@@ -83,7 +83,8 @@ def attn_colour(weight: float) -> str:
 def token_spans(tokens: Sequence[str], values: Sequence[float | None], mark: int | None,
                 vmax: float, vmin: float, attn: Mapping[int, float] | None = None) -> str:
     """One ``<span>`` per token, coloured by its value, the value in its hover title; token
-    ``mark`` (an index into ``tokens``) gets the max-token outline. None values are uncoloured.
+    ``mark`` (an index into ``tokens``) gets the max-token outline. None values are uncoloured;
+    NaN ones (a token the feature did not see) too, and say so in their title.
     ``attn`` (index -> weight): the tokens the marked one attends to, underlined in green by
     weight, ``attn w`` in their hover title."""
     parts = []
@@ -100,7 +101,8 @@ def token_spans(tokens: Sequence[str], values: Sequence[float | None], mark: int
             continue
         cls = "ns-tok ns-max" if i == mark else "ns-tok"
         cls += "" if w is None else " ns-src"
-        title = esc(f"{tok!r}: {val:.4g}{note}")
+        seen = f"{val:.4g}" if val == val else "not seen (an expert neuron: not routed to its expert)"
+        title = esc(f"{tok!r}: {seen}{note}")
         parts.append(f'<span class="{cls}" style="background:{colour(val, vmax, vmin)}{src}" title="{title}">{text}</span>')
     return "".join(parts)
 

@@ -184,9 +184,12 @@ class IndexContext:
         from indexer.forward.runner import SiteForward
         from indexer.forward.sites import Site
 
+        from indexer.forward.expert_sites import attach_experts
+
         wanted = set(layers)
         plan = [self.sae_sites[s["name"]] if s["name"] in self.sae_sites else Site(s["name"], s["layer"], s["n_features"])
                 for s in self.neuron_sites if s["layer"] in wanted]
+        plan = attach_experts(self.model, plan)
         if not plan:
             raise IndexDirError(f"{self.root}: no neuron site of layer(s) {sorted(wanted)} was indexed")
         return SiteForward(self.model, plan, self.options.dtype), plan

@@ -81,9 +81,15 @@ def _rms_scale(norm: Any, w_u: Any):
 
 
 def effects(bridge: Any, layer: int):
-    """[d_mlp, vocab] direct logit effect of every neuron of ``layer``."""
+    """[d_mlp, vocab] direct logit effect of every neuron of ``layer`` (of a mixture-of-experts
+    layer: of every expert neuron, the features of its ``experts`` site)."""
     w_u, centre = folded_unembed(bridge)
-    w_out = bridge.blocks[layer].mlp.W_out.detach().float()  # [d_mlp, d_model]
+    if getattr(bridge.cfg, "num_experts", None):  # a mixture of experts: every expert neuron
+        from indexer.forward.expert_sites import ExpertNeurons
+
+        w_out = ExpertNeurons(bridge, layer).output_weights()  # [n_experts * d_expert (+ shared), d_model]
+    else:
+        w_out = bridge.blocks[layer].mlp.W_out.detach().float()  # [d_mlp, d_model]
     if centre:
         w_out = w_out - w_out.mean(dim=1, keepdim=True)
     return w_out @ w_u

@@ -12,6 +12,9 @@ A site is one layer's worth of features that share recorders:
   is act(gate) × up: the gate projection before its activation, ``blocks.L.mlp.hook_pre``
   (the bridge's ``gate.hook_out``; on these models ``mlp_pre`` reads the same hook), and the
   up projection, ``blocks.L.mlp.hook_pre_linear`` (``in.hook_out``)     # [batch, pos, d_mlp]
+- ``experts``: mixture-of-experts models, every routed expert's neurons (act(gate) × up inside
+  the expert), feature ``expert * d_expert + neuron``, each recorded only over the tokens routed
+  to its expert (``indexer.forward.expert_sites``)               # [batch, pos, n_experts * d_expert]
 - ``heads``: per-token metrics of every head, feature ``head * N_METRICS + metric``
                                                                         # [batch, pos, n_heads * 4]
 """
@@ -76,33 +79,30 @@ def plan_sites(info: ModelInfo, sites: tuple[str, ...] | None = None, layers: tu
     chosen_layers = _choose_layers(info, layers)
     plan = []
     for layer in chosen_layers:
-        for name in ("heads", "mlp_pre", "mlp_gate", "mlp_up", "mlp_mid", "mlp_post"):  # the order they fire in a block
+        for name in ("heads", "mlp_pre", "mlp_gate", "mlp_up", "mlp_mid", "mlp_post", "experts"):  # firing order
             if name in names:
-                width = info.n_heads * len(HEAD_METRICS) if name == "heads" else info.d_mlp
+                width = {"heads": info.n_heads * len(HEAD_METRICS), "experts": info.n_experts * info.d_mlp}.get(name, info.d_mlp)
                 plan.append(Site(name, layer, width))
     return plan
 
 
-def skipped_sites_note(info: ModelInfo, sites: tuple[str, ...] | None) -> str | None:
-    """One line saying which of the model's default sites are not indexed and why, or None."""
-    if sites is None and info.n_experts:
-        return (f"{info.name}: its MLPs are a mixture of {info.n_experts} experts (top-{info.experts_per_token}); "
-                "expert neurons are not indexed yet (each must be recorded only over the tokens routed to it, "
-                "which the recorders cannot mask yet), so only heads are indexed")
-    return None
-
-
 def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
-    if sites is None and (info.attn_only or info.n_experts):
+    if sites is None and info.attn_only:
         return {"heads"}
+    if sites is None and info.n_experts:
+        return {"experts", "heads"}
     if sites is None:
         return {"mlp_post", "heads"} | ({"mlp_pre", "mlp_mid"} if info.is_solu else set())
     sites = tuple(canonical_site(s) for s in sites)  # an old index or checkpoint may hold old names
     if info.attn_only and set(sites) - {"heads"}:
         raise ConfigError(f"--sites {','.join(sorted(set(sites) - {'heads'}))}: {info.name} is attention-only "
                           "(no MLPs); its only site is heads")
-    if info.n_experts and set(sites) - {"heads"}:
-        raise ConfigError(f"--sites {','.join(sorted(set(sites) - {'heads'}))}: {skipped_sites_note(info, None)}")
+    if info.n_experts and set(sites) - {"heads", "experts"}:
+        raise ConfigError(f"--sites {','.join(sorted(set(sites) - {'heads', 'experts'}))}: {info.name}'s MLPs are a "
+                          f"mixture of {info.n_experts} experts (top-{info.experts_per_token}); index their neurons "
+                          "with --sites experts (each recorded over the tokens routed to its expert)")
+    if "experts" in sites and not info.n_experts:
+        raise ConfigError(f"--sites experts needs a mixture-of-experts model; {info.name}'s MLP is dense: use mlp_post")
     unknown = set(sites) - set(SITES)
     if unknown or not sites:
         raise ConfigError(f"--sites: unknown {', '.join(sorted(unknown))}; expected {', '.join(SITES)}")

@@ -87,8 +87,7 @@ def dry_run(cfg: IndexConfig, n_devices: int = 1) -> dict[str, Any]:
     """Print the plan of ``cfg`` and return it as a dict (no weights, no corpus)."""
     info = info_from_config(cfg.model)
     plan = plan_sites(info, cfg.sites, cfg.layers)
-    experts = max(1, info.n_experts)
-    widths = [s.n_features * (experts if s.name.startswith("mlp") else 1) for s in plan]
+    widths = [s.n_features for s in plan]  # an experts site: every expert's neurons
     n_features = sum(widths)
     ctx_len = min(cfg.ctx_len or min(info.n_ctx, 1024), info.n_ctx)
     est = memory_estimate(cfg, n_features, ctx_len, largest_site=max(widths, default=0))

@@ -20,9 +20,10 @@ import numpy as np
 
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, CorpusError, IndexDirError
-from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites, skipped_sites_note
+from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites
 from indexer.forward.devices import site_devices
 from indexer.forward.fast_attention import use_fused_attention
+from indexer.forward.expert_sites import attach_experts, experts_manifest
 from indexer.forward.sae_sites import load_saes, plan_with_saes
 from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
@@ -120,11 +121,8 @@ class Run:
         saes = load_saes([parse_sae_spec(s) for s in cfg.sae], device)  # a bad SAE fails before the model loads
         model = load_model(cfg.model, device=device)
         ctx_len = _ctx_len(cfg, model)
-        plan = plan_with_saes(model, plan_sites(model.info, cfg.sites, cfg.layers), saes)
+        plan = plan_with_saes(model, attach_experts(model, plan_sites(model.info, cfg.sites, cfg.layers)), saes)
         use_fused_attention(model.bridge, plan)  # where no site reads the pattern: SDPA, not the bridge's rebuild
-        note = skipped_sites_note(model.info, cfg.sites)
-        if note:
-            print(f"neuroscope: note: {note}", file=sys.stderr)
         stream = ContextStream(
             specs, model.tokenizer, model.info.bos_token_id, ctx_len, cfg.tokens, cfg.skip_bad_records, cfg.shard,
             **stream_options(cfg, model),
@@ -302,7 +300,8 @@ class Run:
             "ctx_len": self.ctx_len,
             "device": self.device,
             "sites": [{"name": s.name, "layer": s.layer, "n_features": s.n_features} for s in self.plan],
-            "saes": [s.encoder.sae.manifest_entry() for s in self.plan if s.encoder is not None],
+            "saes": [s.encoder.sae.manifest_entry() for s in self.plan if hasattr(s.encoder, "sae")],
+            "experts": experts_manifest(self.plan),
             "head_metrics": {name: HEAD_METRIC_HELP[name] for name in HEAD_METRICS},
             "quantiles": list(self.cfg.quantiles),
             "hist_edges": hist_edges().tolist(),

@@ -57,7 +57,7 @@ MAX_THREADS = 4
 
 def open_index(index_dir: Path | str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per table, locked to ``index_dir``."""
-    read_manifest(index_dir)  # refuses a folder that is not a (finished or partial) index
+    manifest = read_manifest(index_dir)  # refuses a folder that is not a (finished or partial) index
     root = os.path.realpath(index_dir)  # allowed_directories compares resolved paths
     for table in TABLES:
         check_inside(root, table.files(root))
@@ -65,11 +65,22 @@ def open_index(index_dir: Path | str) -> duckdb.DuckDBPyConnection:
     try:
         for table in TABLES:
             conn.execute(view_sql(table, root))
+        conn.execute(expert_view_sql(manifest.get("experts")))
         _lock_down(conn, root)
     except duckdb.Error as e:
         conn.close()
         raise IndexDirError(f"{index_dir}: cannot read the index: {one_line(e)}") from e
     return conn
+
+
+def expert_view_sql(experts: dict[str, int] | None) -> str:
+    """View ``expert_neurons``: the neurons of an ``experts`` site (mixture-of-experts models)
+    with their expert and their neuron within it (expert = n_experts: the shared expert)."""
+    n, d = (int(experts["n_experts"]), int(experts["d_expert"])) if experts else (0, 1)
+    expert = f"CAST(CASE WHEN neuron < {n * d} THEN neuron // {d} ELSE {n} END AS INTEGER)"
+    within = f"CAST(CASE WHEN neuron < {n * d} THEN neuron % {d} ELSE neuron - {n * d} END AS INTEGER)"
+    return (f"CREATE VIEW expert_neurons AS SELECT layer, {expert} AS expert, {within} AS expert_neuron, * "
+            f"FROM neurons WHERE site = 'experts'")
 
 
 def check_inside(root: str, files: list[Path]) -> None:

@@ -18,6 +18,7 @@ import torch
 from helpers.paths import TOKENIZER_DIR
 
 D_MODEL, N_LAYERS, N_HEADS, D_MLP, N_CTX = 64, 2, 4, 32, 64
+N_EXPERTS = 4  # mixture-of-experts models: experts per layer, each of D_MLP neurons
 _LLAMA = dict(hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
               num_key_value_heads=2, max_position_embeddings=N_CTX)
 _GATED = {"gate": "model.layers.{L}.mlp.gate_proj", "up": "model.layers.{L}.mlp.up_proj"}
@@ -32,7 +33,8 @@ class Arch:
         down: the module (with ``{L}``) whose input is the neuron activation (``mlp_post``).
         gated: for gated MLPs, the gate and up projections (``mlp_gate``, ``mlp_up``).
         experts: for mixture-of-experts MLPs, the experts module (its inputs are the routed
-            hidden states, the chosen experts and their weights).
+            hidden states, the chosen experts and their weights); shared: a shared expert's
+            down projection (Qwen2-MoE).
         final_norm: the final norm (its input is the residual stream the unembedding reads).
     """
 
@@ -42,6 +44,7 @@ class Arch:
     gated: dict = field(default_factory=dict)
     experts: str = ""
     final_norm: str = "model.norm"
+    shared: str = ""  # a shared expert's down projection (its input: the shared expert's neurons)
 
 
 ARCHS = {
@@ -69,6 +72,9 @@ ARCHS = {
                 "model.decoder.layers.{L}.fc2", final_norm="model.decoder.final_layer_norm"),
     "mixtral": Arch("MixtralConfig", dict(_LLAMA, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2),
                     experts="model.layers.{L}.mlp.experts"),
+    "qwen2_moe": Arch("Qwen2MoeConfig", dict(_LLAMA, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                             shared_expert_intermediate_size=48, decoder_sparse_step=1),
+                      experts="model.layers.{L}.mlp.experts", shared="model.layers.{L}.mlp.shared_expert.down_proj"),
 }
 
 
@@ -94,10 +100,12 @@ def build(name: str, folder: Path, seed: int = 0) -> Path:
 
 
 def load_eager(folder: Path):
-    """The saved model through plain transformers, eager attention, fp32, eval mode."""
+    """The saved model through plain transformers, eager attention (and eager experts: a loop
+    over experts, which also runs in float64), fp32, eval mode."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager", experts_implementation="eager",
+                                                dtype=torch.float32).eval()
 
 
 def reference(model, name: str, token_ids: list[int]) -> dict[tuple[str, int], np.ndarray]:
@@ -105,7 +113,8 @@ def reference(model, name: str, token_ids: list[int]) -> dict[tuple[str, int], n
 
     'mlp_post' [pos, d_mlp] (input of the output projection), 'mlp_gate' / 'mlp_up' [pos, d_mlp],
     'attn' [head, q, k] (eager attention weights), and for experts 'route' [pos, experts]
-    (1 where the token was sent to the expert) with 'expert_in' [pos, d_model]."""
+    (1 where the token was sent to the expert) with 'expert_in' [pos, d_model], and 'shared'
+    [pos, d_shared] for a shared expert (the input of its down projection)."""
     arch = ARCHS[name]
     modules = dict(model.named_modules())
     out: dict[tuple[str, int], np.ndarray] = {}
@@ -127,6 +136,9 @@ def reference(model, name: str, token_ids: list[int]) -> dict[tuple[str, int], n
         if arch.experts:
             handles.append(modules[arch.experts.format(L=layer)].register_forward_hook(
                 _expert_hook(out, layer)))
+        if arch.shared:
+            handles.append(modules[arch.shared.format(L=layer)].register_forward_pre_hook(
+                keep(("shared", layer), lambda a, r: a[0])))
     try:
         with torch.no_grad():
             result = model(torch.tensor([token_ids]), output_attentions=True)
@@ -171,7 +183,14 @@ def head_reference(attn: np.ndarray) -> dict[str, np.ndarray]:
 
 def output_direction(model, name: str, layer: int, neuron: int) -> torch.Tensor:
     """[d_model]: what neuron ``neuron`` of ``layer`` writes to the residual stream per unit of
-    activation, read from the output projection's own weight (Conv1D stores it transposed)."""
+    activation, read from the output projection's own weight (Conv1D stores it transposed); of
+    a mixture of experts, neuron ``expert * d_expert + n`` from that expert's down_proj."""
+    if ARCHS[name].experts and neuron >= N_EXPERTS * D_MLP:  # the shared expert
+        return dict(model.named_modules())[ARCHS[name].shared.format(L=layer)].weight.detach()[:, neuron - N_EXPERTS * D_MLP]
+    if ARCHS[name].experts:
+        down_proj = dict(model.named_modules())[ARCHS[name].experts.format(L=layer)].down_proj.detach()
+        d_expert = down_proj.shape[2]  # [experts, d_model, d_expert]
+        return down_proj[neuron // d_expert, :, neuron % d_expert]
     down = dict(model.named_modules())[ARCHS[name].down.format(L=layer)]
     weight = down.weight.detach()
     return weight[neuron] if type(down).__name__ == "Conv1D" else weight[:, neuron]

@@ -8,7 +8,9 @@ is one orthogonal to what the norm reads: the neuron's output direction minus it
 along the (centred, for LayerNorm) residual and, for LayerNorm, minus its mean. For such a
 push u, the model's pre-cap logits move by eps / scale * (u @ W_U'), W_U' being the folded,
 vocab-centred unembedding the analysis uses; the analysis's effect row of neuron n must be
-centred(W_out[n]) @ W_U' with W_out[n] read from the model's own output projection.
+centred(W_out[n]) @ W_U' with W_out[n] read from the model's own output projection (for a
+mixture of experts, the neuron's row of its expert's down projection: the router weight scales
+it by a positive factor).
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from helpers import hf_archs
 from indexer.analyses.logits import effects, folded_unembed
 from indexer.inputs.models import load_model
 
-DENSE = [name for name, arch in hf_archs.ARCHS.items() if not arch.experts]
 TOLERANCE = 1e-4  # a central difference through norms that compute in float32 (Llama-style RMSNorm casts)
 TOKENS = [0, 812, 27, 1013, 8, 413, 63, 29, 302, 27, 140]  # any ids: the model is random
 
 
-@pytest.mark.parametrize("name", DENSE)
+@pytest.mark.parametrize("name", list(hf_archs.ARCHS))
 def test_logit_effect_is_the_logit_change_of_a_push(name, tmp_path):
     folder = hf_archs.build(name, tmp_path / name)
     model = hf_archs.load_eager(folder).double()
@@ -37,7 +38,8 @@ def test_logit_effect_is_the_logit_change_of_a_push(name, tmp_path):
         layernorm = "LayerNorm" in type(dict(model.named_modules())[hf_archs.ARCHS[name].final_norm]).__name__
         for layer in range(hf_archs.N_LAYERS):
             table = effects(bridge, layer).double()  # [d_mlp, vocab]
-            for neuron in (0, 5, 17):
+            moe = ((70,) if hf_archs.ARCHS[name].experts else ()) + ((130,) if hf_archs.ARCHS[name].shared else ())
+            for neuron in (0, 5, 17) + moe:  # 70: expert 2; 130: the shared expert's neuron 2
                 v = hf_archs.output_direction(model, name, layer, neuron).double()
                 want_row = (v - v.mean() if layernorm else v) @ w_u
                 assert torch.allclose(table[neuron], want_row, rtol=0, atol=1e-5 * want_row.abs().max())
