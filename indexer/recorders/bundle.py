@@ -61,8 +61,13 @@ class FeatureRecorders:
     def parts(self) -> dict[str, Any]:
         return {"topk": self.topk, "samples": self.samples, "stats": self.stats, "windows": self.windows}
 
-    def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor) -> None:
-        """Record one batch: acts [batch, pos, feat], lengths [batch], ctx_ids [batch]."""
+    def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor, skip_zeros: bool = False) -> None:
+        """Record one batch: acts [batch, pos, feat], lengths [batch], ctx_ids [batch].
+
+        ``skip_zeros`` (a sparse site: SAE latents): a token where a feature is exactly zero is
+        counted by the stats (n_tokens, mean, std, frac_active: over every token) and in the
+        histogram's zero bin, but not binned, sampled or windowed: the quantile bins partition
+        the tokens where the feature fires, and the work per zero is a compare."""
         check_batch(acts, lengths, ctx_ids, self.n_features)
         refresh = self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1
         self._updates += 1
@@ -72,7 +77,7 @@ class FeatureRecorders:
                 part.update(*batch)
             with torch.no_grad():
                 capture = self.windows.capturer(*batch, self.samples)  # refreshed every batch (see there)
-            self.samples.update(*batch, offered=capture)
+            self.samples.update(*batch, offered=capture, skip_zeros=skip_zeros)
             return
         acts, lengths, ctx_ids = numpy_batch(acts, lengths, ctx_ids)
         tk, qs, st, sw = self.topk, self.samples, self.stats, self.windows
@@ -87,7 +92,8 @@ class FeatureRecorders:
                      st.count, st.total, st.total_sq, st.lo, st.hi, st.n_active,
                      tk.wins, tk.before,
                      refresh,
-                     qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
+                     qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top,
+                     skip_zeros)
         st.normalise()
 
     def nbytes(self) -> int:

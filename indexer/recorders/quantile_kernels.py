@@ -29,7 +29,7 @@ from indexer.recorders.keep_rule import GROUP_BITS, N_GROUPS, bin_limit_nb, thre
 
 @njit(parallel=True, **NJIT_OPTIONS)
 def quantile_update(acts, lengths, ctx_ids, chunk, seed, keys, counts, terms, per_bin,
-                    kval, kctx, kpos, kn, squeeze):
+                    kval, kctx, kpos, kn, squeeze, skip_zeros):
     """acts float32 [batch, pos, feat]; counts [feat, N_FINE]; the pool k* [feat, P], kn, squeeze [feat]."""
     n_feat = acts.shape[2]
     rows, tposs, starts = batch_tokens(lengths)
@@ -46,7 +46,8 @@ def quantile_update(acts, lengths, ctx_ids, chunk, seed, keys, counts, terms, pe
             transpose_tile(bits, rows, tposs, f0, m, buf)
             for j in range(m):
                 quantile_feature(f0 + j, buf[j].view(np.float32), buf[j], th, rows, tposs, ctx_ids, keys[f0 + j],
-                                 seed, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins)
+                                 seed, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins,
+                                 skip_zeros)
 
 
 @njit(**NJIT_OPTIONS)
@@ -80,9 +81,10 @@ def compact(f, seed, key, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze,
 
 @njit(**NJIT_OPTIONS)
 def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, seed, counts, terms, per_bin,
-                     kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins):
+                     kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins, skip_zeros=False):
     """Feature-major: fold feature f's values x float32 [n] (u: their bits; th: the tokens'
-    hashes; token i is (ctx_ids[rows[i]], poss[i]); NaN values are skipped). Returns how many tokens entered the
+    hashes; token i is (ctx_ids[rows[i]], poss[i]); NaN values are skipped, and zeros too with
+    ``skip_zeros``: a sparse site's zero mass is counted by Stats, not binned or sampled). Returns how many tokens entered the
     pool; ins[:that] lists them in token order (only those can be samples whose window the
     sample-window pool captures)."""
     n = x.shape[0]
@@ -95,8 +97,8 @@ def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, seed, counts, terms,
     size = kval.shape[1]
     n_ins = 0
     for i in range(n):
-        if not x[i] == x[i]:
-            continue  # NaN: a token the feature did not see (common.py)
+        if not x[i] == x[i] or (skip_zeros and x[i] == 0):
+            continue  # NaN: a token the feature did not see (common.py); a zero of a sparse site
         q = qb[i]
         cf[q] += 1
         h = np.int64(hb[i])

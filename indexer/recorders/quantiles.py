@@ -265,22 +265,23 @@ class QuantileSampler(Recorder):
                                 "index in shards of fewer tokens")
         self.n_seen += n
 
-    def update(self, acts, lengths, ctx_ids, offered=None) -> None:
-        """Record one batch (common.Recorder.update); torch backend: ``offered`` as in _update_torch."""
+    def update(self, acts, lengths, ctx_ids, offered=None, skip_zeros: bool = False) -> None:
+        """Record one batch (common.Recorder.update); torch backend: ``offered`` as in _update_torch;
+        ``skip_zeros``: zeros are not counted or kept (a sparse site, bundle.FeatureRecorders.update)."""
         check_batch(acts, lengths, ctx_ids, self.n_features)
         self._count_tokens(int(torch.clamp(torch.as_tensor(lengths) - 1, min=0).sum()))
         if self.backend == "numba":
-            self._update_numba(*numpy_batch(acts, lengths, ctx_ids))
+            self._update_numba(*numpy_batch(acts, lengths, ctx_ids), skip_zeros=skip_zeros)
             return
         with torch.no_grad():
-            self._update_torch(*torch_batch(acts, lengths, ctx_ids, self.device), offered=offered)
+            self._update_torch(*torch_batch(acts, lengths, ctx_ids, self.device), offered=offered, skip_zeros=skip_zeros)
 
-    def _update_numba(self, acts, lengths, ctx_ids) -> None:
+    def _update_numba(self, acts, lengths, ctx_ids, skip_zeros: bool = False) -> None:
         quantile_update(acts, lengths, ctx_ids, feature_chunk(self.n_features), np.uint32(self.seed),
                         self.keys, self.fine_counts, self.terms, self.per_bin,
-                        self.kval, self.kctx, self.kpos, self.kn, self.squeeze)
+                        self.kval, self.kctx, self.kpos, self.kn, self.squeeze, skip_zeros)
 
-    def _update_torch(self, acts, lengths, ctx_ids, offered=None) -> None:
+    def _update_torch(self, acts, lengths, ctx_ids, offered=None, skip_zeros: bool = False) -> None:
         """Fold the batch, a step of tokens at a time; after each step, ``offered(b, t, f)`` (if
         given) gets the batch row, position and feature of the tokens that entered the pool
         in it (the sample-window pool's candidates)."""
@@ -293,6 +294,8 @@ class QuantileSampler(Recorder):
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]
             q = fine_bins_t(x)
             seen = ~torch.isnan(x)  # NaN: a token the feature did not see (common.py)
+            if skip_zeros:
+                seen &= x != 0
             self.fine_counts += torch.bincount((feat * N_FINE + q)[seen], minlength=self.fine_counts.numel()
                                                ).view_as(self.fine_counts)
             group = group_thresholds_t(self.fine_counts, self.quantiles, self.per_bin)  # counts after the step: valid

@@ -24,7 +24,7 @@ from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sit
 from indexer.forward.devices import site_devices
 from indexer.forward.fast_attention import use_fused_attention
 from indexer.forward.expert_sites import attach_experts, experts_manifest
-from indexer.forward.sae_sites import load_saes, plan_with_saes
+from indexer.forward.sae_sites import is_sae_site, load_saes, plan_with_saes
 from indexer.inputs.contexts import ContextStream, batches
 from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, parse_corpus_spec
 from indexer.inputs.models import LoadedModel, load_model
@@ -231,7 +231,7 @@ class Run:
 
         def record(site: Site, features, pattern) -> None:
             rec = self.recorders[site]
-            rec.update(features, batch.lengths, batch.ctx_ids)
+            rec.update(features, batch.lengths, batch.ctx_ids, skip_zeros=is_sae_site(site.name))
             if pattern is not None:
                 self.attention_rows.capture(site, rec, ctx_ids, pattern, self.recorders)
 

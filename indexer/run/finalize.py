@@ -20,6 +20,7 @@ import numpy as np
 
 from indexer.forward.sites import HEAD_METRICS, Site
 from indexer.recorders import FeatureRecorders, hist_edges
+from indexer.recorders.histogram import ZERO_BIN
 from indexer.run.checkpoint import FINAL_STATE, checkpoint_as_state, remove_checkpoints, state_arrays, write_state_file
 from indexer.run.context_store import StoredContexts, has_store, remove_store
 from indexer.run.decode import WindowDecoder, decode_many
@@ -143,7 +144,7 @@ def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, bands: d
     stat_columns = {
         "n_tokens": stats["n_tokens"], "mean": stats["mean"], "std": stats["std"],
         "min": stats["min"], "max": stats["max"], "frac_active": stats["frac_active"],
-        "hist": list(rec.samples.histogram()),
+        "hist": list(_histogram(rec, stats["n_tokens"])),
         "quantile_edges": list(bands["edges"].astype(np.float32)),
         "bin_counts": list(bands["counts"]),
         "hist_edges": [hist_edges().astype(np.float32)] * n,
@@ -211,3 +212,11 @@ def vocab_strings(tokenizer: Any, d_vocab: int) -> np.ndarray:
     strings = decode_many(tokenizer, [[i] for i in range(n)], skip_special_tokens=False)
     strings += [f"<unused {i}>" for i in range(n, d_vocab)]
     return np.array(strings, dtype=object)
+
+
+def _histogram(rec: FeatureRecorders, n_tokens: np.ndarray) -> np.ndarray:
+    """The histogram of every token a feature saw: the fine counts', plus in the zero bin the
+    zeros a sparse site (SAE latents) counted but did not bin (``FeatureRecorders.update``)."""
+    hist = rec.samples.histogram()
+    hist[:, ZERO_BIN] += n_tokens - rec.samples._read("fine_counts").sum(axis=1, dtype=np.int64)
+    return hist

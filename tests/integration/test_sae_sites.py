@@ -136,3 +136,31 @@ def test_manifest_records_each_sae(indexed):
     sites = {s["name"]: s for s in manifest["sites"]}
     assert sites["sae:jump"] == {"name": "sae:jump", "layer": 0, "n_features": 96}
     assert sites["sae:spx"]["layer"] == 1
+
+
+@pytest.mark.parametrize("name", ["std", "topk", "spx"])
+def test_zero_mass_is_counted_not_sampled(indexed, name):
+    """A latent's zeros are counted (n_tokens is every token, the histogram's zero bin holds
+    them, frac_active is the firing share) but not binned or sampled: the quantile bins
+    partition the tokens where the latent fires, and no example sits on a zero."""
+    from indexer.recorders.histogram import ZERO_BIN
+
+    out = indexed[0]
+    ref = _reference(indexed, name)
+    t = tables(str(out))
+    neurons = t["neurons"][t["neurons"].site == f"sae:{name}"].set_index("neuron")
+    ex = t["examples"][t["examples"].site == f"sae:{name}"]
+    every = np.concatenate([lat[1:] for lat, _ in ref.values()])  # [tokens, d_sae]
+    unsure = np.concatenate([amb[1:] for _, amb in ref.values()])
+    assert (neurons.n_tokens == len(every)).all()
+    assert (ex.activation != 0).all() and len(ex[ex.kind == "quantile"]) > 0
+    firing_somewhere = 0
+    for latent, row in neurons.iterrows():
+        fires = int((every[:, latent] != 0).sum())
+        slack = int(unsure[:, latent].sum())  # tokens whose sign float rounding may flip
+        assert abs(int(np.sum(row.bin_counts)) - fires) <= slack
+        assert int(np.sum(row["hist"])) == len(every)
+        assert int(row["hist"][ZERO_BIN]) >= len(every) - int(np.sum(row.bin_counts))
+        assert abs(row.frac_active * len(every) - (every[:, latent] > 0).sum()) <= slack + 1e-6
+        firing_somewhere += fires > 0
+    assert 0 < firing_somewhere and (neurons.frac_active < 0.9).any()  # sparse: zeros are most tokens

@@ -138,3 +138,31 @@ def test_fused_backends_merge_and_resume_agree(tmp_path):
         for batch in batches[2:]:
             resumed.update(*batch)
         assert_same(resumed, whole)
+
+
+def test_skip_zeros_counts_zeros_in_stats_only():
+    """A sparse site (skip_zeros): stats over every token, zeros included; fine counts, kept set
+    and bands over the non-zero tokens only; both backends and a merge agree."""
+    batches = make_batches(n_feat=N_FEAT, n_batches=5)  # values in -2..2 by quarters: many exact zeros
+
+    def go(backend, part):
+        rec = make(backend)
+        for batch in part:
+            rec.update(*batch, skip_zeros=True)
+        return rec
+
+    whole = go("numba", batches)
+    assert_same(whole, go("torch", batches))
+    a, b = go("numba", batches[:2]), go("torch", batches[2:])
+    a.merge(b)
+    assert_same(a, whole)
+    vals, _, _ = tokens(batches)
+    stats = whole.stats.summary()
+    np.testing.assert_array_equal(stats["n_tokens"], len(vals))
+    np.testing.assert_allclose(stats["mean"], vals.astype(np.float64).mean(0), rtol=1e-13, atol=1e-15)
+    counts = whole.samples._numpy("fine_counts")
+    for f in range(N_FEAT):
+        nz = vals[:, f][vals[:, f] != 0]
+        np.testing.assert_array_equal(counts[f], np.bincount(fine_bins_np(nz), minlength=N_FINE))
+    assert (whole.samples.bands()["value"][whole.samples.bands()["ctx_id"] >= 0] != 0).all()
+    assert ((vals == 0).sum(0) > 0)[1:].all()  # not vacuous (feature 0 is the constant 0.5)
