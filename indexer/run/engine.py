@@ -146,9 +146,18 @@ class Run:
             for site in self.plan
         }
 
+    def sae_hashes(self) -> dict[str, str]:
+        """site -> sha256 of the weights of each SAE site."""
+        return {s.name: s.encoder.sae.sha256 for s in self.plan if hasattr(s.encoder, "sae")}
+
     def restore(self, checkpoint: bytes) -> None:
         """Recorders and progress from a checkpoint's bytes."""
         self.recorders, extra = load_states(checkpoint, self.plan, self.site_device)
+        saved = extra.get("saes") or {}
+        changed = sorted(name for name, sha in self.sae_hashes().items() if saved.get(name, sha) != sha)
+        if changed:
+            raise ConfigError(f"--resume: the weights of {', '.join(changed)} changed since the checkpoint (their "
+                              "sha256 differs): resume with the SAE the run started with, or index again")
         progress = extra["progress"]
         self.position = progress["position"]
         self.tokens_done = progress["tokens_done"]
@@ -260,7 +269,8 @@ class Run:
             "position": self.position, "tokens_done": self.tokens_done,
             "batches_done": self.batches_done, "seconds": self.seconds, "corpus_tokens": self.corpus_tokens,
         }
-        extra = {"config": self.cfg.to_dict(), "progress": progress, "format_version": FORMAT_VERSION}
+        extra = {"config": self.cfg.to_dict(), "progress": progress, "format_version": FORMAT_VERSION,
+                 "saes": self.sae_hashes()}
         try:
             if self.store is not None:
                 self.store_committed = self.store.commit()  # durable before the checkpoint counts it

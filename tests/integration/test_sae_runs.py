@@ -65,3 +65,25 @@ def test_analyses_refuse_an_sae_whose_weights_changed(setup, tmp_path):
     write_saelens(copy, "topk", "blocks.1.hook_mlp_out", 32, 48, k=4, seed=7)  # new weights, same shapes
     with pytest.raises(SaeError, match="not the SAE the index was made with"):
         IndexContext(other.out, Options(device="cpu", progress=False)).sae_sites
+
+
+def test_resume_refuses_an_sae_whose_weights_changed(setup, tmp_path):
+    """A checkpoint remembers each SAE's weights hash: resuming with other weights at the same
+    path is one line and a non-zero exit, and the checkpoint is kept."""
+    folder = setup.sae[0].split("=", 1)[1]
+    copy = tmp_path / "tk"
+    copy.mkdir()
+    for f in os.listdir(folder):
+        (copy / f).write_bytes(open(os.path.join(folder, f), "rb").read())
+    cfg = replace(setup, out=str(tmp_path / "killed"), checkpoint_every=1, sae=[f"tk={copy}"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUROSCOPE_TEST_KILL_AT": "batch:5"}
+    argv = [sys.executable, "-m", "indexer.cli", "index", *cfg.to_argv(), "--quiet"]
+    killed = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert killed.returncode != 0 and (tmp_path / "killed" / "checkpoint.npz").exists()
+    del env["NEUROSCOPE_TEST_KILL_AT"]
+    write_saelens(copy, "topk", "blocks.1.hook_mlp_out", 32, 48, k=4, seed=7)  # new weights, same shapes
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("neuroscope")]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(lines) == 1 and "sae:tk changed since the checkpoint" in lines[0], lines
+    assert (tmp_path / "killed" / "checkpoint.npz").exists()
