@@ -126,6 +126,24 @@ def load_sae(spec: SaeSpec, device: str = "cpu") -> Sae:
                input_scale=scale, sha256=file_sha256(weights))
 
 
+def sae_width(spec: SaeSpec) -> int:
+    """d_sae of an SAE folder from its config (and a sparsify file's header), without loading
+    its weights: what ``index --dry-run`` counts. SaeError in one line if the folder is unusable."""
+    folder, where = spec.path, f"--sae {spec.name}={spec.path}"
+    try:
+        raw_cfg = json.loads((folder / CONFIG).read_text())
+        if (folder / SAELENS_WEIGHTS).is_file():
+            return saelens_config(raw_cfg, where).d_sae
+        if int(raw_cfg.get("num_latents") or 0):
+            return int(raw_cfg["num_latents"])
+        from safetensors import safe_open
+
+        with safe_open(str(folder / SPARSIFY_WEIGHTS), "pt") as f:
+            return int(f.get_slice("encoder.weight").get_shape()[0])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SaeError(f"{where}: cannot read its config and weights' header ({one_line(e)})") from None
+
+
 def _read_weights(path: Path, where: str) -> dict[str, Any]:
     from safetensors.torch import load_file
 

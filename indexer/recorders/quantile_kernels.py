@@ -84,13 +84,14 @@ def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, seed, counts, terms,
                      kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins, skip_zeros=False):
     """Feature-major: fold feature f's values x float32 [n] (u: their bits; th: the tokens'
     hashes; token i is (ctx_ids[rows[i]], poss[i]); NaN values are skipped, and zeros too with
-    ``skip_zeros``: a sparse site's zero mass is counted by Stats, not binned or sampled). Returns how many tokens entered the
-    pool; ins[:that] lists them in token order (only those can be samples whose window the
+    ``skip_zeros``: a sparse site's zero mass is counted by Stats, not binned or sampled, and
+    costs a compare). Returns how many tokens entered the pool; ins[:that] lists them in token order (only those can be samples whose window the
     sample-window pool captures)."""
     n = x.shape[0]
-    for i in range(n):  # vectorised
-        qb[i] = fine_bin_nb(u[i])
-        hb[i] = fmix32_nb(np.uint32(th[i] ^ key))
+    if not skip_zeros:  # dense: every token's bin and priority, vectorised
+        for i in range(n):
+            qb[i] = fine_bin_nb(u[i])
+            hb[i] = fmix32_nb(np.uint32(th[i] ^ key))
     _thresholds(f, counts, terms, per_bin, squeeze, tbuf)
     ck = terms[3, 0] * per_bin
     cf = counts[f]
@@ -99,6 +100,9 @@ def quantile_feature(f, x, u, th, rows, poss, ctx_ids, key, seed, counts, terms,
     for i in range(n):
         if not x[i] == x[i] or (skip_zeros and x[i] == 0):
             continue  # NaN: a token the feature did not see (common.py); a zero of a sparse site
+        if skip_zeros:  # sparse: only the firing tokens' bins and priorities
+            qb[i] = fine_bin_nb(u[i])
+            hb[i] = fmix32_nb(np.uint32(th[i] ^ key))
         q = qb[i]
         cf[q] += 1
         h = np.int64(hb[i])

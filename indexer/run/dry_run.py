@@ -16,7 +16,8 @@ from typing import Any
 
 from indexer.config import IndexConfig
 from indexer.errors import ModelSpecError
-from indexer.forward.sites import plan_sites
+from indexer.forward.sites import Site, plan_sites
+from indexer.inputs.sae import parse_sae_spec, sae_width
 from indexer.inputs.data import models_dir
 from indexer.inputs.models import ModelInfo
 from indexer.run.safety import memory_estimate, size_text
@@ -87,6 +88,8 @@ def dry_run(cfg: IndexConfig, n_devices: int = 1) -> dict[str, Any]:
     """Print the plan of ``cfg`` and return it as a dict (no weights, no corpus)."""
     info = info_from_config(cfg.model)
     plan = plan_sites(info, cfg.sites, cfg.layers)
+    for spec in map(parse_sae_spec, cfg.sae):  # an SAE's latents: d_sae from its config, weights not read
+        plan.append(Site(spec.site, 0, sae_width(spec)))
     widths = [s.n_features for s in plan]  # an experts site: every expert's neurons
     n_features = sum(widths)
     ctx_len = min(cfg.ctx_len or min(info.n_ctx, 1024), info.n_ctx)

@@ -26,3 +26,29 @@ def test_dry_run_of_a_missing_model_is_one_line(tmp_path, capsys):
                "--dry-run"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "no model config" in err[0], err
+
+
+def test_dry_run_counts_sae_latents_and_experts(tmp_path, capsys):
+    """An SAE's latents count from its config (its weights file is not read: empty here), and
+    a mixture of experts counts every expert's neurons."""
+    import json
+
+    from transformers import GPT2Config, MixtralConfig
+
+    GPT2Config().save_pretrained(tmp_path / "gpt2")
+    sae = tmp_path / "res8"
+    sae.mkdir()
+    (sae / "cfg.json").write_text(json.dumps({"architecture": "topk", "d_in": 768, "d_sae": 16384, "k": 32,
+                                              "hook_name": "blocks.8.hook_resid_pre"}))
+    (sae / "sae_weights.safetensors").write_bytes(b"")
+    rc = main(["index", "--model", str(tmp_path / "gpt2"), "--corpus", "code", "--out", str(tmp_path / "o"),
+               "--sae", str(sae), "--tokens", "65536", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "sae:res8" in err and "16,384 features" in err and f"{12 * 3072 + 576 + 16384:,} features in all" in err
+    MixtralConfig(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2).save_pretrained(tmp_path / "moe")
+    rc = main(["index", "--model", str(tmp_path / "moe"), "--corpus", "code", "--out", str(tmp_path / "o"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"{2 * 8 * 32:,} features" in err and "experts" in err
