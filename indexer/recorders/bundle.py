@@ -21,6 +21,7 @@ from indexer.recorders.common import (
 from indexer.recorders.fused import fused_update
 from indexer.recorders.quantiles import QuantileSampler
 from indexer.recorders.sample_windows import SampleWindows, pool_size
+from indexer.recorders.sparse_kernels import sparse_fused_update
 from indexer.recorders.stats import Stats
 from indexer.recorders.topk import TopK
 
@@ -69,12 +70,14 @@ class FeatureRecorders:
         histogram's zero bin, but not binned, sampled or windowed: the quantile bins partition
         the tokens where the feature fires, and the work per zero is a compare."""
         check_batch(acts, lengths, ctx_ids, self.n_features)
+        if skip_zeros:
+            acts = acts + 0.0  # -0.0 -> +0.0: every zero alike on every path
         refresh = self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1
         self._updates += 1
         if self.backend != "numba":
             batch = torch_batch(acts, lengths, ctx_ids, self.device)  # one float32 copy for all parts
-            for part in (self.topk, self.stats):
-                part.update(*batch)
+            self.topk.update(*batch, skip_zeros=skip_zeros)
+            self.stats.update(*batch)
             with torch.no_grad():
                 capture = self.windows.capturer(*batch, self.samples)  # refreshed every batch (see there)
             self.samples.update(*batch, offered=capture, skip_zeros=skip_zeros)
@@ -85,15 +88,15 @@ class FeatureRecorders:
         exactsum.check_capacity(n_values)
         qs._count_tokens(n_values)
         sw.bands_for(len(qs.quantiles))
-        fused_update(acts, lengths, ctx_ids, feature_chunk(self.n_features),
-                     tk.vals, tk.ctxs, tk.poss,
-                     np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.terms, qs.per_bin,
-                     qs.kval, qs.kctx, qs.kpos, qs.kn, qs.squeeze,
-                     st.count, st.total, st.total_sq, st.lo, st.hi, st.n_active,
-                     tk.wins, tk.before,
-                     refresh,
-                     qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top,
-                     skip_zeros)
+        kernel = sparse_fused_update if skip_zeros else fused_update
+        kernel(acts, lengths, ctx_ids, feature_chunk(self.n_features),
+               tk.vals, tk.ctxs, tk.poss,
+               np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.terms, qs.per_bin,
+               qs.kval, qs.kctx, qs.kpos, qs.kn, qs.squeeze,
+               st.count, st.total, st.total_sq, st.lo, st.hi, st.n_active,
+               tk.wins, tk.before,
+               refresh,
+               qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
         st.normalise()
 
     def nbytes(self) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.recorders.common import Recorder, RecorderError, feature_chunk, valid_tokens
+from indexer.recorders.common import Recorder, RecorderError, check_batch, feature_chunk, torch_batch, valid_tokens
 from indexer.recorders.topk_kernels import topk_merge, topk_update
 
 _NO_CTX = torch.iinfo(torch.int64).max  # sort key of an empty slot: after every context
@@ -73,9 +73,22 @@ class TopK(Recorder):
         topk_merge(self.vals, self.ctxs, self.poss, self.wins,
                    other["vals"], other["ctxs"], other["poss"], other["wins"])
 
-    def _update_torch(self, acts, lengths, ctx_ids) -> None:
+    def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor, skip_zeros: bool = False) -> None:
+        """Record one batch (common.Recorder.update); ``skip_zeros`` (torch backend; the numba
+        one runs it in sparse_kernels): a zero is never a candidate, as NaN is not."""
+        if not skip_zeros:
+            return super().update(acts, lengths, ctx_ids)
+        if self.backend == "numba":
+            raise RecorderError("skip_zeros on the numba backend runs in the fused sparse kernel (FeatureRecorders)")
+        check_batch(acts, lengths, ctx_ids, self.n_features)
+        with torch.no_grad():
+            self._update_torch(*torch_batch(acts, lengths, ctx_ids, self.device), skip_zeros=True)
+
+    def _update_torch(self, acts, lengths, ctx_ids, skip_zeros: bool = False) -> None:
         n_batch, n_pos, _ = acts.shape
         valid = valid_tokens(lengths, n_pos)[..., None] & ~torch.isnan(acts)  # [batch, pos, feat]
+        if skip_zeros:
+            valid &= acts != 0
         masked = acts.masked_fill(~valid, float("-inf"))  # [batch, pos, feat]
         best = masked.amax(dim=1)  # [batch, feat]
         first = ((masked == best[:, None, :]) & valid).to(torch.uint8).argmax(dim=1)

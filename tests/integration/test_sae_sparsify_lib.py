@@ -1,5 +1,5 @@
-"""sparsify folders written by EleutherAI's own library (eai-sparsify, the optional test
-dependency ``.[sae-reference]``) index to exactly what its ``SparseCoder.encode`` gives:
+"""sparsify folders written by EleutherAI's own library (eai-sparsify, a test dependency,
+also the extra ``.[sae-reference]``) index to exactly what its ``SparseCoder.encode`` gives:
 a top-k SAE on a block's output and a groupmax transcoder reading an MLP's input."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from helpers.configs import base_config
 from helpers.indexes import tables
 from helpers.saes import hooked_activations, max_rel_err
 
-sparsify = pytest.importorskip("sparsify")
+import sparsify  # noqa: E402  (a test dependency: a missing one fails, never skips)
 
 TOL = 1e-5
 # folder (the hookpoint, an HF module name) -> (config, the bridge's canonical hook it must read)

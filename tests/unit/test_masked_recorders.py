@@ -141,9 +141,12 @@ def test_fused_backends_merge_and_resume_agree(tmp_path):
 
 
 def test_skip_zeros_counts_zeros_in_stats_only():
-    """A sparse site (skip_zeros): stats over every token, zeros included; fine counts, kept set
-    and bands over the non-zero tokens only; both backends and a merge agree."""
+    """A sparse site (skip_zeros): stats over every token, zeros included; fine counts, kept set,
+    bands and top-k over the non-zero tokens only; the sparse numba kernel, the torch backend
+    and a merge of both agree."""
     batches = make_batches(n_feat=N_FEAT, n_batches=5)  # values in -2..2 by quarters: many exact zeros
+    batches[1][0][:, 2:, 7] = 0.0  # a feature silent in most contexts: fewer than K with a non-zero
+    batches[2][0][0, 1, 9] = -0.0  # a negative zero is a zero
 
     def go(backend, part):
         rec = make(backend)
@@ -165,4 +168,17 @@ def test_skip_zeros_counts_zeros_in_stats_only():
         nz = vals[:, f][vals[:, f] != 0]
         np.testing.assert_array_equal(counts[f], np.bincount(fine_bins_np(nz), minlength=N_FINE))
     assert (whole.samples.bands()["value"][whole.samples.bands()["ctx_id"] >= 0] != 0).all()
+    np.testing.assert_array_equal(stats["min"], vals.min(0))
+    np.testing.assert_array_equal(stats["max"], vals.max(0))
+    # top-k: each context's first max among its non-zero tokens (zeros are never examples)
+    vals_k, ctxs_k, poss_k = whole.topk.result()
+    _, ctx, pos = tokens(batches)
+    for f in range(N_FEAT):
+        best = {}
+        for x, c, p in zip(vals[:, f], ctx, pos):
+            if x != 0 and (c not in best or x > best[c][0]):
+                best[c] = (x, p)
+        rows = sorted((-x, c, p) for c, (x, p) in best.items())[:K]
+        got = [(-vals_k[f, i], ctxs_k[f, i], poss_k[f, i]) for i in range(K) if ctxs_k[f, i] >= 0]
+        assert got == rows, f
     assert ((vals == 0).sum(0) > 0)[1:].all()  # not vacuous (feature 0 is the constant 0.5)
