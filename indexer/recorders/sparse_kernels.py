@@ -24,7 +24,7 @@ from indexer.recorders.feature_major import batch_tokens, token_hashes
 from indexer.recorders.keep_rule import N_GROUPS
 from indexer.recorders.quantile_kernels import quantile_feature
 from indexer.recorders.sample_window_kernels import sample_windows_feature
-from indexer.recorders.stats_kernels import order_key
+from indexer.recorders.stats_kernels import fold_feature, order_key
 from indexer.recorders.topk_kernels import ranks_before, topk_insert, window_into
 
 
@@ -84,16 +84,7 @@ def sparse_stats(f, x, idx, n, count, total, total_sq, lo, hi, n_active):
     if idx.shape[0] < n:  # a zero (+0.0, whose key is 0)
         kmin = min(np.int32(0), kmin)
         kmax = max(np.int32(0), kmax)
-    total[1, f] += t1
-    total[2, f] += t2
-    total[3, f] += t3
-    total_sq[1, f] += s1
-    total_sq[2, f] += s2
-    total_sq[3, f] += s3
-    n_active[f] += act
-    count[f] += n - n_nan
-    lo[f] = np.array([order_key(kmin)]).view(np.float32)[0]
-    hi[f] = np.array([order_key(kmax)]).view(np.float32)[0]
+    fold_feature(f, t1, t2, t3, s1, s2, s3, act, n - n_nan, kmin, kmax, count, total, total_sq, lo, hi, n_active)
     if big:  # token order, as the dense kernel
         side = total[SIDE, f:f + 1].view(np.float64)
         side_sq = total_sq[SIDE, f:f + 1].view(np.float64)

@@ -24,6 +24,21 @@ def order_key(u):
     return u ^ ((u >> np.int32(31)) & np.int32(0x7FFFFFFF))
 
 
+@njit(inline="always", **NJIT_OPTIONS)
+def fold_feature(f, t1, t2, t3, s1, s2, s3, act, seen, kmin, kmax, count, total, total_sq, lo, hi, n_active):
+    """Add one batch's limb sums, active and seen counts and min/max keys to feature f's state."""
+    total[1, f] += t1
+    total[2, f] += t2
+    total[3, f] += t3
+    total_sq[1, f] += s1
+    total_sq[2, f] += s2
+    total_sq[3, f] += s3
+    n_active[f] += act
+    count[f] += seen
+    lo[f] = np.array([order_key(kmin)]).view(np.float32)[0]
+    hi[f] = np.array([order_key(kmax)]).view(np.float32)[0]
+
+
 @njit(**NJIT_OPTIONS)
 def stats_feature(f, x, u, count, total, total_sq, lo, hi, n_active):
     """Fold feature f's values x float32 [n] (u: their int32 bits) into its state; NaN
@@ -57,16 +72,7 @@ def stats_feature(f, x, u, count, total, total_sq, lo, hi, n_active):
         kmin = k if (k < kmin) & seen else kmin
         kmax = k if (k > kmax) & seen else kmax
         act += x[i] > 0
-    total[1, f] += t1
-    total[2, f] += t2
-    total[3, f] += t3
-    total_sq[1, f] += s1
-    total_sq[2, f] += s2
-    total_sq[3, f] += s3
-    n_active[f] += act
-    count[f] += n - n_nan
-    lo[f] = np.array([order_key(kmin)]).view(np.float32)[0]
-    hi[f] = np.array([order_key(kmax)]).view(np.float32)[0]
+    fold_feature(f, t1, t2, t3, s1, s2, s3, act, n - n_nan, kmin, kmax, count, total, total_sq, lo, hi, n_active)
     if n_big > n_nan:  # token order: the side sums are float64 sums (exactsum's docstring)
         side = total[SIDE, f:f + 1].view(np.float64)
         side_sq = total_sq[SIDE, f:f + 1].view(np.float64)
