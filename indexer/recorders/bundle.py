@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 
@@ -70,12 +71,12 @@ class FeatureRecorders:
         histogram's zero bin, but not binned, sampled or windowed: the quantile bins partition
         the tokens where the feature fires, and the work per zero is a compare."""
         check_batch(acts, lengths, ctx_ids, self.n_features)
-        if skip_zeros:
-            acts = acts + 0.0  # -0.0 -> +0.0: every zero alike on every path
         refresh = self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1
         self._updates += 1
         if self.backend != "numba":
             batch = torch_batch(acts, lengths, ctx_ids, self.device)  # one float32 copy for all parts
+            if skip_zeros:
+                batch = (batch[0] + 0.0, *batch[1:])  # -0.0 -> +0.0, as the sparse kernel reads every zero
             self.topk.update(*batch, skip_zeros=skip_zeros)
             self.stats.update(*batch)
             with torch.no_grad():
@@ -88,8 +89,10 @@ class FeatureRecorders:
         exactsum.check_capacity(n_values)
         qs._count_tokens(n_values)
         sw.bands_for(len(qs.quantiles))
-        kernel = sparse_fused_update if skip_zeros else fused_update
-        kernel(acts, lengths, ctx_ids, feature_chunk(self.n_features),
+        kernel, lead = fused_update, (acts, lengths, ctx_ids, feature_chunk(self.n_features))
+        if skip_zeros:  # the sparse kernel lists the non-zero tokens in parallel token blocks first
+            kernel, lead = sparse_fused_update, (*lead, numba.get_num_threads())
+        kernel(*lead,
                tk.vals, tk.ctxs, tk.poss,
                np.uint32(qs.seed), qs.keys, qs.fine_counts, qs.terms, qs.per_bin,
                qs.kval, qs.kctx, qs.kpos, qs.kn, qs.squeeze,

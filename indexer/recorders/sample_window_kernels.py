@@ -112,7 +112,7 @@ def refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_pri
         n = 0
         for q in range(lo, max(lo, hi)):
             n += counts[f, q]
-        band_cap[f, i] = np.int64(min(MARGIN * per_bin * 4294967296.0 / max(n, 1), 4294967295.0))
+        band_cap[f, i] = np.int64(MARGIN * per_bin * 4294967296.0 / max(n, 1))  # unclamped: ranks evictions
         lo = max(lo, hi)
     top = 0
     for slot in range(w_ctx.shape[1]):

@@ -186,7 +186,7 @@ class SampleWindows(Recorder):
                             torch.full_like(self.mids[:, :1], n_fine)], dim=1)
         n = cum.gather(1, bounds[:, 1:]) - cum.gather(1, bounds[:, :-1])  # [feat, Q+1]
         cap = MARGIN * samples.per_bin * 4294967296.0 / n.clamp(min=1).double()
-        self.band_cap = cap.clamp(max=4294967295.0).floor().to(torch.int64)
+        self.band_cap = cap.floor().to(torch.int64)  # unclamped, as the numba kernel: a small band's entries rank first
         self._clear(~self._wanted(self.ctx, self.pos, self.q, self.prio, samples))
 
     def _wanted(self, ctx, pos, q, prio, samples: Any) -> torch.Tensor:

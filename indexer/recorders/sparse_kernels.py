@@ -28,27 +28,37 @@ from indexer.recorders.stats_kernels import fold_feature, order_key
 from indexer.recorders.topk_kernels import ranks_before, topk_insert, window_into
 
 
-@njit(**NJIT_OPTIONS)
-def nonzero_lists(acts, rows, poss):
+@njit(parallel=True, **NJIT_OPTIONS)
+def nonzero_lists(acts, rows, poss, n_blocks):
     """Per feature, its non-zero tokens in token order: offsets [feat + 1] int64 and token
-    indices [nnz] int32 (NaN counts as non-zero: the kernels skip it where they skip NaN)."""
+    indices [nnz] int32 (NaN counts as non-zero: the kernels skip it where they skip NaN; -0.0
+    is a zero). Two passes over the batch, token-major, ``n_blocks`` token ranges in parallel."""
     n_feat = acts.shape[2]
     n = rows.shape[0]
+    size = (n + n_blocks - 1) // n_blocks
+    counts = np.zeros((n_blocks + 1, n_feat), np.int64)  # row t + 1: block t's non-zeros per feature
+    for t in prange(n_blocks):
+        for i in range(t * size, min(t * size + size, n)):
+            row = acts[rows[i], poss[i]]
+            for f in range(n_feat):  # vectorised
+                counts[t + 1, f] += row[f] != 0
     offsets = np.zeros(n_feat + 1, np.int64)
-    for i in range(n):
-        row = acts[rows[i], poss[i]]
-        for f in range(n_feat):
-            offsets[f + 1] += row[f] != 0
-    for f in range(n_feat):
-        offsets[f + 1] += offsets[f]
-    fill = offsets[:-1].copy()
+    for f in range(n_feat):  # row t becomes block t's cursor in feature f: offsets[f] + the blocks before t
+        run = offsets[f]
+        for t in range(n_blocks):
+            c = counts[t + 1, f]
+            counts[t, f] = run
+            run += c
+        offsets[f + 1] = run
     tokens = np.empty(offsets[n_feat], np.int32)
-    for i in range(n):
-        row = acts[rows[i], poss[i]]
-        for f in range(n_feat):
-            if row[f] != 0:
-                tokens[fill[f]] = i
-                fill[f] += 1
+    for t in prange(n_blocks):
+        cursor = counts[t]
+        for i in range(t * size, min(t * size + size, n)):
+            row = acts[rows[i], poss[i]]
+            for f in range(n_feat):
+                if row[f] != 0:
+                    tokens[cursor[f]] = i
+                    cursor[f] += 1
     return offsets, tokens
 
 
@@ -121,18 +131,19 @@ def sparse_topk(f, x, idx, rows, starts, ctx_ids, vals, ctxs, poss, wins, acts, 
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
-def sparse_fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
+def sparse_fused_update(acts, lengths, ctx_ids, chunk, n_blocks, tk_vals, tk_ctxs, tk_poss,
                         seed, keys, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze,
                         count, total, total_sq, lo, hi, n_active,
                         tk_wins, tk_before,
                         sw_refresh, sw_quantiles, sw_mids, sw_band_cap, sw_vals, sw_prio, sw_ctx, sw_pos, sw_q, sw_free,
                         sw_top):
-    """fused.fused_update with skip_zeros, for a sparse batch: same arguments (less the flag)."""
+    """fused.fused_update with skip_zeros, for a sparse batch: the same arguments, and the
+    parallel token blocks of nonzero_lists. A zero (-0.0 too) reads as +0.0 everywhere."""
     n_feat = acts.shape[2]
     rows, poss, starts = batch_tokens(lengths)
     th = token_hashes(ctx_ids, starts, seed)
     n = rows.shape[0]
-    offsets, tokens = nonzero_lists(acts, rows, poss)
+    offsets, tokens = nonzero_lists(acts, rows, poss, n_blocks)
     for c in prange((n_feat + chunk - 1) // chunk):
         x = np.zeros(n, np.float32)  # one feature's values over the batch, zeros included
         qb, hb, ins = np.empty(n, np.int32), np.empty(n, np.uint32), np.empty(n, np.int32)
