@@ -102,6 +102,16 @@ class FeatureRecorders:
                qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
         st.normalise()
 
+    def drop_example_state(self) -> None:
+        """Free what only feeds the examples once they are collected (``run.examples``): the
+        sample-window pool, the kept tokens and the top-k windows. What stays (fine counts,
+        stats, top-k entries) writes the feature tables; the recorders can no longer update,
+        merge or checkpoint."""
+        for part, names in ((self.windows, ("vals", "prio", "ctx", "pos", "q", "free", "top")),
+                            (self.samples, ("kval", "kctx", "kpos")), (self.topk, ("wins",))):
+            for name in names:
+                setattr(part, name, None)
+
     def nbytes(self) -> int:
         """Bytes of recorder state (fixed at creation: it does not grow with the stream)."""
         total = 0

@@ -83,6 +83,12 @@ class AttentionRows:
         if len(self.slot) > self._limit:
             self.prune(all_sites)
 
+    def add(self, keys: list[Key], src: np.ndarray, weights: np.ndarray, count: np.ndarray) -> None:
+        """Rows cut elsewhere (finalize's re-runs, ``cut_rows``' output) for keys not held yet."""
+        new = [i for i, key in enumerate(keys) if key not in self.slot]
+        if new:
+            self._store([keys[i] for i in new], src[new], weights[new], count[new])
+
     def _store(self, keys: list[Key], src: np.ndarray, weights: np.ndarray, count: np.ndarray) -> None:
         at = len(self.slot)
         if at + len(keys) > len(self.count):

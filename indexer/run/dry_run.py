@@ -20,7 +20,7 @@ from indexer.forward.sites import Site, plan_sites
 from indexer.inputs.sae import parse_sae_spec, sae_width
 from indexer.inputs.data import models_dir
 from indexer.inputs.models import ModelInfo
-from indexer.run.safety import memory_estimate, size_text
+from indexer.run.safety import estimate_text, memory_estimate
 
 
 def info_from_config(spec: str) -> ModelInfo:
@@ -84,6 +84,15 @@ def _from_hf_config(spec: str, c: Any) -> ModelInfo:
         n_experts=int(n_experts), experts_per_token=int(_first(text, "num_experts_per_tok", default=0) or 0))
 
 
+def model_bytes(info: ModelInfo, dtype: str) -> int:
+    """The weights' bytes from the shape alone: embedding and unembedding, attention, the MLP
+    (every expert's), norms and biases left out (under 1% of a model)."""
+    d, h = info.d_model, info.n_heads * info.d_head
+    mlp = (3 if info.gated else 2) * d * info.d_mlp * max(1, info.n_experts)
+    params = 2 * info.d_vocab * d + info.n_ctx * d * (info.source == "native") + info.n_layers * (4 * d * h + mlp)
+    return params * (2 if dtype == "bfloat16" else 4)
+
+
 def dry_run(cfg: IndexConfig, n_devices: int = 1) -> dict[str, Any]:
     """Print the plan of ``cfg`` and return it as a dict (no weights, no corpus)."""
     info = info_from_config(cfg.model)
@@ -93,7 +102,9 @@ def dry_run(cfg: IndexConfig, n_devices: int = 1) -> dict[str, Any]:
     widths = [s.n_features for s in plan]  # an experts site: every expert's neurons
     n_features = sum(widths)
     ctx_len = min(cfg.ctx_len or min(info.n_ctx, 1024), info.n_ctx)
-    est = memory_estimate(cfg, n_features, ctx_len, largest_site=max(widths, default=0))
+    est = memory_estimate(cfg, n_features, ctx_len, largest_site=max(widths, default=0),
+                          model_bytes=model_bytes(info, cfg.dtype),
+                          heads=info.n_heads if any(s.name == "heads" for s in plan) else 0)
     sites: dict[str, dict[str, int]] = {}
     for site, width in zip(plan, widths):
         entry = sites.setdefault(site.name, {"layers": 0, "features": 0})
@@ -105,8 +116,7 @@ def dry_run(cfg: IndexConfig, n_devices: int = 1) -> dict[str, Any]:
              f"{info.n_heads} heads{f', {info.n_experts} experts' if info.n_experts else ''}); nothing loaded, nothing read"]
     lines += [f"  {name:<10} {v['layers']:>3} layers  {v['features']:>10,} features" for name, v in sites.items()]
     lines.append(f"  {n_features:,} features in all, {est['per_feature'] / 1024:.1f} KB of recorder state each")
-    lines.append(f"  memory estimate {size_text(est['total'])}: recorders {size_text(est['recorders'])}, "
-                 f"example windows {size_text(est['windows'])}, one batch {size_text(est['batch'])}")
+    lines.append(f"  memory estimate {estimate_text(est)}")
     lines.append(f"  tokens to read: {cfg.tokens:,} (ctx_len {ctx_len}, batch {cfg.batch_size})" if cfg.tokens
                  else f"  tokens to read: every document of the corpora (ctx_len {ctx_len})")
     print("\n".join(lines), file=sys.stderr)

@@ -61,7 +61,9 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
         with failed_writes_explained(out, "indexing"):
             run = Run.open(cfg, out)
             check_memory(cfg, sum(s.n_features for s in run.plan), run.ctx_len, quiet=not progress,
-                         largest_site=max((s.n_features for s in run.plan), default=0))
+                         largest_site=max((s.n_features for s in run.plan), default=0),
+                         model_bytes=sum(p.numel() * p.element_size() for p in run.model.bridge.parameters()),
+                         heads=run.model.info.n_heads if any(s.name == "heads" for s in run.plan) else 0)
             if checkpoint is not None:
                 run.restore(checkpoint)
             else:
@@ -102,6 +104,7 @@ class Run:
         self.store: ContextStore | None = None
         self.store_folders: list[Path] | None = None
         self.finalize_forward_contexts: int | None = None  # contexts finalize ran the model over
+        self.window_forward_contexts: int | None = None  # of those, contexts of samples without a captured window
         self.attention_contexts: int | None = None  # of those, contexts run for head_attention rows
         self.attention_rows = AttentionRows()  # head examples' attention rows, cut while streaming
         self.checkpoint_current = False  # checkpoint.npz holds exactly the recorders' state now
@@ -320,10 +323,11 @@ class Run:
                 "stream_seconds": round(self.seconds, 3),
                 "finalize_seconds": round(finalize_seconds, 3),
                 "finalize_phases_s": self.finalize_phases,
-                # contexts finalize ran the model over: those of samples whose window the
-                # stream's pool missed (depends on batch timing, like the seconds)
+                # contexts finalize ran the model over, once each (depends on batch timing, like
+                # the seconds): those of samples whose window the stream's pool missed, and those
+                # of head examples whose attention row the stream did not cut
                 "finalize_forward_contexts": self.finalize_forward_contexts,
-                # contexts run again for head examples' attention rows the stream did not cut
+                "window_forward_contexts": self.window_forward_contexts,
                 "attention_forward_contexts": self.attention_contexts,
                 "tokens_per_second": round(self.tokens_done / self.seconds, 1) if self.seconds else None,
             },

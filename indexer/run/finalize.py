@@ -25,7 +25,7 @@ from indexer.run.checkpoint import FINAL_STATE, checkpoint_as_state, remove_chec
 from indexer.run.context_store import StoredContexts, has_store, remove_store
 from indexer.run.decode import WindowDecoder, decode_many
 from indexer.run.examples import ExampleSet, collect_examples, window_columns
-from indexer.run.head_attention import write_head_attention
+from indexer.run.head_attention import cut_for, missing_rows, write_head_attention
 from indexer.store.schema import (
     Contexts, Examples, HeadComposition, HeadExamples, HeadScores, Heads, HeadWiki, Neurons, Vocab,
 )
@@ -54,20 +54,35 @@ def write_index(run: Any, progress: bool = True) -> Path:
     bands = {site: rec.samples.bands() for site, rec in run.recorders.items()}
     window = None if FORWARD_ALL else (before, after)
     sets = [collect_examples(site, rec, bands[site], window) for site, rec in run.recorders.items()]
+    if run.cfg.shard[1] == 1:  # a single run keeps no state: half of it only fed the examples
+        for rec in run.recorders.values():
+            rec.drop_example_state()
     phases = {"examples": time.perf_counter() - started}
     kept = set().union(*(s.ctx_ids() for s in sets)) if sets else set()
     rerun = set().union(*(s.uncaptured_ctx_ids() for s in sets)) if sets else set()
+    run.window_forward_contexts = len(rerun)
+    rows_wanted = missing_rows(run, sets)  # head examples' attention rows: cut in the same re-runs
+    run.attention_contexts = len(rows_wanted)
+    rerun |= set(rows_wanted)
     wanted = None if run.cfg.store_contexts == "all" else kept
     forward = SiteForward(run.model, run.plan, run.cfg.dtype)
     contexts = _ContextWriter(writer)
     bar = tqdm(total=len(kept), unit="ctx", desc="finalizing", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     pending: list = []  # contexts to run the model over, a batch at a time
 
+    by_site = {example_set.site: example_set for example_set in sets}
+
     def run_pending() -> None:
         batch = make_batch(pending, run.model.info.bos_token_id, run.device, run.ctx_len)
-        features = forward(batch)
-        for example_set in sets:
-            example_set.fill_values(batch, features[example_set.site], before, after)
+
+        def each(site: Site, features: Any, pattern: Any) -> None:
+            by_site[site].fill_values(batch, features, before, after)
+            if pattern is not None:
+                keys, src, weights, count = cut_for(site, pending, pattern, rows_wanted)
+                if keys:
+                    run.attention_rows.add(keys, src, weights, count)
+
+        forward(batch, each=each)
         pending.clear()
 
     for group in batches(_kept_contexts(run, wanted), run.cfg.batch_size):
@@ -220,3 +235,4 @@ def _histogram(rec: FeatureRecorders, n_tokens: np.ndarray) -> np.ndarray:
     hist = rec.samples.histogram()
     hist[:, ZERO_BIN] += n_tokens - rec.samples._read("fine_counts").sum(axis=1, dtype=np.int64)
     return hist
+

@@ -32,13 +32,15 @@ FORWARD_ALL = False
 
 def write_head_attention(run: Any, writer: IndexWriter, progress: bool = True) -> int:
     """Write the head_attention table for a run whose head_examples and contexts are written;
-    returns the number of rows. Sets ``run.attention_contexts`` (contexts run again)."""
+    returns the number of rows. Adds to ``run.attention_contexts`` the contexts run again here
+    (finalize's own re-runs cut the rows it knew were missing: ``missing_rows``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     files = HeadExamples.files(run.out)
+    done = run.attention_contexts or 0  # contexts finalize's own re-runs already cut rows from
     if not files:
-        run.attention_contexts = 0
+        run.attention_contexts = done
         return 0
     cols = ["layer", "head", "metric", "kind", "bin", "rank", "ctx_id", "pos"]
     ex = pa.concat_tables([pq.read_table(f, columns=cols, partitioning=None) for f in files]).to_pandas()
@@ -46,7 +48,7 @@ def write_head_attention(run: Any, writer: IndexWriter, progress: bool = True) -
     keys = list(zip(ex["layer"].tolist(), ex["head"].tolist(), ex["ctx_id"].tolist(), ex["pos"].tolist()))
     rows = {} if FORWARD_ALL else {k: r for k in set(keys) if (r := run.attention_rows.get(k)) is not None}
     missing = sorted({k for k in keys if k not in rows}, key=lambda k: (k[2], k[0], k[1], k[3]))
-    run.attention_contexts = len({k[2] for k in missing})
+    run.attention_contexts = done + len({k[2] for k in missing})
     if missing:
         rows.update(_rerun(run, missing, progress))
     ex["src_pos"] = [rows[k][0] for k in keys]
@@ -94,13 +96,42 @@ def _rerun(run: Any, missing: list[tuple[int, int, int, int]], progress: bool) -
         batch = make_batch(group, run.model.info.bos_token_id, run.device, run.ctx_len)
 
         def cut(site: Any, features: Any, pattern: Any) -> None:
-            want = [(row, head, pos, (site.layer, head, c.ctx_id, pos)) for row, c in enumerate(group)
-                    for layer, head, pos in by_ctx[c.ctx_id] if layer == site.layer]
-            if want:
-                src, weights, count = cut_rows(pattern, *(np.array(col) for col in list(zip(*want))[:3]))
-                out.update((w[3], (src[i, :count[i]], weights[i, :count[i]])) for i, w in enumerate(want))
+            keys, src, weights, count = cut_for(site, group, pattern, by_ctx)
+            out.update((key, (src[i, :count[i]], weights[i, :count[i]])) for i, key in enumerate(keys))
 
         forward(batch, each=cut)
         bar.update(len(group))
     bar.close()
     return out
+
+
+def cut_for(site: Any, group: list, pattern: Any, by_ctx: dict[int, list[tuple[int, int, int]]]):
+    """The rows ``by_ctx`` (ctx_id -> [(layer, head, pos)]) asks of a heads site's layer in a
+    batch of contexts ``group`` (its pattern [batch, head, q, k]): their keys, and ``cut_rows``'
+    src_pos, weights and counts."""
+    want = [(row, head, pos, (site.layer, head, c.ctx_id, pos)) for row, c in enumerate(group)
+            for layer, head, pos in by_ctx.get(c.ctx_id, ()) if layer == site.layer]
+    if not want:
+        return [], None, None, None
+    src, weights, count = cut_rows(pattern, *(np.array(col) for col in list(zip(*want))[:3]))
+    return [w[3] for w in want], src, weights, count
+
+
+def missing_rows(run: Any, sets: list) -> dict[int, list[tuple[int, int, int]]]:
+    """ctx_id -> [(layer, head, pos)]: the head examples (of ``sets``, finalize's ExampleSets)
+    whose attention row the stream did not cut, so that finalize's own re-runs cut them (one
+    pass over those contexts instead of two). Empty under FORWARD_ALL."""
+    from indexer.forward.sites import HEAD_METRICS
+
+    out: dict[int, set] = {}
+    if FORWARD_ALL:
+        return {}
+    for example_set in sets:
+        if example_set.site.name != "heads":
+            continue
+        layer = example_set.site.layer
+        heads = (example_set.feature // len(HEAD_METRICS)).tolist()
+        for head, ctx_id, pos in zip(heads, example_set.ctx_id.tolist(), example_set.pos.tolist()):
+            if run.attention_rows.get((layer, head, ctx_id, pos)) is None:
+                out.setdefault(ctx_id, set()).add((layer, head, pos))
+    return {c: sorted(v) for c, v in out.items()}

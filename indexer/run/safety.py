@@ -29,15 +29,24 @@ KEPT_PER_SAMPLE = 144  # indexer.recorders.keep_rule.pool_capacity(per_bin) / pe
 ENTRY_BYTES = 16  # a top-k entry: value f32 + ctx_id i64 + pos i32
 KEPT_BYTES = 16  # a kept token: value f32 + ctx_id i64 + pos i32 (its priority is recomputed)
 STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and x**2 (5 words each); min, max
+LIBRARIES = 400 << 20  # Python, torch, TransformerLens, transformers and the numba kernels, loaded (0.40 GB measured)
 
 
-def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_site: int | None = None) -> dict[str, int]:
+def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_site: int | None = None,
+                    model_bytes: int = 0, heads: int = 0) -> dict[str, int]:
     """Bytes, by part, that the options make the run hold at once for ``n_features`` features
     (``largest_site``: the features of the widest site, whose state a checkpoint copies while
-    writing it; default all of them)."""
+    writing it; default all of them; ``model_bytes``: the weights; ``heads``: the attention
+    heads of a layer whose pattern a heads site reads, 0 if none).
+
+    The peak is the libraries and the model plus the larger of the stream (the whole recorder state, one site's
+    checkpoint copy, one batch's transients) and finalize (a single run keeps only the fine
+    counts, stats and top-k entries of the state once the examples are collected; a shard keeps
+    all of it for merge; every example's window; one batch's transients)."""
     bins = len(cfg.quantiles) + 1
     examples = cfg.top_k + bins * cfg.per_bin
     window = cfg.window_before + cfg.window_after + 1
+    largest = n_features if largest_site is None else largest_site
     # top-k entries with each one's window of float32 values, captured while streaming;
     # the quantile sampler's int32 fine counts and its pool of kept tokens; stats
     per_feature = (cfg.top_k * (ENTRY_BYTES + window * 4) + N_FINE * 4
@@ -46,12 +55,17 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_sit
     per_feature += int(np.ceil(POOL_PER_SAMPLE * bins * cfg.per_bin)) * (window * 4 + 8 + 8 + 4 + 4)
     # a checkpoint writes one site at a time: its copy of that site's state (sparse, at most
     # as large as the state itself)
-    recorders = (n_features + (n_features if largest_site is None else largest_site)) * per_feature
+    recorders = (n_features + largest) * per_feature
+    kept = n_features * (per_feature if cfg.shard[1] > 1 else N_FINE * 4 + cfg.top_k * ENTRY_BYTES + 8 + STATS_BYTES)
     windows = n_features * examples * window * (4 + 4) * 2
-    # one site's activations at a time, as float32, plus the recorders' per-batch temporaries
-    batch = cfg.batch_size * ctx_len * (n_features if largest_site is None else largest_site) * 4 * 3
-    return {"recorders": recorders, "windows": windows, "batch": batch, "total": recorders + windows + batch,
-            "per_feature": per_feature}
+    # one site's activations at a time, as float32, plus the recorders' per-batch temporaries;
+    # a heads site's pattern [batch, head, q, k] with the eager attention's and the metrics' temporaries
+    batch = cfg.batch_size * ctx_len * largest * 4 * 3 + cfg.batch_size * heads * ctx_len * ctx_len * 4 * 3
+    stream, finalize = recorders + batch, kept + windows + batch
+    base = LIBRARIES + model_bytes
+    return {"recorders": recorders, "windows": windows, "batch": batch, "model": model_bytes,
+            "stream": base + stream, "finalize": base + finalize,
+            "total": base + max(stream, finalize), "per_feature": per_feature}
 
 
 def available_memory() -> int | None:
@@ -73,13 +87,12 @@ def available_memory() -> int | None:
 
 
 def check_memory(cfg: IndexConfig, n_features: int, ctx_len: int, available: int | None = None,
-                 quiet: bool = False, largest_site: int | None = None) -> dict[str, int]:
+                 quiet: bool = False, largest_site: int | None = None, model_bytes: int = 0,
+                 heads: int = 0) -> dict[str, int]:
     """Print the estimate; ConfigError (with it) if it exceeds the memory available."""
-    estimate = memory_estimate(cfg, n_features, ctx_len, largest_site)
+    estimate = memory_estimate(cfg, n_features, ctx_len, largest_site, model_bytes, heads)
     available = available_memory() if available is None else available
-    text = (f"memory estimate {size_text(estimate['total'])} (recorders {size_text(estimate['recorders'])}, "
-            f"example windows {size_text(estimate['windows'])}, one batch {size_text(estimate['batch'])}; "
-            f"{n_features} features, {estimate['per_feature'] / 1024:.1f} KB each)")
+    text = f"memory estimate {estimate_text(estimate)}; {n_features} features, {estimate['per_feature'] / 1024:.1f} KB each"
     if not quiet:
         print(f"neuroscope: {text}; {size_text(available) if available else 'unknown'} available", file=sys.stderr)
     if available is not None and estimate["total"] > available and not getattr(cfg, "allow_large", False):
@@ -88,6 +101,15 @@ def check_memory(cfg: IndexConfig, n_features: int, ctx_len: int, available: int
             "or --batch-size, or pass --allow-large"
         )
     return estimate
+
+
+def estimate_text(est: dict[str, int]) -> str:
+    """'4.9 GB at its peak (the stream: model 0.5 GB, recorders 2.2 GB, one batch 1.5 GB;
+    finalize: 4.6 GB with the example windows, 1.9 GB)'."""
+    when = "stream" if est["stream"] >= est["finalize"] else "finalize"
+    return (f"{size_text(est['total'])} at its peak in the {when} (model {size_text(est['model'])}, recorders "
+            f"{size_text(est['recorders'])}, one batch {size_text(est['batch'])}; finalize {size_text(est['finalize'])} "
+            f"with the example windows, {size_text(est['windows'])})")
 
 
 def size_text(n: int | None) -> str:
