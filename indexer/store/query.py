@@ -245,6 +245,8 @@ def _run(conn, sql: str, params: Params, limit: int | None, timeout_s: float | N
         table = _with_timeout(lambda: _fetch(cursor, sql, params, limit), cursor, timeout_s, sql, setting)
     except duckdb.Error as e:
         raise QueryError(_sql_message(e)) from e
+    except (pa.ArrowException, OSError) as e:  # DuckDB's error met while streaming the result (e.g. a
+        raise QueryError(one_line(e)) from e  # refused file), surfaced by Arrow's reader: timing decides which
     finally:
         _close_quietly(cursor)
     truncated = limit is not None and table.num_rows > limit
