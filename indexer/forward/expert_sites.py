@@ -60,11 +60,6 @@ class ExpertNeurons:
             rows.append(self.shared.down_proj.weight.detach().float().T)
         return torch.cat(rows)
 
-    def expert_of(self, feature: int) -> tuple[int, int]:
-        """(expert, neuron within it) of a feature; the shared expert is ``n_experts``."""
-        return divmod(feature, self.d_expert) if feature < self.n_experts * self.d_expert else \
-            (self.n_experts, feature - self.n_experts * self.d_expert)
-
     def __call__(self, hidden: Any) -> Any:
         import torch
         import torch.nn.functional as F

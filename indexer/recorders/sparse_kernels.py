@@ -19,12 +19,12 @@ import numpy as np
 from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
-from indexer.recorders.exactsum import BOUND, SIDE, split_nb
+from indexer.recorders.exactsum import BOUND, split_nb
 from indexer.recorders.feature_major import batch_tokens, token_hashes
 from indexer.recorders.keep_rule import N_GROUPS
 from indexer.recorders.quantile_kernels import quantile_feature
 from indexer.recorders.sample_window_kernels import sample_windows_feature
-from indexer.recorders.stats_kernels import fold_feature, order_key
+from indexer.recorders.stats_kernels import add_side, fold_feature, order_key
 from indexer.recorders.topk_kernels import ranks_before, topk_insert, window_into
 
 
@@ -96,13 +96,8 @@ def sparse_stats(f, x, idx, n, count, total, total_sq, lo, hi, n_active):
         kmax = max(np.int32(0), kmax)
     fold_feature(f, t1, t2, t3, s1, s2, s3, act, n - n_nan, kmin, kmax, count, total, total_sq, lo, hi, n_active)
     if big:  # token order, as the dense kernel
-        side = total[SIDE, f:f + 1].view(np.float64)
-        side_sq = total_sq[SIDE, f:f + 1].view(np.float64)
         for i in idx:
-            d = np.float64(x[i])
-            if not abs(d) < BOUND and d == d:
-                side[0] += d
-                side_sq[0] += d * d
+            add_side(f, np.float64(x[i]), total, total_sq)
 
 
 @njit(**NJIT_OPTIONS)

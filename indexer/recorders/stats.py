@@ -75,14 +75,14 @@ class Stats(Recorder):
         step = max(1, ROWS_PER_STEP // max(1, self.n_features))
         for r in range(0, rows.shape[0], step):
             x = rows[r:r + step]
-            seen = ~torch.isnan(x)
-            self.count += seen.sum(0)
-            d = x.double().nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+            unseen = torch.isnan(x)
+            self.count += (~unseen).sum(0)
+            d = x.double().masked_fill(unseen, 0.0)
             small = d.abs() < exactsum.BOUND
             exactsum.add_t(self.total, d, small)
             exactsum.add_t(self.total_sq, d * d, small)
-            self.lo = torch.fmin(self.lo, x.nan_to_num(nan=float("inf"), posinf=float("inf"), neginf=float("-inf")).amin(0))
-            self.hi = torch.fmax(self.hi, x.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf")).amax(0))
+            self.lo = torch.fmin(self.lo, x.masked_fill(unseen, float("inf")).amin(0))
+            self.hi = torch.fmax(self.hi, x.masked_fill(unseen, float("-inf")).amax(0))
             self.n_active += (x > 0).sum(0)
 
     def _merge_numba(self, other: dict[str, np.ndarray]) -> None:

@@ -39,6 +39,15 @@ def fold_feature(f, t1, t2, t3, s1, s2, s3, act, seen, kmin, kmax, count, total,
     hi[f] = np.array([order_key(kmax)]).view(np.float32)[0]
 
 
+@njit(inline="always", **NJIT_OPTIONS)
+def add_side(f, d, total, total_sq):
+    """Add float64 d to feature f's side sums if it is beyond exactsum.BOUND (inf too, NaN
+    not); callers go in token order, so the float sums come out the same on every path."""
+    if not abs(d) < BOUND and d == d:
+        total[SIDE, f:f + 1].view(np.float64)[0] += d
+        total_sq[SIDE, f:f + 1].view(np.float64)[0] += d * d
+
+
 @njit(**NJIT_OPTIONS)
 def stats_feature(f, x, u, count, total, total_sq, lo, hi, n_active):
     """Fold feature f's values x float32 [n] (u: their int32 bits) into its state; NaN
@@ -74,13 +83,8 @@ def stats_feature(f, x, u, count, total, total_sq, lo, hi, n_active):
         act += x[i] > 0
     fold_feature(f, t1, t2, t3, s1, s2, s3, act, n - n_nan, kmin, kmax, count, total, total_sq, lo, hi, n_active)
     if n_big > n_nan:  # token order: the side sums are float64 sums (exactsum's docstring)
-        side = total[SIDE, f:f + 1].view(np.float64)
-        side_sq = total_sq[SIDE, f:f + 1].view(np.float64)
         for i in range(n):
-            d = np.float64(x[i])
-            if not abs(d) < BOUND and d == d:
-                side[0] += d
-                side_sq[0] += d * d
+            add_side(f, np.float64(x[i]), total, total_sq)
 
 
 @njit(parallel=True, **NJIT_OPTIONS)

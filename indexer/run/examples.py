@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from indexer.inputs.sae import SITE_PREFIX
 from indexer.run.decode import WindowDecoder
 
 KINDS = np.array(["top", "quantile"])
@@ -123,8 +122,6 @@ def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = 
     )
     merged = {key: np.concatenate([top[key], quantile[key]]) for key in top}
     keep = merged["ctx_id"] >= 0
-    if str(getattr(site, "name", "")).startswith(SITE_PREFIX):  # a latent's top-k holds zeros only when few contexts fire
-        keep &= (merged["kind"] == 1) | (merged["value"] != 0)
     examples = ExampleSet(site, **{key: value[keep] for key, value in merged.items()})
     if window is not None and window == (rec.topk.before, rec.topk.after):
         width = window[0] + window[1] + 1

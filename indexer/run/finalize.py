@@ -159,7 +159,7 @@ def _write_site(writer: IndexWriter, site: Site, rec: FeatureRecorders, bands: d
     stat_columns = {
         "n_tokens": stats["n_tokens"], "mean": stats["mean"], "std": stats["std"],
         "min": stats["min"], "max": stats["max"], "frac_active": stats["frac_active"],
-        "hist": list(_histogram(rec, stats["n_tokens"])),
+        "hist": list(_histogram(rec, stats["n_tokens"], bands)),
         "quantile_edges": list(bands["edges"].astype(np.float32)),
         "bin_counts": list(bands["counts"]),
         "hist_edges": [hist_edges().astype(np.float32)] * n,
@@ -229,10 +229,11 @@ def vocab_strings(tokenizer: Any, d_vocab: int) -> np.ndarray:
     return np.array(strings, dtype=object)
 
 
-def _histogram(rec: FeatureRecorders, n_tokens: np.ndarray) -> np.ndarray:
+def _histogram(rec: FeatureRecorders, n_tokens: np.ndarray, bands: dict[str, np.ndarray]) -> np.ndarray:
     """The histogram of every token a feature saw: the fine counts', plus in the zero bin the
-    zeros a sparse site (SAE latents) counted but did not bin (``FeatureRecorders.update``)."""
+    zeros a sparse site (SAE latents) counted but did not bin (``FeatureRecorders.update``;
+    the bands partition the binned tokens)."""
     hist = rec.samples.histogram()
-    hist[:, ZERO_BIN] += n_tokens - rec.samples._read("fine_counts").sum(axis=1, dtype=np.int64)
+    hist[:, ZERO_BIN] += n_tokens - bands["counts"].sum(axis=1)
     return hist
 
