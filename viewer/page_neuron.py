@@ -41,7 +41,7 @@ def render(ix: Index, path: str, key: float) -> None:
     if not first <= neuron <= last:
         raise nav.BadParam(f"no neuron {neuron} in {site} layer {layer}: neurons run from {first} to {last}")
     nav.follow(site=site, layer=layer, neuron=neuron)
-    _header(counts, site, layer, neuron, ix.manifest.get("experts"))
+    _header(counts, site, layer, neuron, expert_caption(ix, site, layer, neuron))
     page = state.neuron_page(ix, path, key, site, layer, neuron)
     render_feature(ix, path, key, page, unit="neuron")
     _analyses(ix, page, site, layer, neuron, state.vocab(ix, path, key))
@@ -59,8 +59,8 @@ def _sidebar_form(counts: pd.DataFrame) -> None:
             st.rerun()
 
 
-def _header(counts: pd.DataFrame, site: str, layer: int, neuron: int, experts: dict | None = None) -> None:
-    st.title(f"Neuron {neuron} · layer {layer} · {site}{expert_caption(site, neuron, experts)}")
+def _header(counts: pd.DataFrame, site: str, layer: int, neuron: int, caption: str = "") -> None:
+    st.title(f"Neuron {neuron} · layer {layer} · {site}{caption}")
     cols = st.columns([1, 1, 1, 5])
     prev = data.neighbour(counts, site, layer, neuron, -1)
     nxt = data.neighbour(counts, site, layer, neuron, +1)
@@ -216,11 +216,16 @@ def _regex_box(ix: Index, site: str, layer: int, neuron: int) -> None:
             st.json(result if isinstance(result, (dict, list)) else {"result": str(result)})
 
 
-def expert_caption(site: str, neuron: int, experts: dict | None) -> str:
-    """' · expert E neuron N' for a neuron of an experts site (' · shared expert neuron N'), else ''."""
-    if site != "experts" or not experts:
+def expert_caption(ix: Index, site: str, layer: int, neuron: int) -> str:
+    """' · expert E neuron N' for a neuron of an experts site (' · shared expert neuron N'), as
+    the view ``expert_neurons`` numbers them; '' for any other site."""
+    if site != "experts":
         return ""
-    n, d = int(experts["n_experts"]), int(experts["d_expert"])
-    if neuron < n * d:
-        return f" · expert {neuron // d} neuron {neuron % d} (over the tokens routed to it)"
-    return f" · shared expert neuron {neuron - n * d}"
+    row = ix.sql("SELECT expert, expert_neuron FROM expert_neurons WHERE layer = $l AND neuron = $n",
+                 {"l": int(layer), "n": int(neuron)})
+    if row.empty:
+        return ""
+    expert, within = int(row.expert.iloc[0]), int(row.expert_neuron.iloc[0])
+    if expert < int(ix.manifest["experts"]["n_experts"]):
+        return f" · expert {expert} neuron {within} (over the tokens routed to it)"
+    return f" · shared expert neuron {within}"
