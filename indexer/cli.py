@@ -61,7 +61,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from indexer.store.query import format_result, run_sql
+    from indexer.store.query import run_sql
+    from indexer.store.results import format_result
 
     query = args.query if args.arg is None else f"{args.query} {args.arg}"
     df, truncated = run_sql(args.dir, query, limit=args.limit, timeout_s=args.timeout)
@@ -154,7 +155,8 @@ def _demo_heads(out: Path, tokens: int) -> Path:
     """Index the embedded attention-only toy-attn-2l (which has an induction head) next to the
     demo index, for the head pages: toy-1l's one layer cannot hold an induction circuit."""
     from indexer.run.engine import index
-    from indexer.store.query import format_result, run_sql
+    from indexer.store.query import run_sql
+    from indexer.store.results import format_result
 
     heads = out.with_name(out.name + "-heads")
     config = IndexConfig(model="toy-attn-2l", corpus=["code", "prose"], out=str(heads),
@@ -176,7 +178,8 @@ def _demo_heads(out: Path, tokens: int) -> Path:
 
 
 def _print_demo_summary(out: Path) -> None:
-    from indexer.store.query import format_result, run_sql
+    from indexer.store.query import run_sql
+    from indexer.store.results import format_result
 
     queries = {
         "Neurons with the highest activations": "top-neurons",

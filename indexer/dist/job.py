@@ -30,7 +30,8 @@ from indexer.dist.shard import index_shard, merge_results, shard_dir
 from indexer.dist.spec import JOB_FILE, SHARDS_DIR, check_options
 from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 from indexer.run.checkpoint import load_states
-from indexer.run.engine import RESUME_FREE, Run
+from indexer.run.engine import Run
+from indexer.run.resume import RESUME_FREE
 from indexer.run.outdir import prepare_out_dir
 from indexer.store.manifest import MANIFEST
 from indexer.store.writer import atomic_write_bytes

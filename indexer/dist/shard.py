@@ -27,7 +27,8 @@ from indexer.dist.cluster import host_of
 from indexer.errors import NeuroscopeError
 from indexer.forward.sites import Site
 from indexer.run.checkpoint import load_states, read_checkpoint, read_extra, save_states
-from indexer.run.engine import RESUME_FREE, Run
+from indexer.run.engine import Run
+from indexer.run.resume import RESUME_FREE
 from indexer.store.writer import atomic_write_bytes
 
 REPORT_EVERY_S = 0.5

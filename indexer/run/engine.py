@@ -32,14 +32,14 @@ from indexer.inputs.sae import parse_sae_spec
 from indexer.recorders import FeatureRecorders, default_backend, hist_edges, warm_up
 from indexer.run.attention_rows import AttentionRows
 from indexer.run.context_store import ContextStore
-from indexer.run.checkpoint import load_states, read_checkpoint, read_extra, site_salt, state_arrays, write_checkpoint
-from indexer.run.outdir import claimed_out_dir, meaningful_entries
+from indexer.run.checkpoint import load_states, site_salt, state_arrays, write_checkpoint
+from indexer.run.outdir import claimed_out_dir
+from indexer.run.resume import resume_checkpoint, resumed_config
 from indexer.run.safety import check_memory, failed_writes_explained
 from indexer.store.killpoint import kill_point
-from indexer.store.manifest import FORMAT_VERSION, MANIFEST
+from indexer.store.manifest import FORMAT_VERSION
 
 # Fields that may differ between a run and its resumption.
-RESUME_FREE = {"resume", "overwrite", "checkpoint_every", "checkpoint_minutes", "device", "allow_large"}
 
 
 def index(cfg: IndexConfig, progress: bool = True) -> Path:
@@ -52,9 +52,9 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
     if not cfg.resume:
         cfg.validate()  # before the output folder is touched
     with claimed_out_dir(cfg.out, cfg.resume, cfg.overwrite) as out:
-        checkpoint = _read_checkpoint(cfg) if cfg.resume else None
+        checkpoint = resume_checkpoint(cfg) if cfg.resume else None
         if checkpoint is not None:
-            cfg = _resumed_config(cfg, checkpoint)
+            cfg = resumed_config(cfg, checkpoint)
         cfg.validate()
         if cfg.dask:
             raise ConfigError("--dask jobs run through indexer.dist.job.index_on_dask (as `neuroscope index --dask` does)")
@@ -351,26 +351,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _read_checkpoint(cfg: IndexConfig) -> bytes | None:
-    """The newest good checkpoint's payload; None (start afresh) if the run was killed before
-    its first checkpoint and left nothing but a lock or temporary files."""
-    out = Path(cfg.out).expanduser()
-    checkpoint = read_checkpoint(out, warn=lambda m: print(f"neuroscope: {m}", file=sys.stderr))
-    if checkpoint is not None:
-        version = read_extra(checkpoint, "format_version") if _has_extra(checkpoint, "format_version") else FORMAT_VERSION
-        if version != FORMAT_VERSION:
-            raise IndexDirError(f"--resume: the checkpoint in {cfg.out} was written by index format version {version}; "
-                                f"this neuroscope writes version {FORMAT_VERSION}: start again with --overwrite")
-        return checkpoint
-    if (out / MANIFEST).is_file():
-        raise IndexDirError(f"--resume: the index in {cfg.out} is already complete; nothing to resume")
-    if out.is_dir() and not meaningful_entries(out):
-        print(f"neuroscope: --resume: {cfg.out} holds no checkpoint yet (the run stopped before its first one); "
-              "starting from the beginning", file=sys.stderr)
-        return None
-    raise IndexDirError(f"--resume: no checkpoint in {cfg.out} (nothing to resume; drop --resume to start)")
-
-
 def _what_was_read(stream: ContextStream) -> str:
     """Why a stream gave no tokens, per corpus: e.g. 'code: 0 documents (3 empty, 2 bad records skipped)'."""
     parts = []
@@ -379,30 +359,6 @@ def _what_was_read(stream: ContextStream) -> str:
         parts.append(f"{spec.name}: {c.documents} documents with text ({c.empty_documents} empty or blank, "
                      f"{c.bad_records} bad records skipped)")
     return "; ".join(parts)
-
-
-def _has_extra(checkpoint: bytes, key: str) -> bool:
-    import io
-
-    with np.load(io.BytesIO(checkpoint)) as npz:
-        return key in npz.files
-
-
-def _resumed_config(cfg: IndexConfig, checkpoint: bytes) -> IndexConfig:
-    """The checkpoint's config; options given now must agree with it."""
-    saved = IndexConfig.from_dict(read_extra(checkpoint, "config"))
-    defaults = IndexConfig().to_dict()
-    given = cfg.to_dict()
-    clashes = [
-        k for k, v in given.items()
-        if k not in RESUME_FREE | {"out"} and v != defaults[k] and v != saved.to_dict()[k]
-    ]
-    if clashes:
-        raise ConfigError(f"--resume: options differ from the checkpointed run: {', '.join(clashes)}")
-    for key in RESUME_FREE:
-        setattr(saved, key, getattr(cfg, key))
-    saved.out = cfg.out
-    return saved
 
 
 def _ctx_len(cfg: IndexConfig, model: LoadedModel) -> int:

@@ -16,7 +16,8 @@ from indexer.api import Index
 from indexer.errors import IndexDirError, QueryError, QueryTimeout
 from indexer.store import query
 from indexer.store.manifest import MANIFEST
-from indexer.store.query import DEFAULT_TIMEOUT_S, check_read_only, format_result, open_index, run_sql
+from indexer.store.query import DEFAULT_TIMEOUT_S, check_read_only, open_index, run_sql
+from indexer.store.results import format_result
 
 from helpers.fixtures_index import build_index
 

@@ -17,7 +17,8 @@ from indexer.store import schema
 from indexer.api import Index
 from indexer.store.canned import PARAMETERS, CANNED
 from indexer.errors import IndexDirError, QueryError, QueryTimeout
-from indexer.store.query import check_read_only, format_result, open_index, run_sql
+from indexer.store.query import check_read_only, open_index, run_sql
+from indexer.store.results import format_result
 from indexer.store.manifest import read_manifest
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
