@@ -34,16 +34,27 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="append", default=[], metavar=metavar, help=help_text)
         elif f.metadata["parse"] is not None:  # a list or a choice: parsed by IndexConfig.parse
             default = f.metadata["cli"] or f.default
-            parser.add_argument(flag, type=str, default=default, help=f"{help_text} (default: {default})")
+            parser.add_argument(flag, type=str, default=default, help=_with_default(help_text, default))
         else:
             base = int if kind in (int, int | None) else float if kind is float else str
             default = f.default if f.default is not dataclasses.MISSING else None
-            parser.add_argument(flag, type=base, default=default, help=f"{help_text} (default: {default})")
+            parser.add_argument(flag, type=base, default=default, help=_with_default(help_text, default))
+    # Accepted so older command lines still run; it has done nothing since quantile edges come from all tokens.
+    parser.add_argument("--warmup-tokens", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _with_default(help_text: str, default: Any) -> str:
+    """The help, with "(default: X)" unless there is no default to show or the help says it already."""
+    if default in (None, "") or "default" in help_text:
+        return help_text
+    return f"{help_text} (default: {default})"
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run.engine import index
 
+    if args.warmup_tokens is not None:
+        print("neuroscope: note: --warmup-tokens is ignored (quantile edges come from all tokens indexed)", file=sys.stderr)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexConfig)}
     cfg = IndexConfig.parse(values)
     if getattr(args, "dry_run", False):  # the plan from the model's config alone
@@ -66,7 +77,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     query = args.query if args.arg is None else f"{args.query} {args.arg}"
     df, truncated = run_sql(args.dir, query, limit=args.limit, timeout_s=args.timeout)
-    print(format_result(df, args.format))
+    sys.stdout.write(format_result(df, args.format).rstrip("\n") + "\n")
     if truncated:
         print(f"(truncated at {args.limit} rows; use --limit)", file=sys.stderr)
     return 0
@@ -132,13 +143,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo index written to {out}\n")
     _demo_analyses(out)
     _print_demo_summary(out)
-    _demo_heads(out, args.tokens)
+    heads = _demo_heads(out, args.tokens)
     if args.no_view:
         return 0
     if importlib.util.find_spec("viewer.launch") is None:
         print("(the viewer is not part of this version yet: explore with `neuroscope sql` or indexer.api.Index)")
         return 0
-    return _view(out, args.host, args.port)
+    return _view([out, heads], args.host, args.port)  # both indexes, a picker in the sidebar
 
 
 def _demo_analyses(out: Path) -> None:
@@ -162,7 +173,7 @@ def _demo_heads(out: Path, tokens: int) -> Path:
     config = IndexConfig(model="toy-attn-2l", corpus=["code", "prose"], out=str(heads),
                          tokens=min(tokens, HEADS_DEMO_TOKENS), overwrite=heads.exists())
     index(config, progress=True)
-    print(f"\nhead index of toy-attn-2l written to {heads} (view it with: neuroscope view {heads})\n")
+    print(f"\nhead index of toy-attn-2l written to {heads} (the viewer opens both: neuroscope view {out} {heads})\n")
     queries = {
         "toy-attn-2l: heads most like induction heads": "induction-heads",
         "toy-attn-2l: where the best induction head attends most (max_attn top examples)": (
@@ -205,18 +216,20 @@ def _print_demo_summary(out: Path) -> None:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    return _view(Path(args.dir), args.host, args.port)
+    return _view([Path(d) for d in args.dirs], args.host, args.port)
 
 
-def _view(index_dir: Path, host: str, port: int) -> int:
+def _view(index_dirs: list[Path], host: str, port: int) -> int:
     from indexer.store.query import open_index
 
-    open_index(index_dir).close()  # a clear error now rather than in the browser
     try:
+        from viewer.indexes import expand
         from viewer.launch import launch
     except ImportError:
         raise NeuroscopeError("the viewer is not built yet; query the index with `neuroscope sql`") from None
-    return launch(index_dir, host=host, port=port)
+    for d in expand(index_dirs):
+        open_index(d).close()  # a clear error now rather than in the browser
+    return launch(index_dirs, host=host, port=port)
 
 
 def cmd_export_html(args: argparse.Namespace) -> int:
@@ -239,7 +252,7 @@ def _later(what: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuroscope", description="Index, query and browse what neurons and heads do.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("index", help="index a model over corpora (top-k, quantile samples, stats)")
     _add_config_options(p)
@@ -289,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before the query is stopped (default: 30)")
     p.set_defaults(run=cmd_sql)
 
-    p = sub.add_parser("view", help="browse an index in the Streamlit viewer")
-    p.add_argument("dir")
+    p = sub.add_parser("view", help="browse one or more indexes in the Streamlit viewer")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="an index, or a folder of indexes; several: a picker in the sidebar")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(run=cmd_view)
@@ -323,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `neuroscope` alone: the list of commands, not an error about a missing one
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return args.run(args)
     except NeuroscopeError as e:

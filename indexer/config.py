@@ -134,7 +134,6 @@ class IndexConfig:
     top_k: int = _opt(20, "top examples kept per feature (at most one per context)")
     quantiles: tuple[float, ...] = _opt((0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999), "quantile edges of the sampling bins, over all tokens indexed", parse_quantiles, "0.25,0.5,0.75,0.9,0.95,0.99,0.999")
     per_bin: int = _opt(5, "random examples kept per quantile bin")
-    warmup_tokens: int = _opt(16384, "ignored (kept so older configs load): quantile edges now come from all tokens")
     sites: tuple[SiteName, ...] | None = _opt(None, "comma list of sites: mlp_post (neuron activations), mlp_pre (input of the activation function), mlp_mid (SoLU models: after SoLU, before its LayerNorm; formerly mlp_pre_ln), mlp_gate and mlp_up (gated MLPs: the gate projection before its activation, the up projection; mlp_post is act(gate) * up), heads; or 'all' (default: mlp_pre, mlp_mid, mlp_post and heads for SoLU models, mlp_post and heads for others)", parse_sites, "all")
     layers: tuple[int, ...] | None = _opt(None, "comma list of layers to index, or 'all'", parse_layers, "all")
     window_before: int = _opt(48, "tokens kept before each example's position")
@@ -174,7 +173,7 @@ class IndexConfig:
 
     def validate(self) -> None:
         """Checks that need no model; the engine checks the rest against the model."""
-        for name in ("batch_size", "top_k", "per_bin", "checkpoint_every", "warmup_tokens"):
+        for name in ("batch_size", "top_k", "per_bin", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes > 0):

@@ -14,7 +14,7 @@ from indexer.store.query import run_sql
 ix = Path(sys.argv[1] if len(sys.argv) > 1 else "out/flag-counts")
 if not (ix / "manifest.json").is_file():
     index(IndexConfig(model="toy-1l", corpus=["code", "prose"], out=str(ix), tokens=20000, ctx_len=128,
-                      batch_size=8, warmup_tokens=4000, device="cpu"), progress=False)
+                      batch_size=8, device="cpu"), progress=False)
 runner.analyze(ix, only="flags", force=True, options=Options(device="cpu", progress=False))
 df, _ = run_sql(ix, "SELECT flag, count(*) AS n FROM flags GROUP BY flag ORDER BY flag", limit=None)
 print(df.to_string(index=False))

@@ -1,4 +1,5 @@
-"""The Streamlit app: ``streamlit run viewer/app.py`` with $NEUROSCOPE_INDEX (``neuroscope view``).
+"""The Streamlit app: ``streamlit run viewer/app.py`` with $NEUROSCOPE_INDEX (``neuroscope view``),
+one index or several (a picker in the sidebar; ``?ix=NAME``).
 
 One script routes by the query string (see ``viewer.nav``), so deep links work at the root.
 Errors meant for users (NeuroscopeError: a missing index, a bad parameter, a failing query)
@@ -34,6 +35,7 @@ def main() -> None:
     st.sidebar.radio("Page", list(nav.PAGES), format_func=nav.PAGES.get, key="_ns_nav",
                      on_change=lambda: nav.go(page=st.session_state["_ns_nav"]))
     try:
+        _pick_index()
         ix, path, key = state.index()
         st.sidebar.caption(f"index: `{path}`")
         render = _pages()[page]
@@ -46,11 +48,23 @@ def main() -> None:
     st.session_state["_ns_run_ms"] = (time.perf_counter() - started) * 1000
 
 
+def _pick_index() -> None:
+    """The sidebar's index picker when several indexes are served; links then carry ``ix``."""
+    served = state.index_dirs()
+    name = state.chosen()
+    st.session_state[nav.INDEX_KEY] = name if len(served) > 1 else None
+    if len(served) > 1:
+        st.session_state["_ns_pick"] = name
+        st.sidebar.selectbox("Index", list(served), key="_ns_pick",
+                             on_change=lambda: nav.go(page="overview", ix=st.session_state["_ns_pick"]))
+
+
 def _pages():
-    from viewer import page_head, page_heads, page_neuron, page_overview, page_search, page_sql
+    from viewer import page_compare, page_head, page_heads, page_neuron, page_overview, page_search, page_sql
 
     return {"overview": page_overview.render, "neuron": page_neuron.render, "head": page_head.render,
-            "heads": page_heads.render, "search": page_search.render, "sql": page_sql.render}
+            "heads": page_heads.render, "compare": page_compare.render, "search": page_search.render,
+            "sql": page_sql.render}
 
 
 main()

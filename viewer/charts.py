@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 
 
-def histogram(stats: dict, hist_edges: Sequence[float] | None, quantiles: Sequence[float] | None = None) -> dict | None:
-    """The stored (symlog-binned) histogram as bars over value, the quantile edges as rules.
+def histogram(stats: dict, hist_edges: Sequence[float] | None, quantiles: Sequence[float] | None = None,
+              x_domain: tuple[float, float] | None = None) -> dict | None:
+    """The stored (symlog-binned) histogram as bars over value, the quantile edges as rules;
+    ``x_domain`` fixes the value axis (features side by side share one).
 
     Returns a Vega-Lite spec: the chart is built with Altair once (``_histogram_template``) and
     only its data changes per feature, which keeps Altair's validation off the page's hot path.
@@ -32,6 +34,12 @@ def histogram(stats: dict, hist_edges: Sequence[float] | None, quantiles: Sequen
     names += [""] * (len(q_edges) - len(names))
     spec = copy.deepcopy(_histogram_template())
     spec["datasets"] = {"bars": bars, "edges": [{"edge": e, "quantile": n} for e, n in zip(q_edges, names)]}
+    # A symlog axis gets ticks only at its ends by default: label every power of ten instead.
+    top = int(counts.max())
+    ticks = [0] + [10**i for i in range(len(str(top)))] + ([top] if top > 10 ** (len(str(top)) - 1) else [])
+    spec["layer"][0]["encoding"]["y"]["axis"] = {"values": ticks, "format": ","}
+    if x_domain is not None:
+        spec["layer"][0]["encoding"]["x"]["scale"] = {"domain": [float(x_domain[0]), float(x_domain[1])]}
     return spec
 
 

@@ -1,4 +1,5 @@
-"""``neuroscope view DIR``: run the Streamlit app on an index, headless, on 127.0.0.1 by default."""
+"""``neuroscope view DIR [DIR ...]``: run the Streamlit app on one or more indexes, headless, on
+127.0.0.1 by default."""
 
 from __future__ import annotations
 
@@ -7,36 +8,37 @@ import subprocess
 import sys
 from pathlib import Path
 
-from viewer.state import INDEX_ENV
+from viewer.indexes import INDEX_ENV, expand, to_env
 
 APP = Path(__file__).resolve().with_name("app.py")
 
 
-def command(index_dir: Path | str, host: str = "127.0.0.1", port: int = 8501) -> list[str]:
-    """The ``streamlit run`` command line for an index."""
+def command(index_dirs: list[Path | str], host: str = "127.0.0.1", port: int = 8501) -> list[str]:
+    """The ``streamlit run`` command line (the indexes themselves travel in $NEUROSCOPE_INDEX)."""
     return [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.address", host, "--server.port", str(int(port)), "--server.headless", "true",
         "--server.runOnSave", "false", "--server.fileWatcherType", "none",
         "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
         "--client.toolbarMode", "minimal", "--theme.base", "light",
-        "--", str(index_dir),
+        "--", *map(str, index_dirs),
     ]
 
 
-def environment(index_dir: Path | str) -> dict[str, str]:
-    """The app finds the index in $NEUROSCOPE_INDEX, and this copy of the code first on the path."""
+def environment(index_dirs: list[Path | str]) -> dict[str, str]:
+    """The app finds the indexes in $NEUROSCOPE_INDEX, and this copy of the code first on the path."""
     root = str(APP.parents[1])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, INDEX_ENV: str(Path(index_dir).resolve()), "PYTHONPATH": path}
+    return {**os.environ, INDEX_ENV: to_env(expand(index_dirs)), "PYTHONPATH": path}
 
 
-def launch(index_dir: Path | str, host: str = "127.0.0.1", port: int = 8501) -> int:
+def launch(index_dirs: list[Path | str], host: str = "127.0.0.1", port: int = 8501) -> int:
     """Serve the viewer until Ctrl+C. On POSIX this process becomes the server (exec), so a
     signal to it stops the server too; elsewhere the server runs as a child."""
     shown = f"[{host}]" if ":" in host else host
-    print(f"neuroscope viewer on {index_dir}: http://{shown}:{port}/  (Ctrl+C stops it)", flush=True)
-    cmd, env = command(index_dir, host, port), environment(index_dir)
+    what = ", ".join(map(str, expand(index_dirs)))
+    print(f"neuroscope viewer on {what}: http://{shown}:{port}/  (Ctrl+C stops it)", flush=True)
+    cmd, env = command(index_dirs, host, port), environment(index_dirs)
     if os.name == "posix":
         sys.stderr.flush()
         os.execve(sys.executable, cmd, env)  # does not return

@@ -46,7 +46,7 @@ def render(ix: Index, path: str, key: float) -> None:
                    kwargs={"layer": layer, "head": first + (head - first + 1) % n_heads, "metric": metric})
     cols[2].selectbox("metric", metrics, index=metrics.index(metric), key=f"hd_metric_{layer}_{head}_{metric}",
                       on_change=_pick_metric, args=(layer, head, f"hd_metric_{layer}_{head}_{metric}"))
-    cols[3].caption(f"deep link: `{head_query(layer, head, metric)}`")
+    cols[3].caption(f"deep link: `{nav.link(head_query(layer, head, metric))}`")
     described = (ix.manifest.get("head_metrics") or {}).get(metric)
     if metric in METRIC_NOTES:  # top examples that are not "where the head is most active"
         st.caption(f"{metric}: {described or metric}. Note: {METRIC_NOTES[metric]}.")
@@ -71,7 +71,7 @@ def render(ix: Index, path: str, key: float) -> None:
                                                             if name == "head_composition" else "."))
         else:
             st.dataframe(df, hide_index=True)
-    st.caption("All heads: [the head wiki](?page=heads)")
+    st.caption(f"All heads: [the head wiki]({nav.link('?page=heads')})")
 
 
 def _pick_metric(layer: int, head: int, widget: str) -> None:

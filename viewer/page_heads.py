@@ -17,7 +17,7 @@ PRODUCED_BY = "`neuroscope index` (this version, with the `heads` site) writes i
 
 def head_link(layer: int, head: int, metric: str) -> str:
     """A head page's link; the fragment carries the head's name for the table to show."""
-    return f"{head_query(layer, head, metric)}#head-{int(layer)}.{int(head)}"
+    return f"{nav.link(head_query(layer, head, metric))}#head-{int(layer)}.{int(head)}"
 
 
 def wiki_table(wiki: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -26,7 +26,7 @@ def wiki_table(wiki: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     out = pd.DataFrame({"open": [head_link(l, h, first) for l, h in zip(wiki["layer"], wiki["head"])]})
     out = pd.concat([out, wiki.reset_index(drop=True)], axis=1)
     for m in metrics:
-        out[f"{m} examples"] = [head_query(l, h, m) for l, h in zip(wiki["layer"], wiki["head"])]
+        out[f"{m} examples"] = [nav.link(head_query(l, h, m)) for l, h in zip(wiki["layer"], wiki["head"])]
     return out
 
 

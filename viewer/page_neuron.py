@@ -42,21 +42,34 @@ def render(ix: Index, path: str, key: float) -> None:
         raise nav.BadParam(f"no neuron {neuron} in {site} layer {layer}: neurons run from {first} to {last}")
     nav.follow(site=site, layer=layer, neuron=neuron)
     _header(counts, site, layer, neuron, expert_caption(ix, site, layer, neuron))
+    _compare_links(site, layer, neuron)
     page = state.neuron_page(ix, path, key, site, layer, neuron)
     render_feature(ix, path, key, page, unit="neuron")
     _analyses(ix, page, site, layer, neuron, state.vocab(ix, path, key))
 
 
 def _sidebar_form(counts: pd.DataFrame) -> None:
+    """"Go to a neuron", showing the neuron on the page (or the first one, when the URL names none)."""
+    sites = list(dict.fromkeys(counts["site"]))
+    p = st.query_params
+    site = p.get("site") if p.get("site") in sites else sites[0]
+    for name, default in (("layer", int(counts["layer"].min())), ("neuron", int(counts["first"].iloc[0]))):
+        try:
+            st.session_state[f"goto_{name}"] = max(nav.int_param(p, name, default), 0)
+        except nav.BadParam:
+            st.session_state[f"goto_{name}"] = default
+    st.session_state["goto_site"] = site
     with st.sidebar.form("ns_goto"):
         st.write("Go to a neuron")
-        sites = list(dict.fromkeys(counts["site"]))
-        site = st.selectbox("site", sites, key="goto_site")
-        layer = st.number_input("layer", min_value=0, value=int(counts["layer"].min()), step=1, key="goto_layer")
-        neuron = st.number_input("neuron", min_value=0, value=0, step=1, key="goto_neuron")
-        if st.form_submit_button("Open"):
-            nav.go(site=site, layer=int(layer), neuron=int(neuron))
-            st.rerun()
+        st.selectbox("site", sites, key="goto_site")
+        st.number_input("layer", min_value=0, step=1, key="goto_layer")
+        st.number_input("neuron", min_value=0, step=1, key="goto_neuron")
+        st.form_submit_button("Open", on_click=_goto)
+
+
+def _goto() -> None:
+    s = st.session_state
+    nav.go(site=s["goto_site"], layer=int(s["goto_layer"]), neuron=int(s["goto_neuron"]))
 
 
 def _header(counts: pd.DataFrame, site: str, layer: int, neuron: int, caption: str = "") -> None:
@@ -67,7 +80,15 @@ def _header(counts: pd.DataFrame, site: str, layer: int, neuron: int, caption: s
     cols[0].button("← previous", key="ns_prev", on_click=nav.go, kwargs=dict(zip(("site", "layer", "neuron"), prev)))
     cols[1].button("next →", key="ns_next", on_click=nav.go, kwargs=dict(zip(("site", "layer", "neuron"), nxt)))
     cols[2].button("random", key="ns_random", on_click=_random, args=(counts,))
-    cols[3].caption(f"deep link: `{neuron_query(site, layer, neuron)}`")
+    cols[3].caption(f"deep link: `{nav.link(neuron_query(site, layer, neuron))}`")
+
+
+def _compare_links(site: str, layer: int, neuron: int) -> None:
+    from viewer.page_compare import neuron_links
+
+    links = neuron_links(site, layer, neuron)
+    if links:
+        st.caption("Compare: " + " · ".join(f"[{text}]({url})" for text, url in links))
 
 
 def _random(counts: pd.DataFrame) -> None:
@@ -171,11 +192,11 @@ def _latent_links(df: pd.DataFrame, site: str) -> None:
     neuron; 'writes': its decoder writes along it), each a link to the other's page."""
     latent_page = site.startswith(data.SAE_SITE)
     if latent_page:
-        link = [f"?site={s}&layer={int(l)}&neuron={int(n)}" for s, l, n in zip(df["site"], df["layer"], df["neuron"])]
+        link = [nav.link(neuron_query(s, l, n)) for s, l, n in zip(df["site"], df["layer"], df["neuron"])]
         shown = df.assign(page=link)[["role", "rank_in_latent", "site", "neuron", "weight", "page"]]
         st.caption("The MLP neurons this latent weighs most (reads: its encoder, writes: its decoder).")
     else:
-        link = [f"?site={s}&layer={int(l)}&neuron={int(n)}" for s, l, n in zip(df["sae_site"], df["layer"], df["latent"])]
+        link = [nav.link(neuron_query(s, l, n)) for s, l, n in zip(df["sae_site"], df["layer"], df["latent"])]
         shown = df.assign(page=link)[["role", "rank_in_neuron", "sae_site", "latent", "weight", "page"]]
         st.caption("SAE latents that read from this neuron (encoder) or write along it (decoder), largest |weight| first.")
     st.dataframe(shown, hide_index=True, column_config={"page": st.column_config.LinkColumn(display_text="open")})

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from indexer.api import Index
-from viewer import charts, data, state
+from viewer import charts, data, nav, state
 from viewer.render import attr, esc, head_query, neuron_query
 
 LINKS = 12
@@ -59,11 +59,11 @@ def _neurons(ix: Index, path: str, key: float) -> None:
                 with st.expander(f"{label} neurons ({len(rows):,}; dead = never above 0, dense = "
                                  f"active on > {data.DENSE_FRACTION:.0%} of tokens)"):
                     st.html(_links(rows.head(500), site, layer))
-    st.html(f'<a href="?page=search">Search neurons</a> · <a href="?page=sql">SQL</a>')
+    st.html(f'<a href="{attr(nav.link("?page=search"))}">Search neurons</a> · <a href="{attr(nav.link("?page=sql"))}">SQL</a>')
 
 
 def _links(rows: pd.DataFrame, site: str, layer: int) -> str:
-    return ", ".join(f'<a href="{attr(neuron_query(site, layer, int(n)))}">{int(n)}</a>'
+    return ", ".join(f'<a href="{attr(nav.link(neuron_query(site, layer, int(n))))}">{int(n)}</a>'
                      f' <small>({v:.3g})</small>' for n, v in zip(rows["neuron"], rows["max"]))
 
 
@@ -75,9 +75,9 @@ def _heads(ix: Index, path: str, key: float) -> None:
     st.header("Heads")
     kinds = [c for c in scores.columns if c not in ("layer", "head")]
     head_rows = "".join(
-        "<tr><td>" + f'<a href="{attr(head_query(int(r.layer), int(r.head), metrics[0]))}">{int(r.layer)}.{int(r.head)}</a>'
+        "<tr><td>" + f'<a href="{attr(nav.link(head_query(int(r.layer), int(r.head), metrics[0])))}">{int(r.layer)}.{int(r.head)}</a>'
         + "</td>" + "".join(f"<td>{float(getattr(r, k)):.3f}</td>" for k in kinds) + "<td>"
-        + " ".join(f'<a href="{attr(head_query(int(r.layer), int(r.head), mt))}">{esc(mt)}</a>' for mt in metrics)
+        + " ".join(f'<a href="{attr(nav.link(head_query(int(r.layer), int(r.head), mt)))}">{esc(mt)}</a>' for mt in metrics)
         + "</td></tr>"
         for r in scores.itertuples()
     )

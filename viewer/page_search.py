@@ -93,7 +93,7 @@ def show_results(results: pd.DataFrame) -> None:
         return
     st.caption(f"{len(results):,} neurons{' (the first ' + str(data.SEARCH_LIMIT) + ')' if len(results) >= data.SEARCH_LIMIT else ''}")
     shown = results.copy()
-    shown.insert(0, "open", [neuron_query(s, l, n) for s, l, n in zip(shown["site"], shown["layer"], shown["neuron"])])
+    shown.insert(0, "open", [nav.link(neuron_query(s, l, n)) for s, l, n in zip(shown["site"], shown["layer"], shown["neuron"])])
     st.dataframe(shown, hide_index=True, column_config={
         "open": st.column_config.LinkColumn("open", display_text="open"),
     })

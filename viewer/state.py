@@ -1,6 +1,7 @@
-"""The app's handle on the index: one shared read-only connection (``st.cache_resource``), a
-cursor of its own per browser session (a DuckDB connection is not shared between threads),
-and query results cached with ``st.cache_data`` (keyed by the index folder and its stamp).
+"""The app's handle on its indexes: per index one shared read-only connection
+(``st.cache_resource``), a cursor of its own per browser session (a DuckDB connection is not
+shared between threads), and query results cached with ``st.cache_data`` (keyed by the index
+folder and its stamp). Which index a page shows is ``?ix=NAME`` (``viewer.indexes``).
 """
 
 from __future__ import annotations
@@ -14,19 +15,39 @@ import pandas as pd
 import streamlit as st
 
 from indexer.api import Index
+from indexer.errors import IndexDirError
 from indexer.store.manifest import MANIFEST
-from viewer import data
+from viewer import data, indexes, nav
+from viewer.indexes import INDEX_ENV
 
-INDEX_ENV = "NEUROSCOPE_INDEX"
 _LOCK = threading.Lock()
 
 
-def index_dir() -> str | None:
-    """The index folder: $NEUROSCOPE_INDEX, else the script's argument (``streamlit run app.py -- DIR``)."""
+def index_dirs() -> dict[str, Path]:
+    """The indexes served, by name: $NEUROSCOPE_INDEX (``neuroscope view``), else the script's
+    arguments (``streamlit run app.py -- DIR ...``). Empty when none was given."""
     if os.environ.get(INDEX_ENV):
-        return os.environ[INDEX_ENV]
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    return args[0] if args and Path(args[0]).is_dir() and sys.argv[0].endswith("app.py") else None
+        return _named(os.environ[INDEX_ENV])
+    args = [a for a in sys.argv[1:] if not a.startswith("-")] if sys.argv[0].endswith("app.py") else []
+    return _named(os.pathsep.join(a for a in args if Path(a).is_dir()))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _named(value: str) -> dict[str, Path]:
+    return indexes.names(indexes.from_env(value)) if value else {}
+
+
+def chosen() -> str:
+    """The name of the index this page shows: ``?ix=NAME``, else the first one served."""
+    served = index_dirs()
+    if not served:
+        raise IndexDirError(f"no index given: start the viewer with `neuroscope view DIR` (or set {INDEX_ENV})")
+    name = st.query_params.get("ix")
+    if name is None:
+        return next(iter(served))
+    if name not in served:
+        raise nav.BadParam(f"no index named {name!r} here; the viewer serves: {', '.join(served)}")
+    return name
 
 
 def stamp(path: str) -> float:
@@ -45,22 +66,21 @@ def _shared(path: str, stamp: float) -> Index:
     return Index.open(path)
 
 
-def index() -> tuple[Index, str, float]:
-    """This session's Index (its own cursor on the shared connection), its folder and stamp.
+def index(name: str | None = None) -> tuple[Index, str, float]:
+    """This session's Index for ``name`` (default: the chosen one; its own cursor on the shared
+    connection), its folder and stamp.
 
     Raises IndexDirError (a message for the user) when the folder is not a readable index."""
-    path = index_dir()
-    if path is None:
-        from indexer.errors import IndexDirError
-
-        raise IndexDirError(f"no index given: start the viewer with `neuroscope view DIR` (or set {INDEX_ENV})")
+    name = chosen() if name is None else name
+    path = str(index_dirs()[name])
     key = stamp(path)
     shared = _shared(path, key)
-    mine = st.session_state.get("_ns_index")
-    if mine is None or mine[1] != (path, key):
+    cursors = st.session_state.setdefault("_ns_cursors", {})
+    mine = cursors.get(path)
+    if mine is None or mine[1] != key:
         with _LOCK:  # cursor() on the shared connection, one thread at a time
-            mine = (Index(shared.root, shared.conn.cursor(), shared.manifest), (path, key))
-        st.session_state["_ns_index"] = mine
+            mine = (Index(shared.root, shared.conn.cursor(), shared.manifest), key)
+        cursors[path] = mine
     return mine[0], path, key
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from helpers.configs import base_config
+from helpers.paths import ROOT
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 SUBCOMMANDS = ["index", "merge", "analyze", "regex", "sql", "view", "export-html", "demo", "bench"]
@@ -36,6 +37,32 @@ def test_help_lists_every_subcommand_and_is_fast():
         assert name in done.stdout
     code = "import sys, indexer.cli; sys.exit(int(any(m in sys.modules for m in ('torch', 'transformer_lens'))))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "--help must not import torch"
+
+
+def test_no_command_lists_the_commands():
+    done = neuroscope()
+    assert done.returncode == 2 and "required" not in done.stderr
+    for name in SUBCOMMANDS:
+        assert name in done.stderr
+
+
+def test_index_help_shows_each_default_once_and_no_dead_options(tmp_path):
+    help_text = " ".join(neuroscope("index", "--help").stdout.split())
+    assert "(default: )" not in help_text and "(default: None)" not in help_text
+    assert "--warmup-tokens" not in help_text  # it has done nothing since quantile edges come from all tokens
+    ctx = help_text[help_text.index("--ctx-len CTX_LEN"):help_text.index("--batch-size BATCH_SIZE contexts")]
+    assert ctx.count("default") == 1, ctx
+    done = neuroscope("index", "--model", "toy-1l", "--corpus", "code", "--out", str(tmp_path / "x"), "--tokens", "300",
+                      "--warmup-tokens", "100", "--dry-run")  # older command lines still run
+    assert done.returncode == 0 and "--warmup-tokens is ignored" in done.stderr, done.stderr[-2000:]
+
+
+def test_viewer_launcher_does_not_load_streamlit():
+    """`neuroscope view` and `demo` import viewer.launch before the server starts: importing
+    Streamlit's cached functions there printed "No runtime found" once per function."""
+    code = "import sys, viewer.launch; sys.exit(int('streamlit' in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "No runtime found" not in done.stderr
 
 
 def test_every_index_option_is_documented():
@@ -136,6 +163,8 @@ def test_index_then_sql_in_every_format(index_args, tmp_path):
     assert [r["neuron"] for r in rows] == [0, 1, 2]
     csv = neuroscope("sql", out, "dead-neurons", "--format", "csv")
     assert csv.returncode == 0 and csv.stdout.splitlines()[0].startswith("site,layer,neuron")
+    csv = neuroscope("sql", out, "SELECT DISTINCT neuron FROM neurons ORDER BY neuron LIMIT 3", "--format", "csv")
+    assert csv.stdout == "neuron\n0\n1\n2\n"  # no blank last line (wc -l and CSV readers would count a row)
     assert_one_line_error(neuroscope("sql", out, "DROP VIEW examples"), "read-only")
     assert_one_line_error(neuroscope("sql", out, "SELECT * FROM read_csv('/etc/passwd')"))
     assert_one_line_error(neuroscope("sql", str(tmp_path), "SELECT 1"), "not a neuroscope index")

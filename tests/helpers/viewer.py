@@ -25,7 +25,7 @@ def build_viewer_index(folder: Path) -> Path:
     corpus = write_hostile_corpus(folder / "hostile.jsonl")
     cfg = IndexConfig(
         model="toy-1l", corpus=["code", "prose", f"hostile={corpus}"], out=str(folder / "idx"), tokens=3000,
-        ctx_len=64, batch_size=8, top_k=5, per_bin=2, quantiles=(0.5, 0.9, 0.99), warmup_tokens=900,
+        ctx_len=64, batch_size=8, top_k=5, per_bin=2, quantiles=(0.5, 0.9, 0.99),
         window_before=32, window_after=8,
     )
     return index(cfg, progress=False)

@@ -28,7 +28,7 @@ def planted_index(tmp_path_factory) -> Path:
     model = planted.write_model(root / "model")
     corpora = planted.write_corpora(root, n_docs=40)
     cfg = IndexConfig(model=str(model), corpus=[f"web={corpora['web']}", f"code={corpora['code']}"],
-                      out=str(root / "ix"), ctx_len=64, batch_size=16, top_k=20, per_bin=5, warmup_tokens=2000,
+                      out=str(root / "ix"), ctx_len=64, batch_size=16, top_k=20, per_bin=5,
                       sites=("mlp_post",), window_before=16, window_after=4, device="cpu")
     index(cfg, progress=False)
     report = runner.analyze(root / "ix", options=Options(device="cpu", progress=False))

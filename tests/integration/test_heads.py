@@ -27,8 +27,7 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("induction")
     model = load_model(str(write_induction_model(root / "model")))
     corpus = write_induction_corpus(root / "corpus.jsonl", model.tokenizer)
-    cfg = base_config(str(root / "model"), str(root / "idx"), corpus=[str(corpus)], tokens=4000, ctx_len=64,
-                      warmup_tokens=1000, top_k=5)
+    cfg = base_config(str(root / "model"), str(root / "idx"), corpus=[str(corpus)], tokens=4000, ctx_len=64, top_k=5)
     index(cfg, progress=False)
     ix = Index.open(cfg.out)
     ctx = ix.sql("SELECT ctx_id, token_ids FROM contexts")

@@ -47,7 +47,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def small(model: str, out: str, **kw):
-    return base_config(model, out, tokens=1200, warmup_tokens=400, checkpoint_every=2, **kw)
+    return base_config(model, out, tokens=1200, checkpoint_every=2, **kw)
 
 
 def run_cli_config(cfg, env_extra: dict | None = None, preexec=None) -> subprocess.Popen:

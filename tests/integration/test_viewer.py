@@ -307,7 +307,7 @@ def test_cli_export_html_and_view_errors(tmp_path, viewer_index, capsys):
     assert main(["view", str(tmp_path / "nowhere")]) == 1  # refused before any server starts
     err = capsys.readouterr().err
     assert err.count("neuroscope: error:") == 2 and "Traceback" not in err
-    cmd = command(viewer_index, "127.0.0.1", 8765)
+    cmd = command([viewer_index], "127.0.0.1", 8765)
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.headless") + 1] == "true"
 
 
