@@ -128,6 +128,7 @@ class Index:
         """
         import numpy as np
 
+        from indexer.pattern_score import scores
         from indexer.safe_regex import compile_pattern
 
         safe = compile_pattern(pattern, time_limit_s)
@@ -162,10 +163,7 @@ class Index:
         m = np.array([matched[k] for k in keys], bool)
         a = np.array([tokens[k][1] for k in keys], float)
         active = a > threshold
-        tp = int((m & active).sum())
-        precision = tp / m.sum() if m.sum() else 0.0
-        recall = tp / active.sum() if active.sum() else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        found = {k: float(v) for k, v in scores(int((m & active).sum()), int(m.sum()), int(active.sum()), len(a)).items()}
         corr = float(np.corrcoef(m, a)[0, 1]) if len(a) > 1 and m.std() > 0 and a.std() > 0 else 0.0
 
         def few(selector: np.ndarray, order: np.ndarray) -> list[dict[str, Any]]:
@@ -176,8 +174,7 @@ class Index:
             "site": site, "layer": layer, "neuron": neuron, "pattern": pattern, "engine": safe.engine,
             "note": safe.engine_note, "scope": "the neuron's stored example windows", "threshold": threshold,
             "tokens": int(len(a)), "matched": int(m.sum()), "active": int(active.sum()),
-            "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-            "correlation": round(corr, 4),
+            **{k: round(v, 4) for k, v in found.items()}, "correlation": round(corr, 4),
             "false_positives": few(m & ~active, np.argsort(a, kind="stable")),
             "false_negatives": few(active & ~m, np.argsort(-a, kind="stable")),
         }

@@ -90,18 +90,37 @@ def token_masks(compiled, token_strs: Sequence[Sequence[str]]) -> list[np.ndarra
     return masks
 
 
+def region_masks(pattern: str, token_strs: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    """For each sequence of token strings: bool [len] - does the token overlap a match of a
+    library pattern anywhere in the sequence's text (RE2, unanchored, non-empty matches)?
+
+    The question the regex library asks ("is this token inside a base64 run, a URL, a number?"):
+    a base64 run is a run whether or not its first 16 characters have been read yet."""
+    compiled = _compile_re2(pattern, anchored=False)
+    masks = []
+    for tokens in token_strs:
+        ends = np.cumsum([len(t) for t in tokens])
+        starts = ends - np.array([len(t) for t in tokens], dtype=ends.dtype)
+        mask = np.zeros(len(tokens), bool)
+        for m in compiled.finditer("".join(tokens)):
+            if m.end() > m.start():  # tokens with start < match end and end > match start (empty tokens: none)
+                mask[np.searchsorted(ends, m.start(), side="right"):np.searchsorted(starts, m.end(), side="left")] = True
+        masks.append(mask & (ends > starts))
+    return masks
+
+
 def compile_trusted(pattern: str):
     """A library pattern, compiled once for anchored-at-end matching (RE2; no time limit needed)."""
     return _compile_re2(pattern)
 
 
-def _compile_re2(pattern: str):
+def _compile_re2(pattern: str, anchored: bool = True):
     import re2
 
     options = re2.Options()
     options.log_errors = False  # else RE2 prints its own multi-line complaint to stderr
-    re2.compile(pattern, options)  # alone first: a pattern like `a)|(b` must not escape the group
-    return re2.compile(f"(?:{pattern})\\z", options)
+    plain = re2.compile(pattern, options)  # alone first: a pattern like `a)|(b` must not escape the group
+    return re2.compile(f"(?:{pattern})\\z", options) if anchored else plain
 
 
 def _re2_reason(error: Exception) -> str:

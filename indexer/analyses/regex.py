@@ -1,16 +1,25 @@
-"""Regex checks: does "the text so far ends with a match of PATTERN" predict "the neuron is active"?
+"""Regex checks: does a pattern predict "the neuron is active"?
 
 Method. A sample of the index's stored contexts (``sample_tokens`` tokens, chosen by a hash of
 the context id, so the same every run) is run through the model again, and every neuron site
-is read at every token. A token is *predicted* when the pattern matches at it (see
-``safe_regex``: the text up to the token's end ends with a match) and *active* when the
-neuron's activation is above a threshold (default: half the neuron's largest activation over
-the whole index). Over the sample's text tokens (BOS excluded):
+is read at every token. A token is *active* when the neuron's activation is above a threshold
+(default: half the neuron's largest activation over the whole index) and *predicted* when
+
+- for the named library (``run``, the rows of ``regex_scores``): the token overlaps a match of
+  the pattern in its context (``safe_regex.region_masks``): "inside a base64 run, a URL, a
+  number", whether or not the run's first characters have been read yet;
+- for one user pattern (``check``, ``neuroscope regex``): the text up to the token's end ends
+  with a match (``safe_regex``: what a causal model can see at that token).
+
+Over the sample's text tokens (BOS excluded):
 
 - precision = P(active | predicted), recall = P(predicted | active), F1 their harmonic mean;
+- specificity: how far the neuron's activity is confined to the pattern beyond the pattern's
+  base rate (a lower confidence bound; ``indexer.pattern_score`` gives the formula and why F1
+  misranks run-like patterns such as base64): what the canned queries rank by;
 - correlation = Pearson correlation of the activation with the 0/1 prediction;
-- top_fraction = share of the neuron's top examples (from the index) at which the pattern
-  matches, read from their stored windows.
+- top_fraction = share of the neuron's top examples (from the index) whose token overlaps a
+  match in its stored window's text.
 
 ``check`` does this for one neuron and one user pattern (``neuroscope regex``), with a few
 false positives and negatives in context. ``run`` scores the named library ``PATTERNS`` for
@@ -24,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from indexer.analyses.common import IndexContext, Options
-from indexer.safe_regex import DEFAULT_TIME_LIMIT_S, LOOKBACK, compile_pattern, compile_trusted, token_masks
+from indexer.safe_regex import DEFAULT_TIME_LIMIT_S, compile_pattern, region_masks
 from indexer.errors import ConfigError
+from indexer.pattern_score import scores
 from indexer.store.schema import RegexScores
 
 NAME = "regex"
@@ -61,11 +71,10 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
     contexts = sample_contexts(ix, ix.options.sample_tokens)
     ids = list(contexts)
     strings = [ix.vocab[contexts[c]].tolist() for c in ids]
-    compiled = {name: compile_trusted(p) for name, p in PATTERNS.items()}
     bar = ix.bar(len(PATTERNS), "regex: matching patterns", unit="pattern")
     masks = {}
-    for name, c in compiled.items():
-        masks[name] = token_masks(c, strings)
+    for name, pattern in PATTERNS.items():
+        masks[name] = region_masks(pattern, strings)
         bar.update(1)
     bar.close()
     layers = sorted({s["layer"] for s in ix.neuron_sites})
@@ -76,20 +85,20 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
         m = np.stack([masks[name][i][1:] for name in PATTERNS], axis=1).astype(np.float32)  # [tok, pattern]
         for key, a in acts.items():
             sums.setdefault(key, _Sums(len(PATTERNS), a.shape[1])).add(m, a[1:], thresholds[key])
-    top = _top_fractions(ix, compiled)
+    top = _top_fractions(ix)
     columns: dict[str, list] = {c: [] for c in RegexScores.columns()}
     for (site, layer), s in sums.items():
-        precision, recall, f1, corr = s.metrics()
+        metrics, corr = s.metrics()
         for p, (name, pattern) in enumerate(PATTERNS.items()):
-            n = precision.shape[1]
+            n = corr.shape[1]
             columns["site"] += [site] * n
             columns["layer"] += [layer] * n
             columns["neuron"] += list(range(n))
             columns["pattern_name"] += [name] * n
             columns["pattern"] += [pattern] * n
-            columns["precision"] += precision[p].tolist()
-            columns["recall"] += recall[p].tolist()
-            columns["f1"] += f1[p].tolist()
+            for metric in ("precision", "recall", "f1", "base_rate", "specificity"):
+                columns[metric] += metrics[metric][p].tolist()
+            columns["n_active"] += s.active.astype(np.int64).tolist()
             columns["correlation"] += corr[p].tolist()
             columns["threshold"] += thresholds[(site, layer)].tolist()
             columns["top_fraction"] += top.get((site, layer, name), np.full(n, np.nan)).tolist()
@@ -120,18 +129,17 @@ class _Sums:
         self.sum_a2 += (a64**2).sum(0)
         self.sum_ma += m.T.astype(np.float64) @ a64
 
-    def metrics(self) -> tuple[np.ndarray, ...]:
+    def metrics(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """pattern_score.scores ([pattern, neuron] each) and the correlation [pattern, neuron]."""
+        found = scores(self.tp, self.matched[:, None], self.active[None, :], self.n)
         with np.errstate(divide="ignore", invalid="ignore"):
-            precision = np.nan_to_num(self.tp / self.matched[:, None])
-            recall = np.nan_to_num(self.tp / self.active[None, :])
-            f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
             n = max(self.n, 1)
             mean_m, mean_a = self.matched / n, self.sum_a / n
             cov = self.sum_ma / n - mean_m[:, None] * mean_a[None, :]
             var_m = mean_m * (1 - mean_m)
             var_a = np.maximum(self.sum_a2 / n - mean_a**2, 0)
             corr = np.nan_to_num(cov / np.sqrt(var_m[:, None] * var_a[None, :]))
-        return precision, recall, f1, corr
+        return found, corr
 
 
 def _thresholds(ix: IndexContext, fraction: float = 0.5) -> dict[tuple[str, int], np.ndarray]:
@@ -145,17 +153,18 @@ def _thresholds(ix: IndexContext, fraction: float = 0.5) -> dict[tuple[str, int]
     return out
 
 
-def _top_fractions(ix: IndexContext, compiled: dict) -> dict[tuple[str, int, str], np.ndarray]:
-    """(site, layer, pattern) -> per neuron, the share of top examples where the pattern matches."""
+def _top_fractions(ix: IndexContext) -> dict[tuple[str, int, str], np.ndarray]:
+    """(site, layer, pattern) -> per neuron, the share of top examples whose token overlaps a
+    match of the pattern in the example's stored window."""
     df = ix.sql("""SELECT site, layer, neuron, pos, window_start, window_token_ids FROM examples
                    WHERE kind = 'top' ORDER BY site, layer, neuron, rank""")
     if df.empty:
         return {}
-    texts = ["".join(ix.vocab[np.asarray(w)[: p - s + 1]])[-LOOKBACK:]
-             for w, s, p in zip(df.window_token_ids, df.window_start, df.pos)]
+    windows = [ix.vocab[np.asarray(w)].tolist() for w in df.window_token_ids]
+    at = (df.pos - df.window_start).to_numpy()
     out = {}
-    for name, c in compiled.items():
-        hit = np.array([c.search(t) is not None for t in texts], np.float64)  # matches at the example's token
+    for name, pattern in PATTERNS.items():
+        hit = np.array([m[i] for m, i in zip(region_masks(pattern, windows), at)], np.float64)
         for (site, layer), g in df.assign(hit=hit).groupby(["site", "layer"]):
             share = g.groupby("neuron").hit.mean()
             arr = np.full(int(g.neuron.max()) + 1, np.nan)
@@ -197,10 +206,7 @@ def _report(safe, site, layer, neuron, threshold, ids, strings, masks, acts) -> 
     a = np.concatenate([x[1:] for x in acts]) if acts else np.zeros(0)
     where = [(c, p) for c, s in zip(ids, strings) for p in range(1, len(s))]
     active = a > threshold
-    tp = int((m & active).sum())
-    precision = tp / m.sum() if m.sum() else 0.0
-    recall = tp / active.sum() if active.sum() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    found = {k: float(v) for k, v in scores(int((m & active).sum()), int(m.sum()), int(active.sum()), len(a)).items()}
     corr = float(np.corrcoef(m.astype(float), a)[0, 1]) if len(a) > 1 and m.std() > 0 and a.std() > 0 else 0.0
     text_of = dict(zip(ids, strings))
 
@@ -216,7 +222,7 @@ def _report(safe, site, layer, neuron, threshold, ids, strings, masks, acts) -> 
     return {
         "site": site, "layer": layer, "neuron": neuron, "pattern": safe.pattern, "engine": safe.engine,
         "note": safe.engine_note, "threshold": threshold, "tokens": int(len(a)), "matched": int(m.sum()),
-        "active": int(active.sum()), "precision": precision, "recall": recall, "f1": f1, "correlation": corr,
+        "active": int(active.sum()), **found, "correlation": corr,
         "false_positives": shown(m & ~active, np.argsort(a, kind="stable")),  # the least active first
         "false_negatives": shown(active & ~m, np.argsort(-a, kind="stable")),  # the most active first
     }

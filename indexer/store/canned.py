@@ -47,20 +47,34 @@ QUALIFY row_number() OVER (PARTITION BY site, layer, neuron ORDER BY score DESC)
 ORDER BY score DESC, layer, neuron""",
     ),
     "base64-neurons": (
-        "neurons that fire inside base64 runs; score = F1 of the base64 regex x share of top examples inside a run",
-        """SELECT site, layer, neuron, f1 * coalesce(top_fraction, 1) AS score, "precision", recall, top_fraction,
-  printf('base64 regex F1 %.2f; %.0f%% of top examples inside a base64 run', f1, 100 * coalesce(top_fraction, 0)) AS reason
+        "neurons whose activity is confined to base64 runs beyond chance; score = specificity of the base64 "
+        "pattern (indexer/pattern_score.py), ties by the share of top examples inside a run",
+        """SELECT site, layer, neuron, specificity AS score, recall, base_rate, top_fraction, "precision", f1,
+  printf('%.0f%% of its %d active tokens inside base64 runs (which hold %.1f%% of tokens); %.0f%% of top examples in a run',
+         100 * recall, n_active, 100 * base_rate, 100 * coalesce(top_fraction, 0)) AS reason
 FROM regex_scores
 WHERE pattern_name = 'base64'
-ORDER BY score DESC, layer, neuron""",
+ORDER BY score DESC, top_fraction DESC NULLS LAST, layer, neuron""",
+    ),
+    "pattern-neurons": (
+        "pattern-neurons NAME: neurons whose activity is confined to one named pattern of the regex library "
+        "(base64, hex, digits, url, open_bracket, ...); score = specificity",
+        """SELECT site, layer, neuron, specificity AS score, recall, base_rate, top_fraction, "precision", f1,
+  printf('%.0f%% of its %d active tokens match %s (which matches %.1f%% of tokens)',
+         100 * recall, n_active, pattern_name, 100 * base_rate) AS reason
+FROM regex_scores
+WHERE pattern_name = $pattern
+ORDER BY score DESC, top_fraction DESC NULLS LAST, layer, neuron""",
     ),
     "regex-neurons": (
-        "the best named pattern of each neuron whose F1 is at least 0.5; score = F1",
-        """SELECT site, layer, neuron, f1 AS score, pattern_name, "precision", recall, correlation,
-  printf('%s: precision %.2f, recall %.2f', pattern_name, "precision", recall) AS reason
+        "each neuron's best named pattern, where the neuron's activity is confined to it (specificity at least "
+        "0.5); score = specificity, ties to the rarer pattern",
+        """SELECT site, layer, neuron, specificity AS score, pattern_name, recall, base_rate, "precision", f1, correlation,
+  printf('%s: %.0f%% of its %d active tokens match (the pattern matches %.1f%% of tokens)',
+         pattern_name, 100 * recall, n_active, 100 * base_rate) AS reason
 FROM regex_scores
-WHERE f1 >= 0.5
-QUALIFY row_number() OVER (PARTITION BY site, layer, neuron ORDER BY f1 DESC, pattern_name) = 1
+WHERE specificity >= 0.5
+QUALIFY row_number() OVER (PARTITION BY site, layer, neuron ORDER BY specificity DESC, base_rate, pattern_name) = 1
 ORDER BY score DESC, layer, neuron""",
     ),
     "dense-neurons": (
@@ -151,4 +165,4 @@ ORDER BY score DESC, layer_a, head_a, layer_b, head_b, kind""",
 
 
 # Canned queries that take one argument (``NAME ARG``), bound as the named parameter here.
-PARAMETERS: dict[str, str] = {"token-neurons": "token", "top-neurons-for-token": "token"}
+PARAMETERS: dict[str, str] = {"token-neurons": "token", "top-neurons-for-token": "token", "pattern-neurons": "pattern"}

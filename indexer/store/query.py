@@ -19,6 +19,7 @@ Results as text for the command line: ``indexer.store.results``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pandas as pd
 import pyarrow as pa
 
@@ -62,7 +65,7 @@ def open_index(index_dir: Path | str) -> duckdb.DuckDBPyConnection:
             conn.execute(view_sql(table, root))
         conn.execute(expert_view_sql(manifest.get("experts")))
         _lock_down(conn, root)
-    except duckdb.Error as e:
+    except (duckdb.Error, OSError, pa.ArrowException) as e:  # pyarrow: a file footer that cannot be read
         conn.close()
         raise IndexDirError(f"{index_dir}: cannot read the index: {one_line(e)}") from e
     return conn
@@ -104,11 +107,15 @@ def view_sql(table: type[Table], root: str) -> str:
         return f"CREATE VIEW {table.NAME} AS SELECT *{aliases} FROM (SELECT {cols} WHERE false)"
     # A list of files, each glob-escaped: DuckDB expands globs even in a list.
     paths = ", ".join(_literal(glob_escape(str(p))) for p in files)
-    options = "hive_partitioning = false"
+    options = "hive_partitioning = false, union_by_name = true"
     if table.PARTITIONS:
         hive = ", ".join(f"{_ident(c)}: {types[c]}" for c in table.PARTITIONS)
-        options = f"hive_partitioning = true, hive_types = {{{hive}}}"
-    cols = ", ".join(_ident(c) for c in types)
+        options = f"hive_partitioning = true, hive_types = {{{hive}}}, union_by_name = true"
+    # An optional column this version added that no file has yet (an index written before it): NULL.
+    stored = set(table.PARTITIONS).union(*(pq.read_schema(p).names for p in files))
+    optional = {f.name for f in dataclasses.fields(table) if f.default is None}
+    cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(c)}" if c not in stored and c in optional else _ident(c)
+                     for c, t in types.items())
     return f"CREATE VIEW {table.NAME} AS SELECT {cols}{aliases} FROM read_parquet([{paths}], {options})"
 
 

@@ -338,6 +338,9 @@ class RegexScores(_NeuronKey):
     correlation: float | None = None  # of the activation with the match (0/1), over the sample
     threshold: float | None = None  # "active" means activation > threshold
     top_fraction: float | None = None  # share of the neuron's top examples where the pattern matches
+    base_rate: float | None = None  # share of the sample's tokens where the pattern matches
+    specificity: float | None = None  # active inside the pattern beyond chance (indexer.pattern_score)
+    n_active: int | None = None  # tokens of the sample where the neuron is active
 
 
 @_table

@@ -37,7 +37,8 @@ import numpy as np
 N_CTX = 64
 D_VOCAB = 8194
 NEURONS = {"token": 0, "trigram": 1, "base64": 2, "digit": 3, "polysemantic": 4, "illusion": 5, "dead": 6, "dense": 7}
-FEATURES = ["dog", "ice", "cream", "b64", "digit", "king", "table", "moon", "import", "prev_ice", "prev_b64", "avg_b64"]
+FEATURES = ["dog", "ice", "cream", "b64", "digit", "king", "table", "moon", "import", "prev_ice", "prev_b64", "avg_b64",
+            "open", "b64_mixed"]
 D_MODEL = N_CTX + len(FEATURES) + 1
 B64_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 CONFIG = dict(
@@ -68,16 +69,55 @@ def token_features(tokenizer) -> dict[str, list[int]]:
     out = {f: [strings.index(s)] for f, s in named.items()}
     out["b64"] = [i for i, s in enumerate(strings) if i > 0 and s and set(s) <= B64_CHARS]
     out["digit"] = [i for i, s in enumerate(strings) if i > 0 and s and s[-1].isdigit() and s[-1].isascii()]
+    out["open"] = [i for i, s in enumerate(strings) if i > 0 and s and s[-1] in "([{"]
+    # base64-like fragments that words rarely are: two or more characters with a digit, an upper-case letter, + or /
+    out["b64_mixed"] = [i for i in out["b64"] if len(strings[i]) >= 2 and not strings[i].islower()]
     return out
 
 
 def build_bridge(tokenizer):
     """The bridge with every weight set by hand (W_out and W_U: seeded random)."""
+    bridge, state = base_state(tokenizer, CONFIG)
+    w_in, b_in = state["blocks.0.mlp.in.weight"], state["blocks.0.mlp.in.bias"]
+    n = NEURONS
+    w_in[n["token"], _dim("dog")] = 1.0
+    w_in[n["trigram"], [_dim("cream"), _dim("prev_ice")]] = 2.0
+    b_in[n["trigram"]] = -2.0
+    set_base64_neuron(w_in, b_in, n["base64"])
+    w_in[n["digit"], _dim("digit")] = 1.5
+    w_in[n["polysemantic"], [_dim("king"), _dim("table")]] = 1.0
+    w_in[n["illusion"], [_dim("moon"), _dim("import")]] = 1.0
+    b_in[n["dead"]] = -10.0
+    b_in[n["dense"]] = 0.5
+    return finish(bridge, state, CONFIG)
+
+
+def set_base64_neuron(w_in, b_in, neuron: int) -> None:
+    """Fires on a base64-like fragment right after another one, more the more of the text so far is like that."""
+    w_in[neuron, [_dim("b64"), _dim("prev_b64")]] = 1.0
+    w_in[neuron, _dim("avg_b64")] = 1.0
+    b_in[neuron] = -1.6
+
+
+def finish(bridge, state: dict, config: dict):
+    """W_out and W_U seeded random (``planted_logit_effects``), the state loaded into the bridge."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    state["blocks.0.mlp.out.weight"] = torch.randn(D_MODEL, config["d_mlp"], generator=gen)
+    state["unembed.weight"] = torch.randn(D_VOCAB, D_MODEL, generator=gen) * 0.1
+    bridge.load_state_dict(state)
+    return bridge
+
+
+def base_state(tokenizer, config: dict):
+    """A bridge of ``config`` and its state: every weight zero except the embeddings (one-hot
+    position and features) and the two attention heads; the MLP is the caller's to set."""
     import torch
 
     from indexer.inputs.models import build_native_bridge
 
-    bridge = build_native_bridge(CONFIG)
+    bridge = build_native_bridge(config)
     state = {k: torch.zeros_like(v) for k, v in bridge.state_dict().items()}
     for feature, ids in token_features(tokenizer).items():
         state["embed.weight"][ids, _dim(feature)] = 1.0
@@ -92,28 +132,12 @@ def build_bridge(tokenizer):
     state["blocks.0.attn.o.weight"][_dim("prev_ice"), 0] = 1.0
     state["blocks.0.attn.o.weight"][_dim("prev_b64"), 1] = 1.0
     state["blocks.0.attn.o.weight"][_dim("avg_b64"), N_CTX] = 1.0
-    w_in, b_in = state["blocks.0.mlp.in.weight"], state["blocks.0.mlp.in.bias"]
-    n = NEURONS
-    w_in[n["token"], _dim("dog")] = 1.0
-    w_in[n["trigram"], [_dim("cream"), _dim("prev_ice")]] = 2.0
-    b_in[n["trigram"]] = -2.0
-    w_in[n["base64"], [_dim("b64"), _dim("prev_b64")]] = 1.0
-    w_in[n["base64"], _dim("avg_b64")] = 1.0
-    b_in[n["base64"]] = -1.6
-    w_in[n["digit"], _dim("digit")] = 1.5
-    w_in[n["polysemantic"], [_dim("king"), _dim("table")]] = 1.0
-    w_in[n["illusion"], [_dim("moon"), _dim("import")]] = 1.0
-    b_in[n["dead"]] = -10.0
-    b_in[n["dense"]] = 0.5
-    gen = torch.Generator().manual_seed(0)
-    state["blocks.0.mlp.out.weight"] = torch.randn(D_MODEL, len(NEURONS), generator=gen)
-    state["unembed.weight"] = torch.randn(D_VOCAB, D_MODEL, generator=gen) * 0.1
-    bridge.load_state_dict(state)
-    return bridge
+    return bridge, state
 
 
-def write_model(folder: Path) -> Path:
-    """The planted model in neuroscope's folder format (with the planted tokenizer)."""
+def write_model(folder: Path, build=None, config: dict | None = None) -> Path:
+    """The planted model in neuroscope's folder format (with the planted tokenizer); ``build``
+    and ``config``: another model on the same tokenizer and embeddings (planted_patterns)."""
     from transformers import AutoTokenizer
 
     from indexer.inputs.data import tokenizer_dir
@@ -123,8 +147,8 @@ def write_model(folder: Path) -> Path:
     for f in tokenizer_dir().glob("*.json"):
         (folder / f.name).write_bytes(f.read_bytes())
     write_tokenizer(folder)
-    bridge = build_bridge(AutoTokenizer.from_pretrained(str(folder)))
-    save_native_model(folder, CONFIG, bridge=bridge)  # copies the embedded tokenizer again...
+    bridge = (build or build_bridge)(AutoTokenizer.from_pretrained(str(folder)))
+    save_native_model(folder, config or CONFIG, bridge=bridge)  # copies the embedded tokenizer again...
     write_tokenizer(folder)  # ...so put the planted one back
     return folder
 
@@ -165,6 +189,23 @@ def write_corpora(folder: Path, n_docs: int = 60, seed: int = 0) -> dict[str, Pa
                 f.write(json.dumps({"text": (". " if name == "web" else "\n").join(picked)}) + "\n")
         out[name] = path
     return out
+
+
+def index_and_analyze(root: Path, model: Path, only: str | None = None, window_before: int = 16) -> Path:
+    """``root/ix``: the model over the two planted corpora (mlp_post), then the analyses (all, or ``only``)."""
+    from indexer.analyses import runner
+    from indexer.analyses.common import Options
+    from indexer.config import IndexConfig
+    from indexer.run.engine import index
+
+    corpora = write_corpora(root, n_docs=40)
+    cfg = IndexConfig(model=str(model), corpus=[f"web={corpora['web']}", f"code={corpora['code']}"],
+                      out=str(root / "ix"), ctx_len=64, batch_size=16, top_k=20, per_bin=5,
+                      sites=("mlp_post",), window_before=window_before, window_after=4, device="cpu")
+    index(cfg, progress=False)
+    report = runner.analyze(root / "ix", only=only, options=Options(device="cpu", progress=False))
+    assert {r["status"] for r in report.values()} == {"done"}, report
+    return root / "ix"
 
 
 def planted_logit_effects() -> np.ndarray:

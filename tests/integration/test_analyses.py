@@ -14,7 +14,6 @@ from helpers import planted
 from indexer.analyses import runner
 from indexer.analyses.common import IndexContext, Options
 from indexer.cli import main
-from indexer.config import IndexConfig
 from indexer.store.query import run_sql
 
 N = planted.NEURONS
@@ -22,18 +21,8 @@ N = planted.NEURONS
 
 @pytest.fixture(scope="module")
 def planted_index(tmp_path_factory) -> Path:
-    from indexer.run.engine import index
-
     root = tmp_path_factory.mktemp("planted")
-    model = planted.write_model(root / "model")
-    corpora = planted.write_corpora(root, n_docs=40)
-    cfg = IndexConfig(model=str(model), corpus=[f"web={corpora['web']}", f"code={corpora['code']}"],
-                      out=str(root / "ix"), ctx_len=64, batch_size=16, top_k=20, per_bin=5,
-                      sites=("mlp_post",), window_before=16, window_after=4, device="cpu")
-    index(cfg, progress=False)
-    report = runner.analyze(root / "ix", options=Options(device="cpu", progress=False))
-    assert {r["status"] for r in report.values()} == {"done"}
-    return root / "ix"
+    return planted.index_and_analyze(root, planted.write_model(root / "model"))
 
 
 def first(index_dir: Path, query: str) -> dict:

@@ -21,18 +21,21 @@ ALLOWED: dict[str, set[str]] = {
     "indexer.errors": set(),
     "indexer.config": {"indexer.errors"},
     "indexer.safe_regex": {"indexer.errors"},
+    "indexer.pattern_score": set(),
     "indexer.store": BASE,
     "indexer.inputs": BASE,
     "indexer.recorders": BASE,
     "indexer.forward": BASE | {"indexer.inputs"},
     "indexer.run": BASE | {"indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
-    "indexer.analyses": BASE | {"indexer.store", "indexer.inputs", "indexer.forward", "indexer.safe_regex"},
+    "indexer.analyses": BASE | {"indexer.store", "indexer.inputs", "indexer.forward", "indexer.safe_regex",
+                                  "indexer.pattern_score"},
     "indexer.dist": BASE | {"indexer.run", "indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
-    "indexer.api": BASE | {"indexer.store", "indexer.safe_regex"},
+    "indexer.api": BASE | {"indexer.store", "indexer.safe_regex", "indexer.pattern_score"},
     "indexer.cli": {"*"},
     "viewer": {"indexer.api", "indexer.store", "indexer.errors", "indexer.config"},
 }
-NO_TORCH = ("indexer.store", "indexer.api", "indexer.config", "indexer.errors", "indexer.safe_regex", "viewer")
+NO_TORCH = ("indexer.store", "indexer.api", "indexer.config", "indexer.errors", "indexer.safe_regex",
+            "indexer.pattern_score", "viewer")
 
 
 def unit_of(module: str) -> str:
