@@ -37,7 +37,7 @@ def histogram(stats: dict, hist_edges: Sequence[float] | None, quantiles: Sequen
     # A symlog axis gets ticks only at its ends by default: label every power of ten instead.
     top = int(counts.max())
     ticks = [0] + [10**i for i in range(len(str(top)))] + ([top] if top > 10 ** (len(str(top)) - 1) else [])
-    spec["layer"][0]["encoding"]["y"]["axis"] = {"values": ticks, "format": ","}
+    spec["layer"][0]["encoding"]["y"]["axis"] = {"values": ticks, "labelExpr": "format(datum.value, ',')"}
     if x_domain is not None:
         spec["layer"][0]["encoding"]["x"]["scale"] = {"domain": [float(x_domain[0]), float(x_domain[1])]}
     return spec

@@ -21,10 +21,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_viewer(index_dir: Path | str, port: int, timeout_s: float = 90) -> subprocess.Popen:
-    """`neuroscope view` in a subprocess on 127.0.0.1; returns once its health check answers."""
+def start_viewer(index_dir: Path | str | list[Path | str], port: int, timeout_s: float = 90) -> subprocess.Popen:
+    """`neuroscope view` in a subprocess on 127.0.0.1 (one index, or several); returns once its
+    health check answers."""
     log = tempfile.NamedTemporaryFile("w+", prefix="neuroscope-view-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "view", str(index_dir), "--port", str(port)],
+    dirs = [str(d) for d in (index_dir if isinstance(index_dir, list) else [index_dir])]
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "view", *dirs, "--port", str(port)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     proc.log_path = log.name  # type: ignore[attr-defined]
     deadline = time.time() + timeout_s
