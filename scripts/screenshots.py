@@ -1,6 +1,8 @@
-"""Screenshots of the viewer for the README: the overview, a neuron page and a head page.
+"""Screenshots of the viewer for the README: the overview, a neuron page and a head page, and
+with --compare the compare page.
 
     .venv/bin/python scripts/screenshots.py INDEX_DIR [--out docs] [--neuron mlp_post:0:N] [--head 0:H:METRIC]
+        [--compare IX:SITE:LAYER:N,IX:SITE:LAYER:N]
 
 Starts `neuroscope view INDEX_DIR` on a free port of 127.0.0.1, drives Debian's chromium
 (/usr/bin/chromium) with Playwright, and writes docs/viewer-overview.png, viewer-neuron.png and
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--neuron", help="SITE:LAYER:NEURON")
     ap.add_argument("--head", help="LAYER:HEAD:METRIC")
+    ap.add_argument("--compare", help="comma list of IX:SITE:LAYER:N: also shoot docs/viewer-compare.png")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -65,6 +68,10 @@ def main() -> None:
         **({"viewer-neuron.png": base + neuron_page} if neuron_page else {}),
         "viewer-head.png": f"{base}?layer={hl}&head={hh}&metric={metric}",
     }
+    if args.compare:
+        from urllib.parse import urlencode
+
+        shots["viewer-compare.png"] = base + "?" + urlencode([("page", "compare")] + [("f", f) for f in args.compare.split(",")])
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
