@@ -166,3 +166,5 @@ ORDER BY score DESC, layer_a, head_a, layer_b, head_b, kind""",
 
 # Canned queries that take one argument (``NAME ARG``), bound as the named parameter here.
 PARAMETERS: dict[str, str] = {"token-neurons": "token", "top-neurons-for-token": "token", "pattern-neurons": "pattern"}
+# The values an argument can take, where the index lists them (a value not listed is an error).
+ARGUMENT_VALUES: dict[str, str] = {"pattern-neurons": "SELECT DISTINCT pattern_name FROM regex_scores ORDER BY 1"}

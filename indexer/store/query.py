@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import pandas as pd
 import pyarrow as pa
 
-from indexer.store.canned import CANNED, PARAMETERS
+from indexer.store.canned import ARGUMENT_VALUES, CANNED, PARAMETERS
 from indexer.errors import IndexDirError, QueryError, QueryTimeout, one_line
 from indexer.store.schema import TABLES, Table
 from indexer.store.manifest import read_manifest
@@ -208,13 +208,27 @@ def run_sql(
     resolved, canned_params = resolve_params(query)
     sql = check_read_only(resolved)
     params = canned_params if params is None and canned_params is not None else params
-    if isinstance(dir_or_conn, duckdb.DuckDBPyConnection):
-        return _run(dir_or_conn, sql, params, limit, timeout_s, setting)
-    conn = open_index(dir_or_conn)
+    own = not isinstance(dir_or_conn, duckdb.DuckDBPyConnection)
+    conn = open_index(dir_or_conn) if own else dir_or_conn
     try:
+        if canned_params:
+            _check_argument(conn, query, canned_params, timeout_s, setting)
         return _run(conn, sql, params, limit, timeout_s, setting)
     finally:
-        _close_quietly(conn)
+        if own:
+            _close_quietly(conn)
+
+
+def _check_argument(conn, query: str, params: dict, timeout_s: float | None, setting: str) -> None:
+    """A canned query's argument that is not one of the values it can take (when the index
+    lists them, as regex_scores lists its patterns): one QueryError naming them."""
+    name = query.lstrip().partition(" ")[0]
+    if name not in ARGUMENT_VALUES:
+        return
+    values = _run(conn, ARGUMENT_VALUES[name], None, None, timeout_s, setting)[0].iloc[:, 0].tolist()
+    (arg,) = params.values()
+    if values and arg not in values:
+        raise QueryError(f"{name} {arg!r}: no such {PARAMETERS[name]} in this index; it has: {', '.join(map(str, values))}")
 
 
 def check_limits(limit: int | None, timeout_s: float | None) -> None:

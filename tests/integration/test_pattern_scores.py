@@ -101,3 +101,10 @@ def test_an_index_analyzed_before_specificity_still_opens(pattern_index, tmp_pat
         pq.write_table(pq.read_table(f).drop(["specificity", "base_rate", "n_active"]), f)
     df, _ = run_sql(old, "base64-neurons")
     assert len(df) and df.score.isna().all() and df.f1.notna().all()
+
+
+def test_an_unknown_pattern_name_is_one_error_naming_the_patterns(pattern_index):
+    from indexer.errors import QueryError
+
+    with pytest.raises(QueryError, match=r"pattern-neurons 'nope'.*base64, close_bracket"):
+        run_sql(pattern_index, "pattern-neurons nope")
