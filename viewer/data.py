@@ -21,8 +21,8 @@ from indexer.store.query import run_sql
 # A neuron active on more than this fraction of tokens is counted as dense on the overview.
 DENSE_FRACTION = 0.5
 # Analysis views shown on a neuron page, in page order; any of them may be missing or empty.
-NEURON_ANALYSES = ("logit_effects", "flags", "minimal_examples", "regex_scores", "trigram_scores", "site_agreement",
-                   "latent_logit_effects", "latent_neurons")
+NEURON_ANALYSES = ("logit_effects", "flags", "minimal_examples", "regex_scores", "trigram_scores", "token_saliency",
+                   "site_agreement", "latent_logit_effects", "latent_neurons")
 SAE_SITE = "sae:"  # the sites of SAE latents (a latent's page is a neuron page of such a site)
 HEAD_ANALYSES = ("head_wiki", "head_composition")
 # Drawn on the head examples rather than shown as a table; joins head_examples on EXAMPLE_SLOT.

@@ -10,7 +10,7 @@ import streamlit as st
 from indexer.api import Index
 from indexer.errors import NeuroscopeError
 from viewer import charts, data, nav, state
-from viewer.render import bins, esc, example_block, example_header, example_window, neuron_query
+from viewer.render import SALIENT, bins, esc, example_block, example_header, example_window, neuron_query
 
 ANALYSIS_TITLES = {
     "logit_effects": "Logit effects",
@@ -18,6 +18,7 @@ ANALYSIS_TITLES = {
     "minimal_examples": "Minimal examples",
     "regex_scores": "Regex scores",
     "trigram_scores": "Trigram scores",
+    "token_saliency": "Token saliency",
     "site_agreement": "Agreement between sites",
     "latent_neurons": "SAE latents and neurons",
 }
@@ -117,9 +118,14 @@ def render_feature(ix: Index, path: str, key: float, page: data.FeaturePage, uni
     if top.empty:
         st.info(f"This {unit} has no top examples (it never had a value on a recorded token).")
     _corpus_split(top, manifest)
+    salient = _salience(page)
+    if salient:
+        st.caption("Underlined in purple: the tokens whose replacement drops the activation by at least "
+                   f"{SALIENT:.0%} (token saliency; hover a token for its drop).")
     # One HTML block for all top examples (each with its whole context in a <details>): far
     # fewer Streamlit elements than one per example, and expanding needs no round trip.
-    st.html("".join(example_block(row, vocab, vmax, vmin, page.contexts.get(int(row["ctx_id"])), _attention(page, row))
+    st.html("".join(example_block(row, vocab, vmax, vmin, page.contexts.get(int(row["ctx_id"])), _attention(page, row),
+                                  salient.get((int(row["ctx_id"]), int(row["pos"]))))
                     for row in top.to_dict("records")))
     _quantiles(page, vocab, vmax, vmin, manifest)
 
@@ -162,6 +168,17 @@ def _quantiles(page: data.FeaturePage, vocab: list[str], vmax: float, vmin: floa
                                for row in rows.to_dict("records")))
 
 
+def _salience(page: data.FeaturePage) -> dict[tuple[int, int], dict[int, float]]:
+    """(ctx_id, pos) of a top example -> {context position: relative drop} from token_saliency."""
+    df = page.analyses.get("token_saliency")
+    if df is None or df.empty:
+        return {}
+    out: dict[tuple[int, int], dict[int, float]] = {}
+    for c, p, t, d in zip(df["ctx_id"], df["pos"], df["token_pos"], df["rel_drop"]):
+        out.setdefault((int(c), int(p)), {})[int(t)] = float(d)
+    return out
+
+
 def _attention(page: data.FeaturePage, row: dict):
     """Where a head example attends (None for neurons and for heads without head_attention)."""
     return page.attention.get((str(row["kind"]), int(row["bin"]), int(row["rank"]))) if page.attention else None
@@ -181,10 +198,21 @@ def _analyses(ix: Index, page: data.FeaturePage, site: str, layer: int, neuron: 
             _minimal(page, df, vocab)
         elif name == "latent_neurons":
             _latent_links(df, site)
+        elif name == "token_saliency":
+            _saliency_table(df)
         else:
             st.dataframe(df.drop(columns=[c for c in ("site", "layer", "neuron") if c in df.columns]),
                          hide_index=True)
     _regex_box(ix, site, layer, neuron)
+
+
+def _saliency_table(df: pd.DataFrame) -> None:
+    """The three tokens each top example depends on most (the underlines above, in numbers)."""
+    shown = df[df["salience_rank"] < 3].assign(offset=df["pos"] - df["token_pos"])
+    st.caption("Per top example: the tokens whose replacement drops the activation most (offset 0 = the "
+               f"example's own token), method `{shown['method'].iloc[0] if len(shown) else '?'}`.")
+    st.dataframe(shown[["rank", "salience_rank", "token_str", "offset", "rel_drop", "activation_drop", "baseline"]]
+                 .sort_values(["rank", "salience_rank"]), hide_index=True)
 
 
 def _latent_links(df: pd.DataFrame, site: str) -> None:

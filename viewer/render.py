@@ -38,6 +38,8 @@ background:#fff;color:#111;margin:2px 0 8px 0}
 # Where a head example attends: (source context positions, weights), as head_attention stores them.
 Attention = tuple[Sequence[int], Sequence[float]]
 
+# A token is underlined as salient when replacing it drops the activation by at least this share.
+SALIENT = 0.1
 # How many sources outside an example's window are named under it (largest weights first).
 MAX_ATTN_NOTES = 5
 # What a head metric's top examples mean when it is not "where the head is most active".
@@ -74,6 +76,12 @@ def colour(value: float, vmax: float, vmin: float) -> str:
     return f"rgba(255,96,0,{a:.2f})" if value > 0 else f"rgba(40,110,255,{a * 0.6:.2f})"
 
 
+def salience_colour(drop: float) -> str:
+    """The underline of a token that matters: purple, more opaque for a larger relative drop."""
+    a = min(max(float(drop), 0.0), 1.0)
+    return f"rgba(120,40,200,{0.3 + 0.7 * a:.2f})"
+
+
 def attn_colour(weight: float) -> str:
     """The underline of a source token: green, more opaque for more attention."""
     a = min(max(float(weight), 0.0), 1.0)
@@ -81,20 +89,27 @@ def attn_colour(weight: float) -> str:
 
 
 def token_spans(tokens: Sequence[str], values: Sequence[float | None], mark: int | None,
-                vmax: float, vmin: float, attn: Mapping[int, float] | None = None) -> str:
+                vmax: float, vmin: float, attn: Mapping[int, float] | None = None,
+                salience: Mapping[int, float] | None = None) -> str:
     """One ``<span>`` per token, coloured by its value, the value in its hover title; token
     ``mark`` (an index into ``tokens``) gets the max-token outline. None values are uncoloured;
     NaN ones (a token the feature did not see) too, and say so in their title.
     ``attn`` (index -> weight): the tokens the marked one attends to, underlined in green by
-    weight, ``attn w`` in their hover title."""
+    weight, ``attn w`` in their hover title. ``salience`` (index -> relative drop of the
+    activation when the token is replaced, ``token_saliency``): the tokens that matter,
+    underlined in purple by drop."""
     parts = []
     for i, (tok, val) in enumerate(zip(tokens, values)):
         text = esc(show_token(tok))
         w = attn.get(i) if attn else None
         src = "" if w is None else f";box-shadow:inset 0 -4px 0 {attn_colour(w)}"
         note = "" if w is None else f" · attn {w:.3g}"
+        d = salience.get(i) if salience else None
+        if d is not None and d >= SALIENT:
+            src += f";text-decoration:underline 3px {salience_colour(d)};text-underline-offset:4px"
+            note += f" · drop {d:.0%} when replaced"
         if val is None:
-            if w is None:
+            if not src:
                 parts.append(f'<span class="ns-out">{text}</span>')
             else:
                 parts.append(f'<span class="ns-out ns-src" style="{src[1:]}" title="{esc(f"{tok!r}{note}")}">{text}</span>')
@@ -108,10 +123,12 @@ def token_spans(tokens: Sequence[str], values: Sequence[float | None], mark: int
 
 
 def example_html(row: dict, vocab: Sequence[str], vmax: float, vmin: float,
-                 context: Sequence[int] | None = None, attention: Attention | None = None) -> str:
+                 context: Sequence[int] | None = None, attention: Attention | None = None,
+                 salience: Mapping[int, float] | None = None) -> str:
     """One example's text: its window coloured (or, given ``context``, the whole stored context
     with the window coloured and the rest plain), the example's token marked; ``attention``
-    (source positions, weights) underlines the tokens it attends to."""
+    (source positions, weights) underlines the tokens it attends to, ``salience`` (context
+    position -> relative drop) the tokens its activation depends on."""
     ids = [int(t) for t in row["window_token_ids"]]
     values = [float(v) for v in row["window_acts"]]
     start = int(row["window_start"])
@@ -124,10 +141,11 @@ def example_html(row: dict, vocab: Sequence[str], vmax: float, vmin: float,
             if 0 <= start + i < len(full):
                 vals[start + i] = v
         attn = {p: w for p, w in src.items() if 0 <= p < len(full)}
-        return (f'<div class="ns-ex">{token_spans([_tok(vocab, t) for t in full], vals, int(row["pos"]), vmax, vmin, attn)}'
+        return (f'<div class="ns-ex">{token_spans([_tok(vocab, t) for t in full], vals, int(row["pos"]), vmax, vmin, attn, salience)}'
                 '</div>')
     attn = {p - start: w for p, w in src.items() if 0 <= p - start < len(ids)}
-    return f'<div class="ns-ex">{token_spans([_tok(vocab, t) for t in ids], values, mark, vmax, vmin, attn)}</div>'
+    near = {p - start: d for p, d in (salience or {}).items() if 0 <= p - start < len(ids)}
+    return f'<div class="ns-ex">{token_spans([_tok(vocab, t) for t in ids], values, mark, vmax, vmin, attn, near)}</div>'
 
 
 def attention_notes(row: dict, attention: Attention | None, vocab: Sequence[str],
@@ -160,21 +178,23 @@ def example_header(row: dict, label: str) -> str:
 
 
 def example_window(row: dict, vocab: Sequence[str], vmax: float, vmin: float, attention: Attention | None = None,
-                   context: Sequence[int] | None = None) -> str:
-    """The coloured window, its sources underlined, and the notes naming the sources outside
-    it (their tokens read from ``context``, the example's whole stored context)."""
-    return example_html(row, vocab, vmax, vmin, attention=attention) + attention_notes(row, attention, vocab, context)
+                   context: Sequence[int] | None = None, salience: Mapping[int, float] | None = None) -> str:
+    """The coloured window, its sources (or salient tokens) underlined, and the notes naming
+    the sources outside it (their tokens read from ``context``, the example's whole stored context)."""
+    return (example_html(row, vocab, vmax, vmin, attention=attention, salience=salience)
+            + attention_notes(row, attention, vocab, context))
 
 
 def example_block(row: dict, vocab: Sequence[str], vmax: float, vmin: float, context: Sequence[int] | None,
-                  attention: Attention | None = None) -> str:
-    """Header, coloured window (where the example's token attends, for a head) and, when the
-    stored context is longer, the whole context in a native ``<details>`` (expands in the
-    browser, no server round trip)."""
-    out = example_header(row, f"#{int(row['rank'])}") + example_window(row, vocab, vmax, vmin, attention, context)
+                  attention: Attention | None = None, salience: Mapping[int, float] | None = None) -> str:
+    """Header, coloured window (where the example's token attends, for a head; the tokens its
+    activation depends on, for a neuron with ``token_saliency``) and, when the stored context
+    is longer, the whole context in a native ``<details>`` (expands in the browser, no server
+    round trip)."""
+    out = example_header(row, f"#{int(row['rank'])}") + example_window(row, vocab, vmax, vmin, attention, context, salience)
     if context is not None and len(context) > len(row["window_token_ids"]):
         out += (f'<details class="ns-ctx"><summary>whole context {int(row["ctx_id"])} ({len(context)} tokens)</summary>'
-                f'{example_html(row, vocab, vmax, vmin, context=context, attention=attention)}</details>')
+                f'{example_html(row, vocab, vmax, vmin, context=context, attention=attention, salience=salience)}</details>')
     return out
 
 

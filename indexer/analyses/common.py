@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from indexer.store.query import open_index, run_sql
 
 HEAD_SITE = "heads"  # the one site that is not a neuron site (its features are head metrics)
 TOKENS_PER_BATCH = 8192  # padded tokens per forward pass of the short-sequence batches
+# (sequence rows of a batch, its width) -> float32 [rows, width, d_model] added to the token embeddings
+EmbedDelta = Callable[[np.ndarray, int], np.ndarray]
 
 
 @dataclass
@@ -38,6 +40,9 @@ class Options:
       top_ranks: top examples per neuron that minimal examples and the trigram test re-run.
       keep_fraction: minimal examples keep at least this fraction of the activation.
       sample_tokens: tokens of the contexts table the regex library is scored on.
+      saliency: how token saliency replaces a token: 'frequent' (a frequent token of the
+        contexts), 'random' (any token of the vocabulary) or 'noise' (Gaussian noise added to
+        its embedding); see indexer.analyses.saliency.
       progress: show tqdm bars on stderr.
     """
 
@@ -46,6 +51,7 @@ class Options:
     top_ranks: int = 5
     keep_fraction: float = 0.5
     sample_tokens: int = 100_000
+    saliency: str = "frequent"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -122,49 +128,78 @@ class IndexContext:
         return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr,
                     disable=not self.options.progress, smoothing=0.05)
 
-    def last_token_acts(self, sequences: Sequence[np.ndarray], layers: Sequence[int], desc: str) -> dict[tuple[str, int], np.ndarray]:
+    def last_token_acts(self, sequences: Sequence[np.ndarray], layers: Sequence[int], desc: str,
+                        bar: Any = None, embed_delta: EmbedDelta | None = None) -> dict[tuple[str, int], np.ndarray]:
         """Each neuron site of ``layers`` read at the last token of every sequence:
-        (site, layer) -> [sequence, neuron] float32. Sequences are batched by length."""
+        (site, layer) -> [sequence, neuron] float32. Sequences are batched by length.
+        ``bar``: a progress bar to advance (else one of its own); ``embed_delta(rows, width)``:
+        float32 [len(rows), width, d_model] added to those sequences' token embeddings."""
         forward, plan = self._forward(layers)
         order = np.argsort([-len(s) for s in sequences], kind="stable")  # longest first: width = first row
         out = {(s.name, s.layer): np.zeros((len(sequences), s.n_features), np.float32) for s in plan}
-        bar = self.bar(len(sequences), desc)
+        own = bar is None
+        bar = self.bar(len(sequences), desc) if own else bar
         i = 0
         while i < len(order):
             width = len(sequences[order[i]])
             rows = order[i : i + max(1, TOKENS_PER_BATCH // max(1, width))]
-            feats = forward(self._batch([sequences[r] for r in rows], width))
+            batch = self._batch([sequences[r] for r in rows], width)
+            feats = forward(batch) if embed_delta is None else self._shifted(forward, batch, embed_delta(rows, width))
             last = np.array([len(sequences[r]) - 1 for r in rows])
             for site, acts in feats.items():
                 out[(site.name, site.layer)][rows] = acts[np.arange(len(rows)), last].cpu().numpy()
             i += len(rows)
             bar.update(len(rows))
-        bar.close()
+        if own:
+            bar.close()
         return out
+
+    def _shifted(self, forward: Any, batch: Any, delta: np.ndarray) -> dict:
+        """``forward(batch)`` with ``delta`` [batch, pos, d_model] added to the token embeddings."""
+        import torch
+
+        shift = torch.from_numpy(np.ascontiguousarray(delta, np.float32)).to(batch.tokens.device)
+
+        def add(embed: Any, hook: Any) -> Any:
+            return embed + shift.to(embed.dtype)
+
+        with self.model.bridge.hooks(fwd_hooks=[("hook_embed", add)]):
+            return forward(batch)
 
     def resumable_last_token_acts(self, name: str, sequences: Sequence[np.ndarray], layers: Sequence[int],
                                   desc: str, chunk: int = 16384) -> dict[tuple[str, int], np.ndarray]:
         """``last_token_acts`` in chunks, each saved under ``analyses/_partial/NAME/`` as it
         finishes, so a killed analysis resumes where it stopped (the runner clears the folder)."""
-        from indexer.store.writer import atomic_write_bytes
-
-        folder = partial_dir(self.root, name)
         parts: list[dict[tuple[str, int], np.ndarray]] = []
+        total = -(-len(sequences) // chunk)
         for n, start in enumerate(range(0, len(sequences), chunk)):
-            digest = hashlib.sha1(b"".join(np.asarray(q, np.int64).tobytes() + b"|" for q in sequences[start : start + chunk]))
-            path = folder / f"chunk-{n:05d}-{digest.hexdigest()[:16]}.npz"  # other inputs: other names
-            if path.is_file():
-                with np.load(path) as saved:
-                    parts.append({tuple(k.split("/")[:1]) + (int(k.split("/")[1]),): saved[k] for k in saved.files})
-                continue
-            acts = self.last_token_acts(sequences[start : start + chunk], layers, f"{desc} {n + 1}/{-(-len(sequences) // chunk)}")
-            buffer = io.BytesIO()
-            np.savez(buffer, **{f"{site}/{layer}": a for (site, layer), a in acts.items()})
-            atomic_write_bytes(path, buffer.getvalue())
-            parts.append(acts)
+            part = sequences[start : start + chunk]
+
+            def compute(part=part, n=n) -> dict[str, np.ndarray]:
+                acts = self.last_token_acts(part, layers, f"{desc} {n + 1}/{total}")
+                return {f"{site}/{layer}": a for (site, layer), a in acts.items()}
+
+            saved = self.saved_chunk(name, n, sequence_digest(part), compute)
+            parts.append({(k.split("/")[0], int(k.split("/")[1])): a for k, a in saved.items()})
         if not parts:
             return {}
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+    def saved_chunk(self, name: str, n: int, digest: str, compute: Callable[[], dict[str, np.ndarray]]
+                    ) -> dict[str, np.ndarray]:
+        """Chunk ``n`` of analysis ``name``: the arrays a killed run saved under the same digest
+        of its inputs (``analyses/_partial/NAME/``), else ``compute()``'s, saved as they come."""
+        from indexer.store.writer import atomic_write_bytes
+
+        path = partial_dir(self.root, name) / f"chunk-{n:05d}-{digest[:16]}.npz"  # other inputs: other names
+        if path.is_file():
+            with np.load(path) as saved:
+                return {k: saved[k] for k in saved.files}
+        arrays = compute()
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
+        return arrays
 
     def all_token_acts(self, sequences: Sequence[np.ndarray], layers: Sequence[int], desc: str):
         """Yield (index, {(site, layer): [len, neuron] float32}) for every sequence, batched."""
@@ -209,6 +244,11 @@ class IndexContext:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def sequence_digest(sequences: Iterable[np.ndarray], salt: bytes = b"") -> str:
+    """A hex digest of token sequences (and ``salt``): names a saved chunk by its inputs."""
+    return hashlib.sha1(salt + b"".join(np.asarray(q, np.int64).tobytes() + b"|" for q in sequences)).hexdigest()
 
 
 def partial_dir(root: Path, name: str) -> Path:

@@ -3,7 +3,7 @@
 
 Resumable and selective: when an analysis finishes, its tables are written (atomically, part
 file by part file) and then a marker ``analyses/_done/NAME.json`` (with its time); a later run
-skips analyses whose marker is there unless ``force``. Long analyses (minimal, trigram) also
+skips analyses whose marker is there unless ``force``. Long analyses (minimal, trigram, saliency) also
 save finished chunks of their forward passes under ``analyses/_partial/NAME/``, so a killed
 run resumes mid-analysis; the chunks are removed once the analysis is done. The index itself
 is never touched.
@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from indexer.analyses import agreement, experts, flags, latents, logits, minimal, regex, trigram
+from indexer.analyses import agreement, experts, flags, latents, logits, minimal, regex, saliency, trigram
 from indexer.analyses.common import IndexContext, Options, partial_dir
 from indexer.errors import ConfigError
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
-ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (flags, logits, latents, agreement, regex, trigram, minimal, experts)}
+ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (flags, logits, latents, agreement, regex, trigram, minimal,
+                                                      saliency, experts)}
 
 
 def parse_only(text: str | None) -> list[str]:

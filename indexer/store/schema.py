@@ -358,6 +358,26 @@ class TrigramScores(_NeuronKey):
 
 
 @_table
+class TokenSaliency(_NeuronKey):
+    """Per top example and token of the window ending at it: the drop in the feature's
+    activation when that token is replaced (indexer.analyses.saliency)."""
+
+    NAME: ClassVar[str] = "token_saliency"
+    LOCATION: ClassVar[str] = "analyses/token_saliency"
+    rank: Int32  # rank of the top example
+    ctx_id: int
+    pos: Int32  # context position of the example's token
+    token_pos: Int32  # context position of the replaced token (pos itself included)
+    token_id: Int32
+    token_str: str
+    activation_drop: float  # baseline minus the mean activation with the token replaced
+    rel_drop: float  # drop / baseline: 1 = the activation is gone, < 0 = it grew
+    salience_rank: Int32  # 0 = the token whose replacement drops the activation most in this example
+    baseline: float  # the activation at pos on the window alone (BOS + the window's tokens)
+    method: str  # 'frequent', 'random' or 'noise'
+
+
+@_table
 class MinimalExamples(_NeuronKey):
     NAME: ClassVar[str] = "minimal_examples"
     LOCATION: ClassVar[str] = "analyses/minimal_examples"
@@ -477,6 +497,7 @@ TABLES: tuple[type[Table], ...] = (
     Flags,
     RegexScores,
     TrigramScores,
+    TokenSaliency,
     MinimalExamples,
     LogitEffects,
     MinimalSummary,
