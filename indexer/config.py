@@ -21,6 +21,11 @@ from indexer.errors import ConfigError
 SiteName = Literal["mlp_post", "mlp_pre", "mlp_mid", "mlp_gate", "mlp_up", "experts", "heads"]
 SITES: tuple[str, ...] = get_args(SiteName)
 DEPRECATED_SITES = {"mlp_pre_ln": "mlp_mid"}  # old name -> the name the field uses
+# ``random:K[:SEED]`` in --sites: K seeded random unit directions of RANDOM_OF's activation space,
+# recorded in the same pass as site RANDOM_SITE (indexer.forward.random_sites).
+RANDOM_SITE = "random"
+RANDOM_OF = "mlp_post"
+MAX_RANDOM = 65536
 Order = Literal["shuffle", "file"]
 DType = Literal["float32", "bfloat16"]
 StoreContexts = Literal["kept", "all"]
@@ -42,20 +47,42 @@ def parse_quantiles(text: str) -> tuple[float, ...]:
 
 
 def parse_sites(text: str) -> tuple[str, ...] | None:
-    """'all' -> None (every site of the model); 'heads,mlp_post' -> ('heads', 'mlp_post').
+    """'all' -> None (every site of the model); 'heads,mlp_post' -> ('heads', 'mlp_post');
+    ``random:K[:SEED]`` asks for K random directions of mlp_post's space (``random_spec``).
 
-    >>> parse_sites("all") is None, parse_sites("mlp_post, heads")
-    (True, ('mlp_post', 'heads'))
+    >>> parse_sites("all") is None, parse_sites("mlp_post, heads,random:8")
+    (True, ('mlp_post', 'heads', 'random:8'))
     """
     if str(text).strip() == "all":
         return None
     names = tuple(dict.fromkeys(canonical_site(s.strip()) for s in str(text).split(",") if s.strip()))
     if not names:
         raise ConfigError(f"--sites {text!r}: name at least one site ({', '.join(SITES)}) or 'all'")
-    unknown = [n for n in names if n not in SITES]
+    unknown = [n for n in names if n not in SITES and random_spec(n) is None]
     if unknown:
-        raise ConfigError(f"--sites: unknown {', '.join(unknown)}; expected {', '.join(SITES)} or 'all'")
+        raise ConfigError(f"--sites: unknown {', '.join(unknown)}; expected {', '.join(SITES)}, {RANDOM_SITE}:K[:SEED] "
+                          "or 'all'")
+    if sum(random_spec(n) is not None for n in names) > 1:
+        raise ConfigError(f"--sites {text!r}: name {RANDOM_SITE}:K once")
     return names
+
+
+def random_spec(name: str) -> tuple[int, int] | None:
+    """(K, seed) for a site spelled ``random:K`` or ``random:K:SEED`` (K random unit directions of
+    mlp_post's space, drawn with SEED, default 0; recorded as site ``random``), None for any other
+    name; ConfigError for a bad K or seed.
+
+    >>> random_spec("random:64"), random_spec("random:64:7"), random_spec("mlp_post")
+    ((64, 0), (64, 7), None)
+    """
+    head, sep, rest = str(name).partition(":")
+    if head != RANDOM_SITE:
+        return None
+    k, _, seed = rest.partition(":")
+    if not sep or not k.isdigit() or not 1 <= int(k) <= MAX_RANDOM or not (seed.isdigit() or seed == ""):
+        raise ConfigError(f"--sites {name}: expected {RANDOM_SITE}:K[:SEED] with K a whole number from 1 to {MAX_RANDOM} "
+                          f"(K random directions of {RANDOM_OF}'s space, drawn with SEED, default 0)")
+    return int(k), int(seed or 0)
 
 
 def canonical_site(name: str) -> str:
@@ -134,7 +161,7 @@ class IndexConfig:
     top_k: int = _opt(20, "top examples kept per feature (at most one per context)")
     quantiles: tuple[float, ...] = _opt((0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999), "quantile edges of the sampling bins, over all tokens indexed", parse_quantiles, "0.25,0.5,0.75,0.9,0.95,0.99,0.999")
     per_bin: int = _opt(5, "random examples kept per quantile bin")
-    sites: tuple[SiteName, ...] | None = _opt(None, "comma list of sites: mlp_post (neuron activations), mlp_pre (input of the activation function), mlp_mid (SoLU models: after SoLU, before its LayerNorm; formerly mlp_pre_ln), mlp_gate and mlp_up (gated MLPs: the gate projection before its activation, the up projection; mlp_post is act(gate) * up), heads; or 'all' (default: mlp_pre, mlp_mid, mlp_post and heads for SoLU models, mlp_post and heads for others)", parse_sites, "all")
+    sites: tuple[SiteName, ...] | None = _opt(None, "comma list of sites: mlp_post (neuron activations), mlp_pre (input of the activation function), mlp_mid (SoLU models: after SoLU, before its LayerNorm; formerly mlp_pre_ln), mlp_gate and mlp_up (gated MLPs: the gate projection before its activation, the up projection; mlp_post is act(gate) * up), heads, random:K[:SEED] (K random unit directions of mlp_post's space drawn with SEED, default 0, site 'random': a baseline for the neurons); or 'all' (default: mlp_pre, mlp_mid, mlp_post and heads for SoLU models, mlp_post and heads for others)", parse_sites, "all")
     layers: tuple[int, ...] | None = _opt(None, "comma list of layers to index, or 'all'", parse_layers, "all")
     window_before: int = _opt(48, "tokens kept before each example's position")
     window_after: int = _opt(8, "tokens kept after each example's position")
@@ -149,6 +176,7 @@ class IndexConfig:
     overwrite: bool = _opt(False, "delete the index in --out first (only an index: its manifest or checkpoint must be there)")
     shard: tuple[int, int] = _opt((0, 1), "I/N: index only contexts with ctx_id % N == I (combine with `neuroscope merge`)", parse_shard, "0/1")
     dask: str | None = _opt(None, "local[:N] or tcp://HOST:PORT: spread shards over a Dask cluster")
+    dask_shards: int | None = _opt(None, "shards of a --dask job, handed out as workers free up (default: 4 per worker present at the start; each shard adds one write and one merge of the recorder state)")
     order: Order = _opt("shuffle", "with --tokens: shuffle reads documents in a seeded random order spread over the whole corpus (hf: streams through a seeded shuffle buffer); file reads them in file order", parse_order, "shuffle")
     tokens_bos: str = _opt("auto", "pre-tokenized corpora (a 'tokens' column): auto prepends BOS to a row only if it lacks it; always; never", _choice("tokens-bos", ("auto", "always", "never")), "auto")
     sae: list[str] = _opt([], "[NAME=]PATH: an SAE or transcoder folder (SAELens cfg.json + sae_weights.safetensors, or sparsify cfg.json + sae.safetensors) or an embedded SAE name, whose latents are indexed as site sae:NAME (NAME defaults to the folder's name); repeatable")
@@ -180,6 +208,8 @@ class IndexConfig:
             raise ConfigError("--checkpoint-minutes must be a positive number")
         if self.window_before < 1 or self.window_after < 0:
             raise ConfigError("--window-before must be at least 1 and --window-after at least 0")
+        if self.dask_shards is not None and (self.dask_shards < 1 or not self.dask):
+            raise ConfigError("--dask-shards must be at least 1, with --dask")
         if self.tokens is not None and self.tokens < 1:
             raise ConfigError("--tokens must be at least 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

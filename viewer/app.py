@@ -60,11 +60,11 @@ def _pick_index() -> None:
 
 
 def _pages():
-    from viewer import page_compare, page_head, page_heads, page_neuron, page_overview, page_search, page_sql
+    from viewer import page_compare, page_head, page_heads, page_neuron, page_overview, page_replay, page_search, page_sql
 
     return {"overview": page_overview.render, "neuron": page_neuron.render, "head": page_head.render,
             "heads": page_heads.render, "compare": page_compare.render, "search": page_search.render,
-            "sql": page_sql.render}
+            "sql": page_sql.render, "replay": page_replay.render}
 
 
 main()

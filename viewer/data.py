@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from indexer.api import Index, NeuronRecord
+from indexer.config import RANDOM_SITE
 from indexer.store import schema
 from indexer.store.canned import DEAD_EPS
 from indexer.store.query import run_sql
@@ -104,9 +105,11 @@ def neuron_page(ix: Index, site: str, layer: int, neuron: int, catalog: dict[str
     catalog = analysis_catalog(ix) if catalog is None else catalog
     key = {"site": site, "layer": layer, "neuron": neuron}
     found = {name: analysis_rows(ix, name, key, catalog) for name in NEURON_ANALYSES}
-    if site.startswith(SAE_SITE):  # logit_effects is keyed by (layer, neuron) of the model's neurons
+    if site.startswith(SAE_SITE) or site == RANDOM_SITE:  # logit_effects: keyed by (layer, neuron) of the model's neurons
         found["logit_effects"] = found.pop("latent_logit_effects")
         found["latent_neurons"] = analysis_rows(ix, "latent_neurons", {"sae_site": site, "latent": neuron}, catalog)
+        if found.get("site_agreement") is not None:  # keyed by (layer, neuron) too: another feature's rows
+            found["site_agreement"] = found["site_agreement"].iloc[:0]
     found.pop("latent_logit_effects", None)
     if found.get("latent_neurons") is not None and not found["latent_neurons"].empty:
         order = "rank_in_latent" if site.startswith(SAE_SITE) else "rank_in_neuron"

@@ -3,7 +3,8 @@
 Every page lives at the app's root; its state is the query string, so any view can be copied
 and shared: ``?site=mlp_post&layer=0&neuron=5`` (a neuron), ``?layer=0&head=1&metric=max_attn``
 (a head), ``?page=heads`` (the head wiki), ``?page=search&token=...``, ``?page=sql&q=...``, ``?page=overview``,
-``?page=compare&f=...`` (features side by side, ``viewer.page_compare``). When the viewer serves
+``?page=compare&f=...`` (features side by side, ``viewer.page_compare``), ``?page=replay&site=...`` (a
+feature across checkpoints, in a replay folder: ``viewer.page_replay``). When the viewer serves
 several indexes every link also names its index, ``&ix=NAME``, so links stay shareable.
 """
 
@@ -17,7 +18,7 @@ import streamlit as st
 from indexer.errors import NeuroscopeError
 
 PAGES = {"overview": "Overview", "neuron": "Neuron", "head": "Head", "heads": "Heads", "compare": "Compare",
-         "search": "Search", "sql": "SQL"}
+         "search": "Search", "sql": "SQL", "replay": "Replay"}
 INDEX_KEY = "_ns_ix"  # session state: the index name links carry (None: one index served, links need none)
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from indexer.api import Index
+from indexer.config import RANDOM_OF, RANDOM_SITE
 from indexer.errors import NeuroscopeError
 from viewer import charts, data, nav, state
 from viewer.render import SALIENT, bins, esc, example_block, example_header, example_window, neuron_query
@@ -267,7 +268,9 @@ def _regex_box(ix: Index, site: str, layer: int, neuron: int) -> None:
 
 def expert_caption(ix: Index, site: str, layer: int, neuron: int) -> str:
     """' · expert E neuron N' for a neuron of an experts site (' · shared expert neuron N'), as
-    the view ``expert_neurons`` numbers them; '' for any other site."""
+    the view ``expert_neurons`` numbers them; a random direction's space; '' for any other site."""
+    if site == RANDOM_SITE:
+        return f" · a random direction of {RANDOM_OF}'s space (a baseline)"
     if site != "experts":
         return ""
     row = ix.sql("SELECT expert, expert_neuron FROM expert_neurons WHERE layer = $l AND neuron = $n",

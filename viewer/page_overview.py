@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from indexer.api import Index
-from viewer import charts, data, nav, state
+from viewer import baseline, charts, data, nav, page_replay, state
 from viewer.render import attr, esc, head_query, neuron_query
 
 LINKS = 12
@@ -35,7 +35,11 @@ def render(ix: Index, path: str, key: float) -> None:
     with st.expander("How it was run"):
         run = {k: m.get(k) for k in ("created", "device", "ctx_len", "timing", "counts", "versions") if k in m}
         st.json({"config": m.get("config", {}), **run})
+    if page_replay.is_replay(ix):  # a replay folder holds its replay, not an index's tables
+        page_replay.overview(ix, path, key)
+        return
     _neurons(ix, path, key)
+    baseline.render(ix, path, key)  # real neurons vs random directions, when the index has them
     _heads(ix, path, key)
     _analyses(ix, path, key)
 

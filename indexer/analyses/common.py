@@ -8,8 +8,6 @@ metrics, so renamed or added MLP sites are analysed as they come.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from indexer.config import RANDOM_SITE  # random-direction sites: neuron sites whose features are not neurons
 from indexer.errors import IndexDirError
 from indexer.inputs.sae import SITE_PREFIX as SAE_PREFIX  # SAE sites: neuron sites whose features are latents
+from indexer.store import chunks
+from indexer.store.chunks import sequence_digest
 from indexer.store.manifest import read_manifest
 from indexer.store.query import open_index, run_sql
 
@@ -78,9 +79,10 @@ class IndexContext:
         return [s for s in self.manifest.get("sites", []) if s["name"] != HEAD_SITE]
 
     def sites_of_layer(self, layer: int, latents: bool = False) -> list[str]:
-        """The model's own neuron sites of ``layer`` (and with ``latents``, its SAE sites too)."""
+        """The model's own neuron sites of ``layer`` (and with ``latents``, its SAE and random
+        direction sites too: features that are not the model's own neurons)."""
         return [s["name"] for s in self.neuron_sites
-                if s["layer"] == layer and (latents or not s["name"].startswith(SAE_PREFIX))]
+                if s["layer"] == layer and (latents or not (s["name"].startswith(SAE_PREFIX) or s["name"] == RANDOM_SITE))]
 
     def output_site(self, layer: int) -> str | None:
         """The site whose features W_out reads: the last MLP site to fire in the layer."""
@@ -121,6 +123,13 @@ class IndexContext:
         from indexer.forward.sae_sites import sites_from_manifest
 
         return sites_from_manifest(self.model, self.manifest)
+
+    @cached_property
+    def random_directions(self) -> dict[int, np.ndarray]:
+        """layer -> [k, d_mlp] float32: the directions of the index's ``random`` site, as stored."""
+        df = self.sql("SELECT layer, neuron, direction FROM random_directions ORDER BY layer, neuron")
+        return {int(layer): np.stack([np.asarray(d, np.float32) for d in g.direction])
+                for layer, g in df.groupby("layer")}
 
     def bar(self, total: int, desc: str, unit: str = "seq"):
         from tqdm import tqdm
@@ -189,17 +198,7 @@ class IndexContext:
                     ) -> dict[str, np.ndarray]:
         """Chunk ``n`` of analysis ``name``: the arrays a killed run saved under the same digest
         of its inputs (``analyses/_partial/NAME/``), else ``compute()``'s, saved as they come."""
-        from indexer.store.writer import atomic_write_bytes
-
-        path = partial_dir(self.root, name) / f"chunk-{n:05d}-{digest[:16]}.npz"  # other inputs: other names
-        if path.is_file():
-            with np.load(path) as saved:
-                return {k: saved[k] for k in saved.files}
-        arrays = compute()
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(path, buffer.getvalue())
-        return arrays
+        return chunks.saved_chunk(partial_dir(self.root, name), n, digest, compute)[0]
 
     def all_token_acts(self, sequences: Sequence[np.ndarray], layers: Sequence[int], desc: str):
         """Yield (index, {(site, layer): [len, neuron] float32}) for every sequence, batched."""
@@ -216,17 +215,13 @@ class IndexContext:
         bar.close()
 
     def _forward(self, layers: Sequence[int]):
+        from indexer.forward.manifest_plan import plan_from_manifest
         from indexer.forward.runner import SiteForward
-        from indexer.forward.sites import Site
 
-        from indexer.forward.expert_sites import attach_experts
-
-        wanted = set(layers)
-        plan = [self.sae_sites[s["name"]] if s["name"] in self.sae_sites else Site(s["name"], s["layer"], s["n_features"])
-                for s in self.neuron_sites if s["layer"] in wanted]
-        plan = attach_experts(self.model, plan)
+        stored = self.random_directions if any(s["name"] == RANDOM_SITE for s in self.neuron_sites) else None
+        plan = plan_from_manifest(self.model, self.manifest, layers, self.sae_sites, stored)
         if not plan:
-            raise IndexDirError(f"{self.root}: no neuron site of layer(s) {sorted(wanted)} was indexed")
+            raise IndexDirError(f"{self.root}: no neuron site of layer(s) {sorted(set(layers))} was indexed")
         return SiteForward(self.model, plan, self.options.dtype), plan
 
     def _batch(self, sequences: Sequence[np.ndarray], width: int):
@@ -244,11 +239,6 @@ class IndexContext:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def sequence_digest(sequences: Iterable[np.ndarray], salt: bytes = b"") -> str:
-    """A hex digest of token sequences (and ``salt``): names a saved chunk by its inputs."""
-    return hashlib.sha1(salt + b"".join(np.asarray(q, np.int64).tobytes() + b"|" for q in sequences)).hexdigest()
 
 
 def partial_dir(root: Path, name: str) -> Path:

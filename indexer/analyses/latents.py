@@ -1,10 +1,13 @@
-"""SAE latents: logit effects and links to the MLP neurons of their layer.
+"""SAE latents: logit effects and links to the MLP neurons of their layer; random directions'
+logit effects.
 
 Logit effects (table ``latent_logit_effects``): for an SAE whose decoder writes into the
 residual stream (it reconstructs hook_resid_pre/mid/post, hook_mlp_out or hook_attn_out, or is
 a transcoder whose output is one of those), effect[i] = W_dec[i] @ W_U' with the final norm
 folded exactly as for neurons (``analyses.logits.folded_unembed``; W_dec centred over d_model
-for LayerNorm models): the direct path only, up to the positive per-token norm scale.
+for LayerNorm models): the direct path only, up to the positive per-token norm scale. A random
+direction u of mlp_post (site ``random``) writes u @ W_out per unit of its value, so its effect
+is (u @ W_out) @ W_U', folded the same way.
 
 Links (table ``latent_neurons``), for an SAE on an MLP of layer L:
 - on the neurons themselves (``blocks.L.mlp.hook_post``, d_in = d_mlp): reads[n, i] =
@@ -24,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.analyses.common import IndexContext
+from indexer.analyses.common import RANDOM_SITE, IndexContext
+from indexer.forward.sites import Site
 from indexer.store.schema import LatentLogitEffects, LatentNeurons
 
 NAME = "latents"
@@ -54,6 +58,10 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
             if out_hook and _RESIDUAL.match(out_hook) and sae.cfg.d_out == w_u.shape[0]:
                 _logit_rows(ix, site, sae.tensors["W_dec"].float(), w_u, centre, effects)
             _link_rows(ix, site, sae, tl_hook(sae), out_hook, links)
+        for site in (s for s in ix.neuron_sites if s["name"] == RANDOM_SITE):
+            w_out = _w_out(bridge, site["layer"])
+            writes = torch.from_numpy(ix.random_directions[site["layer"]]).to(w_out.device) @ w_out  # [k, d_model]
+            _logit_rows(ix, Site(site["name"], site["layer"], site["n_features"]), writes, w_u, centre, effects)
     return {LatentLogitEffects: effects, LatentNeurons: links}
 
 

@@ -36,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from indexer.analyses.common import IndexContext, sequence_digest, top_examples
+from indexer.analyses.common import IndexContext, top_examples
 from indexer.analyses.trigram import frequent_tokens
 from indexer.errors import ConfigError
+from indexer.store.chunks import sequence_digest
 from indexer.store.schema import TokenSaliency
 
 NAME = "saliency"

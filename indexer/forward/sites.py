@@ -17,6 +17,8 @@ A site is one layer's worth of features that share recorders:
   to its expert (``indexer.forward.expert_sites``)               # [batch, pos, n_experts * d_expert]
 - ``heads``: per-token metrics of every head, feature ``head * N_METRICS + metric``
                                                                         # [batch, pos, n_heads * 4]
+- ``random`` (``--sites random:K[:SEED]``): K seeded random unit directions of mlp_post's space,
+  read from mlp_post's hook (``indexer.forward.random_sites``)          # [batch, pos, K]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexer.config import SITES, canonical_site
+from indexer.config import SITES, canonical_site, random_spec
 from indexer.errors import ConfigError
 from indexer.inputs.models import ModelInfo
 
@@ -44,8 +46,8 @@ class Site:
     name: str
     layer: int
     n_features: int
-    hook: str | None = None  # an SAE site's bridge hook (indexer.forward.sae_sites)
-    encoder: Any = field(default=None, compare=False, repr=False)  # an SAE site's SaeEncoder
+    hook: str | None = None  # the bridge hook of a site computed from another's (SAE, experts, random)
+    encoder: Any = field(default=None, compare=False, repr=False)  # what computes its features from the hook
 
     @property
     def key(self) -> str:
@@ -77,12 +79,17 @@ def plan_sites(info: ModelInfo, sites: tuple[str, ...] | None = None, layers: tu
     then by firing order."""
     names = _choose_sites(info, sites)
     chosen_layers = _choose_layers(info, layers)
+    random = next((name for name in names if random_spec(name) is not None), None)
     plan = []
     for layer in chosen_layers:
         for name in ("heads", "mlp_pre", "mlp_gate", "mlp_up", "mlp_mid", "mlp_post", "experts"):  # firing order
             if name in names:
                 width = {"heads": info.n_heads * len(HEAD_METRICS), "experts": info.n_experts * info.d_mlp}.get(name, info.d_mlp)
                 plan.append(Site(name, layer, width))
+        if random is not None:  # read from mlp_post's hook, after it
+            from indexer.forward.random_sites import random_site
+
+            plan.append(random_site(random, layer, info.d_mlp))
     return plan
 
 
@@ -94,6 +101,13 @@ def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
     if sites is None:
         return {"mlp_post", "heads"} | ({"mlp_pre", "mlp_mid"} if info.is_solu else set())
     sites = tuple(canonical_site(s) for s in sites)  # an old index or checkpoint may hold old names
+    randoms = {s for s in sites if random_spec(s) is not None}
+    if randoms and (info.attn_only or info.n_experts):
+        raise ConfigError(f"--sites {min(randoms)}: random directions are drawn in the space of a dense MLP's neurons "
+                          f"(mlp_post); {info.name} has " + ("no MLPs" if info.attn_only else "a mixture of experts"))
+    sites = tuple(s for s in sites if s not in randoms)
+    if randoms and not sites:
+        return randoms
     if info.attn_only and set(sites) - {"heads"}:
         raise ConfigError(f"--sites {','.join(sorted(set(sites) - {'heads'}))}: {info.name} is attention-only "
                           "(no MLPs); its only site is heads")
@@ -111,7 +125,7 @@ def _choose_sites(info: ModelInfo, sites: tuple[str, ...] | None) -> set[str]:
     if {"mlp_gate", "mlp_up"} & set(sites) and not info.gated:
         raise ConfigError(f"--sites mlp_gate/mlp_up need a gated MLP (act(gate) * up); {info.name} has an ungated "
                           f"MLP ({info.act_fn}): use mlp_pre and mlp_post")
-    return set(sites)
+    return set(sites) | randoms
 
 
 def _choose_layers(info: ModelInfo, layers: tuple[int, ...] | None) -> list[int]:

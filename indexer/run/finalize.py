@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.forward.random_sites import direction_columns
 from indexer.forward.sites import HEAD_METRICS, Site
 from indexer.recorders import FeatureRecorders, hist_edges
 from indexer.recorders.histogram import ZERO_BIN
@@ -27,7 +28,7 @@ from indexer.run.decode import WindowDecoder, decode_many
 from indexer.run.examples import ExampleSet, collect_examples, window_columns
 from indexer.run.head_attention import cut_for, missing_rows, write_head_attention
 from indexer.store.schema import (
-    Contexts, Examples, HeadComposition, HeadExamples, HeadScores, Heads, HeadWiki, Neurons, Vocab,
+    Contexts, Examples, HeadComposition, HeadExamples, HeadScores, Heads, HeadWiki, Neurons, RandomDirections, Vocab,
 )
 from indexer.store.writer import IndexWriter
 
@@ -105,6 +106,9 @@ def write_index(run: Any, progress: bool = True) -> Path:
     decoder = WindowDecoder(run.model.tokenizer)
     for (site, rec), example_set in zip(run.recorders.items(), sets):
         _write_site(writer, site, rec, bands[site], example_set, vocab, decoder)
+    directions = direction_columns(run.plan)
+    if directions:
+        writer.write(RandomDirections, directions)
     if any(site.name == "heads" for site in run.plan):
         _write_head_scores(writer, run)
         writer.wait()  # head_attention reads the head examples back

@@ -6,6 +6,7 @@ tables return no rows until ``neuroscope analyze`` has written them (the views e
 
 from __future__ import annotations
 
+from indexer.config import RANDOM_OF, RANDOM_SITE
 from indexer.store.schema import HeadScores
 
 # A neuron whose largest activation over the corpus is below this never really fires.
@@ -116,6 +117,65 @@ ORDER BY score DESC, layer, neuron""",
   printf('%s and %s share %.0f%% of their top-%d contexts', site_a, site_b, 100 * top_k_overlap, k) AS reason
 FROM site_agreement
 ORDER BY score ASC, layer, neuron, site_a, site_b""",
+    ),
+    "random-baseline": (
+        f"real neurons ({RANDOM_OF}) against random directions of their space (--sites {RANDOM_SITE}:K[:SEED]), one row "
+        "per layer and statistic (density, max z-score, top-example token concentration; with `neuroscope analyze`: "
+        "regex specificity, polysemantic flags); score = relative difference |neurons - random| / max(|neurons|, "
+        "|random|), largest first; neuron is NULL (a summary over the layer)",
+        f"""WITH per AS (
+  SELECT n.site, n.layer, n.neuron, n.frac_active, ("max" - mean) / nullif(std, 0) AS max_z, t.concentration,
+    s.best_specificity, f.polysemantic, f.skipped
+  FROM neurons n
+  LEFT JOIN (SELECT site, layer, neuron, max(n) / sum(n) AS concentration
+             FROM (SELECT site, layer, neuron, token_str, count(*) AS n FROM examples WHERE kind = 'top' GROUP BY ALL)
+             GROUP BY ALL) t USING (site, layer, neuron)
+  LEFT JOIN (SELECT site, layer, neuron, max(specificity) AS best_specificity FROM regex_scores GROUP BY ALL) s
+    USING (site, layer, neuron)
+  LEFT JOIN (SELECT site, layer, neuron, bool_or(flag = 'polysemantic') AS polysemantic,
+                    bool_or(flag IN ('dead', 'dense')) AS skipped FROM flags GROUP BY ALL) f USING (site, layer, neuron)
+  WHERE n.site IN ('{RANDOM_OF}', '{RANDOM_SITE}')
+),
+by_kind AS (
+  SELECT layer, site, count(*) AS n,
+    avg(CASE WHEN frac_active >= 0.5 THEN 1.0 ELSE 0.0 END) AS dense_share,
+    median(frac_active) AS median_frac_active,
+    median(max_z) AS median_max_z,
+    avg(concentration) AS top_token_concentration,
+    CASE WHEN (SELECT count(*) FROM flags) > 0 THEN
+      avg(CASE WHEN coalesce(skipped, false) THEN NULL WHEN polysemantic THEN 1.0 ELSE 0.0 END) END AS polysemantic_share,
+    avg(best_specificity) AS mean_best_specificity,
+    avg(CASE WHEN best_specificity >= 0.5 THEN 1.0 WHEN best_specificity IS NOT NULL THEN 0.0 END) AS regex_explained_share
+  FROM per GROUP BY layer, site
+),
+long AS (
+  UNPIVOT by_kind ON dense_share, median_frac_active, median_max_z, top_token_concentration, polysemantic_share,
+                     mean_best_specificity, regex_explained_share
+  INTO NAME statistic VALUE value
+)
+SELECT r.layer, CAST(NULL AS INTEGER) AS neuron, r.statistic, n.value AS neurons, r.value AS random,
+  coalesce(abs(n.value - r.value) / nullif(greatest(abs(n.value), abs(r.value)), 0), 0) AS score,
+  m.n AS n_neurons, m.k AS n_random,
+  printf('%s: %.3g over the %d neurons, %.3g over the %d random directions', r.statistic, n.value, m.n, r.value,
+         m.k) AS reason
+FROM long r
+JOIN long n ON n.layer = r.layer AND n.statistic = r.statistic AND n.site = '{RANDOM_OF}'
+JOIN (SELECT layer, max(CASE WHEN site = '{RANDOM_OF}' THEN n END) AS n, max(CASE WHEN site = '{RANDOM_SITE}' THEN n END) AS k
+      FROM by_kind GROUP BY layer) m ON m.layer = r.layer
+WHERE r.site = '{RANDOM_SITE}'
+ORDER BY score DESC, layer, statistic""",
+    ),
+    "replay-changed": (
+        "in a replay folder (`neuroscope replay`): the features flagged changed under some checkpoint; score = "
+        "1 - rank correlation of their examples' activations (the most reordered first)",
+        """SELECT site, layer, neuron, checkpoint, step, 1 - coalesce(rank_correlation, 0) AS score, rank_correlation,
+  top_ratio, new_max, orig_max,
+  printf('under %s: rank correlation %s, top examples at %s of their activation, max on their contexts %.3g (was %.3g)',
+         checkpoint, coalesce(printf('%.2f', rank_correlation), 'undefined'),
+         coalesce(printf('%.0f%%', 100 * top_ratio), '?'), new_max, orig_max) AS reason
+FROM replay_features
+WHERE changed
+ORDER BY score DESC, step, layer, neuron""",
     ),
     "token-neurons": (
         "token-neurons TOKEN: neurons whose top examples are mostly TOKEN; score = that share, times the "

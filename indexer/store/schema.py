@@ -314,6 +314,64 @@ class HeadAttention(_Slot, _HeadKey):
     weights: list[Float32]  # attention from pos to each src_pos
 
 
+@_table
+class RandomDirections(_NeuronKey):
+    """The directions of a ``random`` site (``--sites random:K``): feature ``neuron`` of layer L is
+    ``direction . of_site`` at every token (indexer.forward.random_sites)."""
+
+    NAME: ClassVar[str] = "random_directions"
+    LOCATION: ClassVar[str] = "random_directions.parquet"
+    of_site: str  # the site whose activation space the directions live in (mlp_post)
+    direction: list[Float32]  # a unit vector of that site's width
+
+
+# A replay (`neuroscope replay`): an index's examples re-run through other checkpoints.
+
+
+@_table
+class ReplayFeatures(_NeuronKey):
+    """Per feature and checkpoint of a replay: how the feature's examples in the source index
+    fare under another model of the same shape (indexer.run.replay_stats)."""
+
+    NAME: ClassVar[str] = "replay_features"
+    LOCATION: ClassVar[str] = "replay_features"
+    PARTITIONS: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    checkpoint: str  # the checkpoint's label
+    step: Int32  # its place in the replay's --model list (0 = the first)
+    n_examples: Int32  # top and quantile examples compared
+    rank_correlation: float  # Spearman of the new against the original activations over them (1 = same order)
+    top_ratio: float  # mean new / mean original activation over the top examples
+    orig_max: float  # the largest activation among the examples in the index
+    new_top_max: float  # the checkpoint's largest activation on the original top examples' tokens
+    new_max: float  # the checkpoint's largest activation anywhere in the examples' contexts
+    new_max_ctx_id: int
+    new_max_pos: Int32
+    new_max_token_str: str
+    changed: bool  # rank_correlation or top_ratio past the replay's thresholds
+
+
+@_table
+class ReplayExamples(_Slot, _NeuronKey):
+    """Per example of the source index and checkpoint: its activation there and under the
+    checkpoint; top examples also carry the checkpoint's values over their window."""
+
+    NAME: ClassVar[str] = "replay_examples"
+    LOCATION: ClassVar[str] = "replay_examples"
+    PARTITIONS: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    ROW_GROUP_ROWS: ClassVar[int] = _EXAMPLE_ROWS
+    checkpoint: str
+    step: Int32
+    corpus: str
+    ctx_id: int
+    pos: Int32
+    token_str: str
+    activation: Float32  # in the source index (its model)
+    new_activation: Float32  # under this checkpoint
+    window_start: Int32 | None = None
+    window_token_ids: list[Int32] | None = None
+    window_acts: list[Float32] | None = None  # the checkpoint's values over the window (top examples)
+
+
 # Analyses: written later by `neuroscope analyze`, one folder each under analyses/.
 
 
@@ -419,7 +477,8 @@ class LogitEffects(Table):
 class LatentLogitEffects(LogitEffects):
     """Per SAE latent (neuron = latent index): the tokens its decoder row directly boosts and
     suppresses, W_dec[i] @ W_U with the final norm folded as for neurons; ``site`` is
-    ``sae:NAME`` (the columns of ``logit_effects``, then site)."""
+    ``sae:NAME``, or ``random`` for a random direction u ((u @ W_out) @ W_U) (the columns of
+    ``logit_effects``, then site)."""
 
     NAME: ClassVar[str] = "latent_logit_effects"
     LOCATION: ClassVar[str] = "analyses/latent_logit_effects"
@@ -494,6 +553,9 @@ TABLES: tuple[type[Table], ...] = (
     HeadWiki,
     HeadComposition,
     HeadAttention,
+    RandomDirections,
+    ReplayFeatures,
+    ReplayExamples,
     Flags,
     RegexScores,
     TrigramScores,

@@ -13,7 +13,7 @@ from helpers.configs import base_config
 from helpers.paths import ROOT
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-SUBCOMMANDS = ["index", "merge", "analyze", "regex", "sql", "view", "export-html", "demo", "bench"]
+SUBCOMMANDS = ["index", "merge", "analyze", "replay", "regex", "sql", "view", "export-html", "demo", "bench"]
 
 
 def neuroscope(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

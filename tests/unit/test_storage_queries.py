@@ -48,6 +48,11 @@ CONTRACT = {
     "minimal_summary": "site layer neuron n_examples frac_within_8 median_length",
     "logit_agreement": "layer neuron site score top10_hit_rate",
     "expert_usage": "layer expert n_tokens n_tokens_read share",  # beyond DESIGN.md (issue 19)
+    # beyond DESIGN.md (issue 24): token saliency, random directions, replays
+    "token_saliency": "site layer neuron rank ctx_id pos token_pos token_str activation_drop rel_drop salience_rank",
+    "random_directions": "site layer neuron of_site direction",
+    "replay_features": "site layer neuron checkpoint step rank_correlation top_ratio new_max changed",
+    "replay_examples": "site layer neuron checkpoint kind bin rank ctx_id pos activation new_activation window_acts",
 }
 SLOW = "SELECT sum(a.range * b.range) FROM range(100000000) a, range(100000000) b"
 
