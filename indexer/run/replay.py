@@ -44,7 +44,8 @@ from indexer.run.replay_forward import ExampleRows, Shape, run_checkpoint
 from indexer.run.safety import failed_writes_explained
 from indexer.store.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from indexer.store.query import open_index, run_sql
-from indexer.store.schema import Contexts, ReplayExamples, ReplayFeatures, Vocab, valid_partition_value
+from indexer.store.schema import Contexts, ReplayExamples, ReplayFeatures, Vocab
+from indexer.store.table import valid_partition_value
 from indexer.store.writer import IndexWriter, atomic_write_bytes
 
 KIND = "replay"

@@ -14,192 +14,16 @@ reports ``layer`` as INTEGER (without hive_types it would infer BIGINT).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import re
-import types
-import typing
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
-import pyarrow as pa
-
-Int32 = Annotated[int, pa.int32()]
-Float32 = Annotated[float, pa.float32()]
-
-_PLAIN = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
-# Hive path values must survive a round trip through a directory name unchanged (':' for the
-# sites of SAEs, ``sae:NAME``; DuckDB reads it back as is).
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+:-]+$")
-_DUCKDB_TYPES = {
-    pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT",
-    pa.float32(): "FLOAT",
-    pa.float64(): "DOUBLE",
-    pa.string(): "VARCHAR",
-    pa.bool_(): "BOOLEAN",
-}
-
-
-def arrow_type(annotation) -> pa.DataType:
-    """The Arrow type of one field annotation (``Optional`` is unwrapped: Arrow is nullable)."""
-    if typing.get_origin(annotation) is Annotated:
-        return typing.get_args(annotation)[1]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return arrow_type(inner)
-    if typing.get_origin(annotation) is list:
-        return pa.list_(arrow_type(typing.get_args(annotation)[0]))
-    return _PLAIN[annotation]
-
-
-def duckdb_type(t: pa.DataType) -> str:
-    """The DuckDB SQL spelling of an Arrow type used in these schemas."""
-    if pa.types.is_list(t):
-        return duckdb_type(t.value_type) + "[]"
-    return _DUCKDB_TYPES[t]
-
-
-def valid_partition_value(value: object) -> bool:
-    """Whether ``value`` may appear in a hive path (``corpus=NAME``): letters, digits, ``_.+:-``."""
-    return bool(_SAFE_VALUE.match(str(value)))
-
-
-class Table:
-    """Base of the table dataclasses. Subclasses set LOCATION (and PARTITIONS if any).
-
-    Attributes:
-      NAME: the DuckDB view name.
-      LOCATION: path under the index dir: a ``.parquet`` file, or a folder of part files.
-      PARTITIONS: hive partition columns, outermost first (folder tables only).
-      ROW_GROUP_ROWS: Parquet row-group size; smaller where rows carry big list columns.
-    """
-
-    NAME: ClassVar[str]
-    LOCATION: ClassVar[str]
-    PARTITIONS: ClassVar[tuple[str, ...]] = ()
-    # Narrow tables: 64k rows per group keeps the footer small and scans fast.
-    ROW_GROUP_ROWS: ClassVar[int] = 65_536
-    # Extra view columns: alias -> stored column (the view shows both names).
-    ALIASES: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def single_file(cls) -> bool:
-        return cls.LOCATION.endswith(".parquet")
-
-    @classmethod
-    def schema(cls) -> pa.Schema:
-        return _schema(cls)
-
-    @classmethod
-    def columns(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def optional_columns(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-
-    @classmethod
-    def duckdb_types(cls) -> dict[str, str]:
-        return {f.name: duckdb_type(f.type) for f in cls.schema()}
-
-    @classmethod
-    def path(cls, root: Path | str, partition: dict | None = None, part: str = "part-0") -> Path:
-        """Where a part file of this table goes (the file itself for single-file tables)."""
-        if cls.single_file():
-            return Path(root) / cls.LOCATION
-        folder = Path(root) / cls.LOCATION
-        for col in cls.PARTITIONS:
-            folder = folder / f"{col}={(partition or {})[col]}"
-        return folder / f"{part}.parquet"
-
-    @classmethod
-    def files(cls, root: Path | str) -> list[Path]:
-        """The table's finished files under ``root``, sorted (temporary files never match)."""
-        root = Path(root)
-        if cls.single_file():
-            return [root / cls.LOCATION] if (root / cls.LOCATION).is_file() else []
-        pattern = "/".join([f"{c}=*" for c in cls.PARTITIONS] + ["*.parquet"])
-        return sorted(p for p in (root / cls.LOCATION).glob(pattern) if not p.name.startswith("."))
-
-
-@functools.cache
-def _schema(cls: type[Table]) -> pa.Schema:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    # Every column is nullable, as DuckDB sees it anyway; optional ones are all-null if not given.
-    return pa.schema([pa.field(f.name, arrow_type(hints[f.name])) for f in dataclasses.fields(cls)])
-
-
-# Pieces shared by several tables. Fields come out in reverse MRO order, so a table lists its
-# key mixin LAST among its bases to get its key columns first.
-_table = dataclass(frozen=True, kw_only=True)
-
-
-@_table
-class _NeuronKey(Table):
-    site: str  # mlp_post, mlp_pre, mlp_mid
-    layer: Int32
-    neuron: Int32
-
-
-@_table
-class _HeadKey(Table):
-    layer: Int32
-    head: Int32
-    metric: str  # see indexer.forward.sites.HEAD_METRICS
-
-
-@_table
-class _Stats:
-    """Statistics of one feature over every indexed token."""
-
-    n_tokens: int
-    mean: float
-    std: float
-    min: float
-    max: float
-    frac_active: float  # fraction of tokens with a value > 0
-    hist: list[int]  # token counts per histogram bin
-    quantile_edges: list[Float32]  # value edges of the quantile bins that `bin` counts in
-    bin_counts: list[int]  # tokens that fell in each quantile bin
-    hist_edges: list[Float32] | None = None  # len(hist) + 1 edges of the histogram bins
-    quantiles: list[Float32] | None = None  # the requested quantiles; quantile_edges are these over all tokens
-    bin_shares: list[float] | None = None  # bin_counts / n_tokens
-    bin_status: str | None = None  # 'ok'; 'near_constant' (some quantile bin is empty); 'dead' (all ~0)
-
-
-@_table
-class _Slot:
-    kind: str  # 'top' or 'quantile'
-    bin: Int32  # quantile bin, -1 for top examples
-    rank: Int32  # 0 = highest value within (kind, bin)
-
-
-@_table
-class _Where:
-    """Where an example sits: the context, and the window of tokens shown around it."""
-
-    corpus: str
-    ctx_id: int
-    doc_id: int
-    pos: Int32  # position in the context as the model saw it (BOS = 0)
-    token_id: Int32
-    token_str: str
-    prev_token_str: str
-    context_text: str
-    window_start: Int32  # context position of window_token_ids[0]
-    window_token_ids: list[Int32]
-    activation: Float32  # the feature's value at `pos` (a neuron's activation, a head's metric)
-    window_acts: list[Float32]  # the feature's value at each window token
-
+from indexer.store.table import Float32, Int32, HeadKey, NeuronKey, SlotColumns, StatColumns, Table, WhereColumns, table
 
 # Example rows carry a window (tens of tokens, ids + values) and text: ~0.5-1 KB each, so
 # 4k-row groups (~4 MB) let a neuron page read one small group instead of a 64 MB one.
 _EXAMPLE_ROWS = 4096
 
 
-@_table
+@table
 class Vocab(Table):
     NAME: ClassVar[str] = "vocab"
     LOCATION: ClassVar[str] = "vocab.parquet"
@@ -207,7 +31,7 @@ class Vocab(Table):
     token_str: str
 
 
-@_table
+@table
 class Contexts(Table):
     NAME: ClassVar[str] = "contexts"
     LOCATION: ClassVar[str] = "contexts"
@@ -221,30 +45,30 @@ class Contexts(Table):
     n_tokens: Int32
 
 
-@_table
-class Neurons(_Stats, _NeuronKey):
+@table
+class Neurons(StatColumns, NeuronKey):
     NAME: ClassVar[str] = "neurons"
     LOCATION: ClassVar[str] = "neurons"
     PARTITIONS: ClassVar[tuple[str, ...]] = ("site", "layer")
 
 
-@_table
-class Examples(_Where, _Slot, _NeuronKey):
+@table
+class Examples(WhereColumns, SlotColumns, NeuronKey):
     NAME: ClassVar[str] = "examples"
     LOCATION: ClassVar[str] = "examples"
     PARTITIONS: ClassVar[tuple[str, ...]] = ("site", "layer")
     ROW_GROUP_ROWS: ClassVar[int] = _EXAMPLE_ROWS
 
 
-@_table
-class Heads(_Stats, _HeadKey):
+@table
+class Heads(StatColumns, HeadKey):
     NAME: ClassVar[str] = "heads"
     LOCATION: ClassVar[str] = "heads"
     PARTITIONS: ClassVar[tuple[str, ...]] = ("layer",)
 
 
-@_table
-class HeadExamples(_Where, _Slot, _HeadKey):
+@table
+class HeadExamples(WhereColumns, SlotColumns, HeadKey):
     NAME: ClassVar[str] = "head_examples"
     LOCATION: ClassVar[str] = "head_examples"
     PARTITIONS: ClassVar[tuple[str, ...]] = ("layer",)
@@ -252,7 +76,7 @@ class HeadExamples(_Where, _Slot, _HeadKey):
     ALIASES: ClassVar[dict[str, str]] = {"value": "activation", "window_values": "window_acts"}
 
 
-@_table
+@table
 class HeadScores(Table):
     """One row per head: how much it behaves like each known head type (higher = more)."""
 
@@ -266,7 +90,7 @@ class HeadScores(Table):
     bos: Float32
 
 
-@_table
+@table
 class HeadWiki(Table):
     """One row per head, a column per score (indexer.forward.head_scores): the head wiki. Its
     max-activating examples are head_examples rows with the same (layer, head), per metric."""
@@ -284,7 +108,7 @@ class HeadWiki(Table):
     successor: Float32  # NaN when the tokenizer has no ordinal sequences
 
 
-@_table
+@table
 class HeadComposition(Table):
     """Q-/K-/V-composition of an earlier head (a) into a later one (b), from the weights
     (indexer.forward.head_composition)."""
@@ -299,8 +123,8 @@ class HeadComposition(Table):
     score: Float32
 
 
-@_table
-class HeadAttention(_Slot, _HeadKey):
+@table
+class HeadAttention(SlotColumns, HeadKey):
     """Where a head example's destination token attends: the window's source positions with
     weight >= a small threshold, largest first, bounded per example (indexer.run.head_attention).
     Joins head_examples on (layer, head, metric, kind, bin, rank)."""
@@ -314,8 +138,8 @@ class HeadAttention(_Slot, _HeadKey):
     weights: list[Float32]  # attention from pos to each src_pos
 
 
-@_table
-class RandomDirections(_NeuronKey):
+@table
+class RandomDirections(NeuronKey):
     """The directions of a ``random`` site (``--sites random:K``): feature ``neuron`` of layer L is
     ``direction . of_site`` at every token (indexer.forward.random_sites)."""
 
@@ -328,8 +152,8 @@ class RandomDirections(_NeuronKey):
 # A replay (`neuroscope replay`): an index's examples re-run through other checkpoints.
 
 
-@_table
-class ReplayFeatures(_NeuronKey):
+@table
+class ReplayFeatures(NeuronKey):
     """Per feature and checkpoint of a replay: how the feature's examples in the source index
     fare under another model of the same shape (indexer.run.replay_stats)."""
 
@@ -350,8 +174,8 @@ class ReplayFeatures(_NeuronKey):
     changed: bool  # rank_correlation or top_ratio past the replay's thresholds
 
 
-@_table
-class ReplayExamples(_Slot, _NeuronKey):
+@table
+class ReplayExamples(SlotColumns, NeuronKey):
     """Per example of the source index and checkpoint: its activation there and under the
     checkpoint; top examples also carry the checkpoint's values over their window."""
 
@@ -375,8 +199,8 @@ class ReplayExamples(_Slot, _NeuronKey):
 # Analyses: written later by `neuroscope analyze`, one folder each under analyses/.
 
 
-@_table
-class Flags(_NeuronKey):
+@table
+class Flags(NeuronKey):
     NAME: ClassVar[str] = "flags"
     LOCATION: ClassVar[str] = "analyses/flags"
     flag: str  # 'dead', 'polysemantic', ...
@@ -384,8 +208,8 @@ class Flags(_NeuronKey):
     detail: str
 
 
-@_table
-class RegexScores(_NeuronKey):
+@table
+class RegexScores(NeuronKey):
     NAME: ClassVar[str] = "regex_scores"
     LOCATION: ClassVar[str] = "analyses/regex_scores"
     pattern_name: str
@@ -401,8 +225,8 @@ class RegexScores(_NeuronKey):
     n_active: int | None = None  # tokens of the sample where the neuron is active
 
 
-@_table
-class TrigramScores(_NeuronKey):
+@table
+class TrigramScores(NeuronKey):
     NAME: ClassVar[str] = "trigram_scores"
     LOCATION: ClassVar[str] = "analyses/trigram_scores"
     score: float
@@ -415,8 +239,8 @@ class TrigramScores(_NeuronKey):
     n_examples: int | None = None
 
 
-@_table
-class TokenSaliency(_NeuronKey):
+@table
+class TokenSaliency(NeuronKey):
     """Per top example and token of the window ending at it: the drop in the feature's
     activation when that token is replaced (indexer.analyses.saliency)."""
 
@@ -435,8 +259,8 @@ class TokenSaliency(_NeuronKey):
     method: str  # 'frequent', 'random' or 'noise'
 
 
-@_table
-class MinimalExamples(_NeuronKey):
+@table
+class MinimalExamples(NeuronKey):
     NAME: ClassVar[str] = "minimal_examples"
     LOCATION: ClassVar[str] = "analyses/minimal_examples"
     rank: Int32  # rank of the top example it was cut from
@@ -449,8 +273,8 @@ class MinimalExamples(_NeuronKey):
     found: bool | None = None  # whether some cut up to the longest tried kept enough
 
 
-@_table
-class MinimalSummary(_NeuronKey):
+@table
+class MinimalSummary(NeuronKey):
     """Per neuron: how often truncating a top example keeps its activation."""
 
     NAME: ClassVar[str] = "minimal_summary"
@@ -460,7 +284,7 @@ class MinimalSummary(_NeuronKey):
     median_length: float
 
 
-@_table
+@table
 class LogitEffects(Table):
     NAME: ClassVar[str] = "logit_effects"
     LOCATION: ClassVar[str] = "analyses/logit_effects"
@@ -473,7 +297,7 @@ class LogitEffects(Table):
     value: float
 
 
-@_table
+@table
 class LatentLogitEffects(LogitEffects):
     """Per SAE latent (neuron = latent index): the tokens its decoder row directly boosts and
     suppresses, W_dec[i] @ W_U with the final norm folded as for neurons; ``site`` is
@@ -485,8 +309,8 @@ class LatentLogitEffects(LogitEffects):
     site: str
 
 
-@_table
-class LatentNeurons(_NeuronKey):
+@table
+class LatentNeurons(NeuronKey):
     """Links between an SAE's latents and the MLP neurons of the layer it reads: keyed by the
     neuron (site, layer, neuron); ``role`` 'reads' = how much the latent's encoder reads the
     neuron, 'writes' = how much its decoder writes along the neuron (see analyses.latents)."""
@@ -501,7 +325,7 @@ class LatentNeurons(_NeuronKey):
     rank_in_neuron: Int32  # 0 = the latent that weighs this neuron most (by |weight|)
 
 
-@_table
+@table
 class LogitAgreement(Table):
     """Per neuron: do the tokens its output boosts follow its top examples?"""
 
@@ -515,7 +339,7 @@ class LogitAgreement(Table):
     n_examples: Int32
 
 
-@_table
+@table
 class SiteAgreement(Table):
     """Per neuron and pair of indexed sites of its layer: how many top-k contexts they share."""
 
@@ -529,7 +353,7 @@ class SiteAgreement(Table):
     k: Int32 | None = None
 
 
-@_table
+@table
 class ExpertUsage(Table):
     """Per mixture-of-experts layer and expert: how often its router chose it (analysis ``experts``)."""
 

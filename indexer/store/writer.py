@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from indexer.store.killpoint import kill_point
 from indexer.store.manifest import MANIFEST, STATUSES, manifest_text
-from indexer.store.schema import Table, valid_partition_value
+from indexer.store.table import Table, valid_partition_value
 
 _PART_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 Columns = Mapping[str, Any] | pa.Table | Sequence[Table]
