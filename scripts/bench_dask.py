@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from indexer.config import IndexConfig
-from indexer.dist.job import index_on_dask
+from indexer.scaleout.job import index_on_dask
 from indexer.run.engine import index
 from indexer.store.manifest import read_manifest
 

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from indexer.errors import CorpusError
-from indexer.inputs.corpus import MAX_DOC_CHARS, CorpusCounters, CorpusSpec, read_documents
+from indexer.inputs.corpus import MAX_DOC_CHARS, CorpusCounters, CorpusSpec, Span, read_documents
 
 DOCS_PER_ENCODE = 8  # small: a token budget then tokenizes little past its end
 CHARS_PER_ENCODE = MAX_DOC_CHARS  # characters per tokenizer call, at most about (its memory)
@@ -93,26 +93,31 @@ class ContextStream:
     def contexts(self, wanted: set[int] | None = None) -> Iterator[Context]:
         """Every context of this shard in stream order (only ``wanted`` ids if given)."""
         self.counters = {spec.name: CorpusCounters() for spec in self.specs}
-        sources = [self._corpus_contexts(spec, budget) for spec, budget in zip(self.specs, self._budgets())]
+        sources = [self._corpus_contexts(spec, budget) for spec, budget in zip(self.specs, self.budgets())]
         index, n = self.shard
         for ctx_id, (corpus, doc_id, tokens) in enumerate(_round_robin(sources)):
             if ctx_id % n != index or (wanted is not None and ctx_id not in wanted):
                 continue
             yield Context(ctx_id, corpus, doc_id, tokens)
 
-    def _budgets(self) -> list[int | None]:
-        if self.max_tokens is None:
-            return [None] * len(self.specs)
-        share, extra = divmod(self.max_tokens, len(self.specs))
-        return [share + (i < extra) for i in range(len(self.specs))]
+    def budgets(self) -> list[int | None]:
+        return token_budgets(self.max_tokens, len(self.specs))
+
+    def corpus_chunks(self, spec: CorpusSpec, span: Span = None) -> Iterator[tuple[int, int, np.ndarray, tuple]]:
+        """``(doc_id, head, text ids, mark)``: every context of one corpus before any budget cuts
+        it, from the records at positions ``span`` of its read order only if given (a piece of
+        a corpus tokenized apart: ``indexer.scaleout``); ``mark`` is ``counters.mark()`` of
+        ``self.counters[spec.name]`` as the context's document was read."""
+        counters = self.counters[spec.name]
+        docs = read_documents(spec, counters, self.skip_bad_records, self.effective_order, self.seed, span)
+        return self._chunks(self._encoded(_marked(docs, counters), spec.name))
 
     def _corpus_contexts(self, spec: CorpusSpec, budget: int | None) -> Iterator[tuple[str, int, np.ndarray]]:
         counters = self.counters[spec.name]
-        docs = _marked(read_documents(spec, counters, self.skip_bad_records, self.effective_order, self.seed), counters)
         left = budget
         covered = counters.mark()  # the counts up to the last document a context came from
         last_doc = None
-        for doc_id, head, chunk, mark in self._chunks(self._encoded(docs, spec.name)):
+        for doc_id, head, chunk, mark in self.corpus_chunks(spec):
             if left is not None and left <= 0:
                 counters.cover(covered)  # the budget ends the stream: read-ahead is not counted
                 return
@@ -200,6 +205,18 @@ class ContextStream:
         for (doc_id, _, mark), ids in zip(batch, encoded):
             if ids:
                 yield doc_id, np.asarray(ids, dtype=np.int64), mark, False
+
+
+def token_budgets(max_tokens: int | None, n_corpora: int) -> list[int | None]:
+    """Each corpus's share of the token budget (None: no budget).
+
+    >>> token_budgets(10, 3), token_budgets(None, 2)
+    ([4, 3, 3], [None, None])
+    """
+    if max_tokens is None:
+        return [None] * n_corpora
+    share, extra = divmod(max_tokens, n_corpora)
+    return [share + (i < extra) for i in range(n_corpora)]
 
 
 def _marked(docs: Iterator[tuple[int, Any]], counters: CorpusCounters) -> Iterator[tuple[int, Any, tuple]]:

@@ -27,20 +27,21 @@ Where things live: specs in ``corpus_spec``, counters in ``corpus_counters``, fi
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from indexer.inputs.corpus_counters import BadRecord, CorpusCounters, Repaired, bad_record, valid_unicode
-from indexer.inputs.corpus_files import file_records
-from indexer.inputs.corpus_hf import HF_SHUFFLE_BUFFER, hf_records
-from indexer.inputs.corpus_order import buffer_shuffled, parquet_rows, shuffled_list
+from indexer.inputs.corpus_files import Span, file_records, jsonl_record_count, jsonl_records_at
+from indexer.inputs.corpus_hf import HF_SHUFFLE_BUFFER, hf_record_count, hf_records
+from indexer.inputs.corpus_order import buffer_shuffled, parquet_rows, permutation, shuffled_list
 from indexer.inputs.corpus_spec import FILE_SUFFIXES, CorpusSpec, embedded_corpora, parse_corpus_spec
 
 __all__ = [
-    "FILE_SUFFIXES", "HF_SHUFFLE_BUFFER", "MAX_DOC_CHARS", "CorpusCounters", "CorpusSpec", "buffer_shuffled",
-    "embedded_corpora", "iter_documents", "parse_corpus_spec", "read_documents",
+    "FILE_SUFFIXES", "HF_SHUFFLE_BUFFER", "MAX_DOC_CHARS", "CorpusCounters", "CorpusSpec", "Span", "buffer_shuffled",
+    "embedded_corpora", "iter_documents", "parse_corpus_spec", "read_documents", "record_count",
 ]
 
 MAX_DOC_CHARS = 1 << 20  # longer texts are cut into pieces of this many characters
@@ -59,7 +60,8 @@ def iter_documents(
 
 
 def read_documents(
-    spec: CorpusSpec, counters: CorpusCounters, skip_bad_records: bool = False, order: str = "file", seed: int = 0
+    spec: CorpusSpec, counters: CorpusCounters, skip_bad_records: bool = False, order: str = "file", seed: int = 0,
+    span: Span = None,
 ) -> Iterator[tuple[int, str | np.ndarray]]:
     """Yield ``(doc_id, text or token ids)`` for every non-empty document of a corpus (texts in
     pieces of at most ``MAX_DOC_CHARS``).
@@ -69,20 +71,48 @@ def read_documents(
     the stream is a uniform sample of the whole corpus; a streamed ``hf:`` dataset, whose length
     is unknown, passes through a seeded shuffle buffer of ``HF_SHUFFLE_BUFFER`` documents
     instead. ``doc_id`` is always the record's index in file order.
+
+    ``span = (start, stop)`` reads only the records at those positions of the order (empty and
+    bad records count as positions): the pieces a corpus is tokenized in, in parallel
+    (``record_count`` says how many positions there are, where that is cheap to know).
     """
     counters.order = order
-    yield from _documents(_ordered_records(spec, counters, skip_bad_records, order, seed), counters, skip_bad_records)
+    records = _ordered_records(spec, counters, skip_bad_records, order, seed, span)
+    yield from _documents(records, counters, skip_bad_records)
 
 
-def _ordered_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, order: str, seed: int) -> Iterator:
+def record_count(spec: CorpusSpec) -> int | None:
+    """The records (read positions) of a corpus whose records can be read from any position
+    without reading those before: Parquet rows, JSON Lines records, rows of an hf: dataset
+    on disk. None for the others (.json, .txt, a hub stream), read from their start only."""
     if spec.kind == "hf":
-        return hf_records(spec, counters, skip, order, seed)
+        return hf_record_count(spec)
+    suffix = Path(spec.location).suffix
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(spec.location).metadata.num_rows
+        except Exception:  # unreadable: the readers say so, in one line
+            return None
+    return jsonl_record_count(spec.location) if suffix == ".jsonl" else None
+
+
+def _ordered_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, order: str, seed: int,
+                     span: Span) -> Iterator:
+    if spec.kind == "hf":
+        return hf_records(spec, counters, skip, order, seed, span)
     if Path(spec.location).suffix == ".parquet":
-        return parquet_rows(spec.location, counters, skip, order, seed)
+        return parquet_rows(spec.location, counters, skip, order, seed, span)
+    if span is not None and spec.location.endswith(".jsonl"):  # parse only the span's lines
+        if order == "file":
+            return jsonl_records_at(spec.location, range(span[0], span[1]))
+        n = counters.documents_in_source = jsonl_record_count(spec.location)
+        return jsonl_records_at(spec.location, permutation(n, seed)[span[0]:span[1]])
     records = file_records(spec.location, counters)  # JSON / JSON Lines / text: held in memory anyway
     if order == "file":
-        return records
-    return shuffled_list(list(records), counters, seed)
+        return records if span is None else islice(records, span[0], span[1])
+    return shuffled_list(list(records), counters, seed, span)
 
 
 def _documents(records: Iterator, counters: CorpusCounters, skip: bool) -> Iterator[tuple[int, str | np.ndarray]]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 from indexer.errors import CorpusError, one_line
 from indexer.inputs.corpus_counters import BadRecord, CorpusCounters, Repaired, decode
 
 BOM = b"\xef\xbb\xbf"
+Span = Optional[Tuple[int, int]]  # records [start, stop) of the read order; None: all
 
 
 def file_records(path: str, counters: CorpusCounters) -> Iterator[tuple[int, str | BadRecord]]:
@@ -59,8 +60,9 @@ def check_text_column(path: str, file: Any) -> None:
         raise CorpusError(f"{path}: the 'text' column holds {kind}, not strings")
 
 
-def parquet_text_records(path: str, counters: CorpusCounters) -> Iterator[tuple[int, str]]:
-    """The ``text`` column of a Parquet file, row by row (None: an empty document)."""
+def parquet_text_records(path: str, counters: CorpusCounters, span: Span = None) -> Iterator[tuple[int, str]]:
+    """The ``text`` column of a Parquet file, row by row (None: an empty document); only rows
+    ``span`` = ``[start, stop)`` if given."""
     import pyarrow.parquet as pq
 
     try:
@@ -70,20 +72,38 @@ def parquet_text_records(path: str, counters: CorpusCounters) -> Iterator[tuple[
     if "text" not in file.schema_arrow.names:
         raise CorpusError(f"{path}: no 'text' column (columns: {', '.join(file.schema_arrow.names)})")
     check_text_column(path, file)
-    doc_id = 0
-    batches = file.iter_batches(columns=["text"], batch_size=256)
+    cells = row_range_cells(file, "text", span)
+    next_row = span[0] if span else 0
     while True:
         try:
-            batch = next(batches)
+            doc_id, text = next(cells)
         except StopIteration:
             return
         except Exception as e:  # a corrupt page or footer: pyarrow raises OSError, ArrowInvalid...
-            raise CorpusError(f"{path}: corrupt Parquet data after record {doc_id} ({one_line(e)})") from None
-        for text in batch.column(0).to_pylist():
-            if isinstance(text, bytes):
-                text = decode(text, counters)
-            yield doc_id, text or ""
-            doc_id += 1
+            raise CorpusError(f"{path}: corrupt Parquet data after record {next_row} ({one_line(e)})") from None
+        if isinstance(text, bytes):
+            text = decode(text, counters)
+        yield doc_id, text or ""
+        next_row = doc_id + 1
+
+
+def row_range_cells(file: Any, column: str, span: Span = None) -> Iterator[tuple[int, Any]]:
+    """``(row, value)`` of one column of a ``ParquetFile`` in file order, rows ``span`` only if
+    given: the row groups before it are not read."""
+    start, stop = span or (0, file.metadata.num_rows)
+    row = 0
+    for g in range(file.metadata.num_row_groups):
+        size = file.metadata.row_group(g).num_rows
+        if row + size <= start:
+            row += size
+            continue
+        if row >= stop:
+            return
+        for batch in file.iter_batches(columns=[column], batch_size=256, row_groups=[g]):
+            for value in batch.column(0).to_pylist():
+                if start <= row < stop:
+                    yield row, value
+                row += 1
 
 
 def _json_records(path: str, counters: CorpusCounters) -> Iterator[tuple[int, str | Repaired | BadRecord]]:
@@ -101,13 +121,46 @@ def _json_records(path: str, counters: CorpusCounters) -> Iterator[tuple[int, st
             yield line_no - 1, text
 
 
+def jsonl_record_count(path: str) -> int:
+    """The records of a JSON Lines file (its non-blank lines), counted without parsing them."""
+    return sum(not _blank(line_no, raw) for line_no, raw in enumerate(_lines(path), start=1))
+
+
+def jsonl_records_at(path: str, positions: Sequence[int]) -> Iterator[tuple[int, str | Repaired | BadRecord]]:
+    """``(doc_id, text)`` of the JSON Lines records at ``positions`` (their ranks among the
+    records, in the order given); only those lines are parsed."""
+    wanted = {int(p): i for i, p in enumerate(positions)}
+    found: dict[int, tuple[int, str | Repaired | BadRecord]] = {}
+    ascending = list(wanted) == sorted(wanted)
+    last = max(wanted, default=-1)
+    rank = -1
+    for line_no, raw in enumerate(_lines(path), start=1):
+        if _blank(line_no, raw):
+            continue
+        rank += 1
+        if rank in wanted:
+            record = (line_no - 1, _json_line(path, line_no, raw))
+            if ascending:
+                yield record
+            else:
+                found[rank] = record
+        if rank >= last if ascending else len(found) == len(wanted):
+            break
+    for p in ([] if ascending else positions):
+        yield found[int(p)]
+
+
+def _blank(line_no: int, raw: bytes) -> bool:
+    return not (strip_bom(raw) if line_no == 1 else raw).strip()
+
+
 def _json_line(path: str, line_no: int, raw: bytes) -> str | Repaired | BadRecord | None:
     """The ``text`` of one JSON Lines record (Repaired if bytes were replaced), a BadRecord, or
     None for a blank line."""
+    if _blank(line_no, raw):
+        return None
     if line_no == 1:
         raw = strip_bom(raw)
-    if not raw.strip():
-        return None
     decoded = CorpusCounters()
     try:
         record = json.loads(decode(raw, decoded))

@@ -3,12 +3,16 @@ or a local folder (``Dataset.save_to_disk`` output, or a folder of parquet/jsonl
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from indexer.errors import CorpusError, hub_offline, one_line
 from indexer.inputs.corpus_counters import CorpusCounters
-from indexer.inputs.corpus_order import buffer_shuffled, permutation, token_ids
+from indexer.inputs.corpus_files import Span
+from indexer.inputs.corpus_order import buffer_shuffled, permutation, spanned, token_ids
 from indexer.inputs.corpus_spec import CorpusSpec, hf_is_local
 
 HF_SHUFFLE_BUFFER = 10_000  # documents held by the shuffle buffer of a streamed hf: dataset
@@ -50,8 +54,10 @@ def hf_open(spec: CorpusSpec) -> Any:
         raise CorpusError(f"{where}: cannot stream ({one_line(e)})") from None
 
 
-def hf_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, order: str, seed: int) -> Iterator:
-    """``(doc_id, text or token ids)`` of an hf: dataset, in file order or a seeded order."""
+def hf_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, order: str, seed: int,
+               span: Span = None) -> Iterator:
+    """``(doc_id, text or token ids)`` of an hf: dataset, in file order or a seeded order
+    (positions ``span`` of that order only, if given)."""
     import datasets
 
     where = f"hf:{spec.location}:{spec.split}"
@@ -59,12 +65,14 @@ def hf_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, order: st
     try:
         if isinstance(data, datasets.Dataset):
             counters.documents_in_source = len(data)
-            rows = range(len(data)) if order == "file" else permutation(len(data), seed)
-            records = ((int(i), data[int(i)]) for i in rows)
+            rows = np.arange(len(data)) if order == "file" else permutation(len(data), seed)
+            records = ((int(i), data[int(i)]) for i in spanned(rows, span))
         else:
             records = enumerate(data)
             if order == "shuffle":
                 records = buffer_shuffled(records, HF_SHUFFLE_BUFFER, seed)
+            if span is not None:  # a stream: read up to the span, to no purpose but its position
+                records = islice(records, span[0], span[1])
         for doc_id, record in records:
             if "tokens" in record:
                 ids = token_ids(record["tokens"], f"{where}: row {doc_id}", counters, skip)
@@ -77,3 +85,12 @@ def hf_records(spec: CorpusSpec, counters: CorpusCounters, skip: bool, order: st
         raise
     except Exception as e:  # a stream that breaks mid-way
         raise CorpusError(f"{where}: cannot read ({one_line(e)})") from None
+
+
+def hf_record_count(spec: CorpusSpec) -> int | None:
+    """The rows of an hf: dataset that allows random access (a local folder or the cache);
+    None for a hub stream, whose length is unknown."""
+    import datasets
+
+    data = hf_open(spec)
+    return len(data) if isinstance(data, datasets.Dataset) else None

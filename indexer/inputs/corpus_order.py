@@ -15,7 +15,7 @@ import numpy as np
 
 from indexer.errors import CorpusError, one_line
 from indexer.inputs.corpus_counters import CorpusCounters, bad_record, decode
-from indexer.inputs.corpus_files import check_text_column, parquet_text_records
+from indexer.inputs.corpus_files import Span, check_text_column, parquet_text_records, row_range_cells
 
 ORDER_SALT = 0x0DE5  # mixed with the run's seed, so the order is independent of the examples' sampling
 SHUFFLE_WINDOW = 256  # shuffled Parquet rows fetched together (one row group in memory at a time)
@@ -26,10 +26,15 @@ def permutation(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, ORDER_SALT]).permutation(n)
 
 
-def shuffled_list(records: list, counters: CorpusCounters, seed: int) -> Iterator:
+def shuffled_list(records: list, counters: CorpusCounters, seed: int, span: Span = None) -> Iterator:
     counters.documents_in_source = len(records)
-    for i in permutation(len(records), seed):
+    for i in spanned(permutation(len(records), seed), span):
         yield records[i]
+
+
+def spanned(order: np.ndarray, span: Span) -> np.ndarray:
+    """The positions ``span`` of a read order (all of it for None)."""
+    return order if span is None else order[span[0]:span[1]]
 
 
 def buffer_shuffled(items: Iterator, size: int, seed: int) -> Iterator:
@@ -62,8 +67,10 @@ def token_ids(value: Any, where: str, counters: CorpusCounters, skip: bool) -> n
     return ids.astype(np.int64)
 
 
-def parquet_rows(path: str, counters: CorpusCounters, skip: bool, order: str, seed: int) -> Iterator:
-    """Rows of a Parquet corpus: its ``tokens`` column if it has one, else ``text``."""
+def parquet_rows(path: str, counters: CorpusCounters, skip: bool, order: str, seed: int,
+                 span: Span = None) -> Iterator:
+    """Rows of a Parquet corpus: its ``tokens`` column if it has one, else ``text`` (positions
+    ``span`` of the read order only, if given)."""
     import pyarrow.parquet as pq
 
     try:
@@ -73,7 +80,7 @@ def parquet_rows(path: str, counters: CorpusCounters, skip: bool, order: str, se
     names = file.schema_arrow.names
     if "tokens" not in names:
         if order == "file":
-            yield from parquet_text_records(path, counters)
+            yield from parquet_text_records(path, counters, span)
             return
         column = "text"
         if column not in names:
@@ -81,7 +88,7 @@ def parquet_rows(path: str, counters: CorpusCounters, skip: bool, order: str, se
         check_text_column(path, file)
     else:
         column = "tokens"
-    cells = _parquet_cells(file, column, order, seed, counters)
+    cells = _parquet_cells(file, column, order, seed, counters, span)
     while True:
         try:
             doc_id, value = next(cells)
@@ -97,21 +104,18 @@ def parquet_rows(path: str, counters: CorpusCounters, skip: bool, order: str, se
             yield doc_id, ids
 
 
-def _parquet_cells(file: Any, column: str, order: str, seed: int, counters: CorpusCounters) -> Iterator[tuple[int, Any]]:
+def _parquet_cells(file: Any, column: str, order: str, seed: int, counters: CorpusCounters,
+                   span: Span) -> Iterator[tuple[int, Any]]:
     """``(row, value)`` of one column, in file order or in a seeded permutation fetched a
     window at a time, each window reading the row groups it touches once."""
     meta = file.metadata
     if order == "file":
-        row = 0
-        for batch in file.iter_batches(columns=[column], batch_size=256):
-            for value in batch.column(0).to_pylist():
-                yield row, value
-                row += 1
+        yield from row_range_cells(file, column, span)
         return
     counters.documents_in_source = meta.num_rows
     sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    perm = permutation(meta.num_rows, seed)
+    perm = spanned(permutation(meta.num_rows, seed), span)
     for lo in range(0, len(perm), SHUFFLE_WINDOW):
         window = perm[lo : lo + SHUFFLE_WINDOW]
         groups = np.searchsorted(starts, window, side="right") - 1

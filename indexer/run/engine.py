@@ -57,7 +57,7 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
             cfg = resumed_config(cfg, checkpoint)
         cfg.validate()
         if cfg.dask:
-            raise ConfigError("--dask jobs run through indexer.dist.job.index_on_dask (as `neuroscope index --dask` does)")
+            raise ConfigError("--dask jobs run through indexer.scaleout.job.index_on_dask (as `neuroscope index --dask` does)")
         with failed_writes_explained(out, "indexing"):
             run = Run.open(cfg, out)
             check_memory(cfg, sum(s.n_features for s in run.plan), run.ctx_len, quiet=not progress,
@@ -233,7 +233,7 @@ class Run:
                 last_checkpoint = time.perf_counter()
         bar.close()
         if self.tokens_done == 0:
-            raise CorpusError(f"nothing to index: {_what_was_read(self.contexts)}")
+            raise CorpusError(f"nothing to index: {what_was_read(self.contexts)}")
         self.checkpoint()
 
     def _recorder_for(self, batch):
@@ -351,7 +351,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _what_was_read(stream: ContextStream) -> str:
+def what_was_read(stream: ContextStream) -> str:
     """Why a stream gave no tokens, per corpus: e.g. 'code: 0 documents (3 empty, 2 bad records skipped)'."""
     parts = []
     for spec in stream.specs:

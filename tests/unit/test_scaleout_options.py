@@ -6,7 +6,7 @@ import pytest
 
 from indexer.cli import main
 from indexer.config import IndexConfig
-from indexer.dist.spec import DaskSpec, check_options, parse_dask
+from indexer.scaleout.spec import DaskSpec, check_options, parse_dask
 from indexer.errors import ConfigError
 
 
@@ -36,7 +36,7 @@ def test_the_cli_says_so_in_one_line(tmp_path, capsys):
     assert main([*base, "--dask", "local:2", "--resume"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
-        "neuroscope: error: --shard and --dask do not mix: --dask splits the stream into one shard per worker itself",
+        "neuroscope: error: --shard and --dask do not mix: --dask splits the stream into shards itself (--dask-shards)",
         "neuroscope: error: --dask 'sometimes': expected local, local:N (N >= 1 workers) or tcp://HOST:PORT",
         f"neuroscope: error: --resume: no Dask job in {tmp_path / 'o'} (nothing to resume; drop --resume to start)",
     ]
@@ -44,17 +44,31 @@ def test_the_cli_says_so_in_one_line(tmp_path, capsys):
 
 
 def test_a_domain_error_on_a_worker_comes_back_as_a_result_not_a_retry(tmp_path):
-    from indexer.dist.shard import index_shard
+    import numpy as np
+
+    from indexer.scaleout.pieces import Piece
+    from indexer.scaleout.shard import index_shard
+    from indexer.scaleout.token_store import ShardSlice
+    from indexer.scaleout.tokenize import tokenize_piece
 
     cfg = IndexConfig(model=str(tmp_path / "no-such-model"), corpus=["code"], out="x", dask="local:2")
-    result = index_shard(cfg.to_dict(), str(tmp_path / ".shards"), 0, 2, "topic", {})
-    assert result["kind"] == "ModelSpecError" and str(tmp_path / "no-such-model") in result["error"]
+    part = ShardSlice(0, *(np.zeros(0, np.int64) for _ in range(4)))
+    for result in (index_shard(cfg.to_dict(), str(tmp_path / ".shards"), 0, 2, part, "topic", {}),
+                   tokenize_piece(cfg.to_dict(), str(tmp_path / ".shards"), Piece(0, 0, 8), {})):
+        assert result["kind"] == "ModelSpecError" and str(tmp_path / "no-such-model") in result["error"]
+
+
+def test_dask_shards_needs_dask():
+    with pytest.raises(ConfigError, match="--dask-shards must be at least 1, with --dask"):
+        IndexConfig(model="toy-1l", corpus=["code"], out="x", dask_shards=8).validate()
+    with pytest.raises(ConfigError, match="--dask-shards must be at least 1"):
+        IndexConfig(model="toy-1l", corpus=["code"], out="x", dask="local:2", dask_shards=0).validate()
 
 
 def test_the_command_line_imports_dask_only_when_used():
     import subprocess
     import sys
 
-    code = ("import sys, indexer.cli, indexer.dist.spec; indexer.cli.build_parser(); "
+    code = ("import sys, indexer.cli, indexer.scaleout.spec; indexer.cli.build_parser(); "
             "sys.exit(int(any(m in sys.modules for m in ('dask', 'distributed'))))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

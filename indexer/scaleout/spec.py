@@ -48,7 +48,7 @@ def check_options(cfg: IndexConfig) -> DaskSpec:
     """The parsed spec, or a one-line ConfigError for options that make no sense on a cluster."""
     spec = parse_dask(cfg.dask or "")
     if tuple(cfg.shard) != (0, 1):
-        raise ConfigError("--shard and --dask do not mix: --dask splits the stream into one shard per worker itself")
+        raise ConfigError("--shard and --dask do not mix: --dask splits the stream into shards itself (--dask-shards)")
     if cfg.device.startswith("cuda:"):
         raise ConfigError(
             f"--device {cfg.device} with --dask: each worker uses its own device; give --device cuda "

@@ -7,7 +7,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from indexer.dist.spec import DaskSpec
+from indexer.scaleout.spec import DaskSpec
 from indexer.errors import ConfigError
 
 CONNECT_TIMEOUT_S = 30
