@@ -6,7 +6,8 @@ pairwise, finalize once.
    first; this process loads its own meanwhile, for finalize); the stream is laid out from
    them exactly as the single run reads it (ctx_id, budgets, order, counts).
 2. **Index** (``shard.py``): the stream is cut into ``--dask-shards`` contiguous shards of about
-   the same number of tokens (default: 4 per worker present at the start), each a Dask task
+   the same number of tokens (default: 4 per worker present at the start, none under 1M
+   tokens: ``shard_count``), each a Dask task
    reading only its own contexts from the token store, handed out as workers free up (a late
    worker takes the next one). A shard checkpoints into ``OUT/.shards/shard-i-of-n`` and is
    retried, from that checkpoint, when its worker dies.
@@ -18,7 +19,7 @@ pairwise, finalize once.
 
 `--resume` continues a job whose client was stopped: the layout is read back (no tokenizing
 again once it is written) and the shards start again from their checkpoints, with the shard
-count of the first start (``OUT/.shards/job.json``).
+count of the first start (its workers: ``OUT/.shards/job.json``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from indexer.store.manifest import MANIFEST
 from indexer.store.writer import atomic_write_bytes
 
 SHARDS_PER_WORKER = 4
+MIN_SHARD_TOKENS = 1 << 20  # a shard's stream outweighs its state's write and merge (~1 ms per feature on CPU)
 LAYOUT_FILE = "layout.npz"  # under SHARDS_DIR: the stream's layout, once tokenized
 RETRIES = 3  # per task, on an exception; a worker that dies is also retried (Dask's allowed-failures)
 
@@ -61,25 +63,26 @@ def index_on_dask(cfg: IndexConfig, progress: bool = True) -> Path:
     index is written into ``cfg.out`` by this process."""
     phases = Phases()
     check_options(cfg)
-    cfg, out, saved_shards = _prepare(cfg)
+    cfg, out, saved_workers = _prepare(cfg)
     cfg.validate()
     spec = check_options(cfg)
     root = out / SHARDS_DIR
     with open_client(spec) as client:
         phases.lap("cluster")
         workers = workers_of(client)
-        n = saved_shards or cfg.dask_shards or SHARDS_PER_WORKER * len(workers)
-        if saved_shards is None:
+        started_with = saved_workers or len(workers)  # a resumed job keeps the shards of its first start
+        if saved_workers is None:
             root.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(root / JOB_FILE, json.dumps({"config": cfg.to_dict(), "shards": n}).encode())
+            atomic_write_bytes(root / JOB_FILE, json.dumps({"config": cfg.to_dict(), "workers": started_with}).encode())
         hosts = workers_per_host(workers)
         token = uuid.uuid4().hex[:8]
         loads = [client.submit(preload, cfg.to_dict(), hosts, workers=[w["address"]], key=f"neuroscope-preload-{k}-{token}")
                  for k, w in enumerate(workers)]  # each worker's first task: its model, then its pieces
         run = ClusterRun.open(replace(cfg, shard=(0, 1), resume=False), out)  # this process's model: for finalize
         phases.lap("open")
-        layout, pieces = _layout(client, cfg, run, root, n, hosts, progress)
+        layout, pieces = _layout(client, cfg, run, root, SHARDS_PER_WORKER * started_with, hosts, progress)
         phases.lap("tokenize")
+        n = shard_count(cfg.dask_shards, started_with, int(layout.text_tokens().sum()))
         run.contexts.counters = layout.counters  # exactly the documents the stream covers
         if layout.n_contexts == 0:
             raise CorpusError(f"nothing to index: {what_was_read(run.contexts)}")
@@ -106,10 +109,23 @@ def index_on_dask(cfg: IndexConfig, progress: bool = True) -> Path:
     return path
 
 
+def shard_count(requested: int | None, workers: int, tokens: int) -> int:
+    """``--dask-shards``, or 4 per worker of the first start but none under ``MIN_SHARD_TOKENS``
+    (and at least one per worker): each shard costs one write and one merge of the recorder
+    state, which a shard of fewer tokens does not outweigh.
+
+    >>> shard_count(None, 4, 100_000_000), shard_count(None, 2, 400_000), shard_count(16, 4, 6000)
+    (16, 2, 16)
+    """
+    if requested:
+        return requested
+    return max(workers, min(SHARDS_PER_WORKER * workers, tokens // MIN_SHARD_TOKENS))
+
+
 def _layout(client: Any, cfg: IndexConfig, run: ClusterRun, root: Path, n: int, hosts: dict[str, int],
             progress: bool) -> tuple[Layout, list[dict[str, Any]]]:
-    """The stream's layout and the pieces' figures: read back for a resumed job that got that
-    far, else tokenized now."""
+    """The stream's layout and the pieces' figures (tokenized in pieces of about half of
+    ``1 / n`` of the stream): read back for a resumed job that got that far, else tokenized now."""
     if (root / LAYOUT_FILE).is_file():
         layout, figures = load_layout(root / LAYOUT_FILE)
         return layout, figures["pieces"]
@@ -166,8 +182,8 @@ def _lost(e: Exception, root: Path) -> NeuroscopeError:
 
 
 def _prepare(cfg: IndexConfig) -> tuple[IndexConfig, Path, int | None]:
-    """The job's config, its output folder (created or checked), and the shard count of a
-    job being resumed (None for a new job)."""
+    """The job's config, its output folder (created or checked), and the workers a job being
+    resumed started with (None for a new job)."""
     out = Path(cfg.out).expanduser()
     job = out / SHARDS_DIR / JOB_FILE
     if cfg.resume:
@@ -176,7 +192,10 @@ def _prepare(cfg: IndexConfig) -> tuple[IndexConfig, Path, int | None]:
         if not job.is_file():
             raise IndexDirError(f"--resume: no Dask job in {cfg.out} (nothing to resume; drop --resume to start)")
         saved = json.loads(job.read_text())
-        return _resumed_config(cfg, IndexConfig.from_dict(saved["config"])), out, int(saved["shards"])
+        if "workers" not in saved:
+            raise IndexDirError(f"--resume: the Dask job in {cfg.out} was started by an older neuroscope; "
+                                "start again with --overwrite")
+        return _resumed_config(cfg, IndexConfig.from_dict(saved["config"])), out, int(saved["workers"])
     if cfg.overwrite and job.is_file():
         shutil.rmtree(job.parent)  # a stopped Dask job's shards: ours to delete
     prepare_out_dir(cfg.out, resume=False, overwrite=cfg.overwrite)

@@ -43,7 +43,7 @@ def shard_dir(shards_root: str | Path, i: int, n: int) -> Path:
 
 def shard_config(cfg: IndexConfig, i: int, n: int, folder: Path) -> IndexConfig:
     """The config of shard ``i`` of ``n``: its own folder; ``shard`` names it in its checkpoints."""
-    return replace(cfg, shard=(i, n), out=str(folder), dask=None, resume=False, overwrite=False)
+    return replace(cfg, shard=(i, n), out=str(folder), dask=None, dask_shards=None, resume=False, overwrite=False)
 
 
 def index_shard(cfg_dict: dict[str, Any], shards_root: str, i: int, n: int, part: ShardSlice, topic: str,

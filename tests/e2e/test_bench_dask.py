@@ -22,7 +22,10 @@ def test_bench_dask_prints_both_throughputs_and_the_ratio(tiny_model_dir):
     assert result["tokens"] == 1200 and result["workers"] == 2
     for run in ("single", "dask_local_2"):
         assert result[run]["job_tokens_per_s"] > 0 and result[run]["stream_tokens_per_s"] > 0
-    assert len(result["dask_local_2"]["shard_stream_s"]) == 2
+    dask = result["dask_local_2"]
+    assert len(dask["shard_stream_s"]) == dask["n_shards"] == 2  # one per worker: no shard under 1M tokens
+    assert set(dask["phase_shares"]) == {"cluster", "open", "tokenize", "stream", "merge", "finalize"}
+    assert sum(dask["tokens_tokenized_per_worker"]) >= 1200 and len(dask["model_load_s"]) == 2
     single, dask = result["single"], result["dask_local_2"]
     assert result["ratio"]["job"] == round(dask["job_tokens_per_s"] / single["job_tokens_per_s"], 3)
     assert result["ratio"]["stream"] == round(dask["stream_tokens_per_s"] / single["stream_tokens_per_s"], 3)

@@ -57,7 +57,7 @@ def test_sixteen_shards_a_late_worker_and_a_killed_one_give_the_single_runs_inde
     out = tmp_path / "dask"
     with LocalCluster(host="127.0.0.1", dashboard_address=None, n_workers=WORKERS, threads_per_worker=1,
                       processes=True) as cluster:
-        job = _Job(replace(cfg, out=str(out), dask=cluster.scheduler_address))
+        job = _Job(replace(cfg, out=str(out), dask=cluster.scheduler_address, dask_shards=4 * WORKERS))
         _wait_for(lambda: (out / ".shards" / "job.json").is_file() or not job.alive(), "the job never started")
         cluster.scale(WORKERS + 1)  # a worker joins after the start
         victim, shard = _kill_a_worker_mid_shard(out / ".shards", job)
