@@ -6,7 +6,7 @@
 - ``pieces``: per tokenize piece its corpus and records, worker, attempts, ``tokens_tokenized``
   and times;
 - ``tokens_tokenized``: in all, the stream's own tokens, and per worker (pieces and shards);
-- ``merges``: per pairwise merge its worker and seconds; ``model_loads``: per worker present at
+- ``merges``: per pairwise merge (of one site's state) its site, worker and seconds; ``model_loads``: per worker present at
   the start, the seconds its first task took to load the model;
 - ``phases_s`` and ``phase_shares``: the job's wall time, by phase, on this process's clock:
   ``cluster`` (start or join it, and close it), ``open`` (this process loads its model; the

@@ -1,5 +1,5 @@
 """The client's progress bar over a Dask job: the tokenize pieces' tokens, then every shard's
-tokens as the shards report them (Dask events), until the job's last merge is done."""
+tokens as the shards report them (Dask events), until the job's last merges are done."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def bar(total: int | None, desc: str, progress: bool) -> Any:
                 desc=desc, smoothing=0.05)
 
 
-def follow(client: Any, final: Any, topic: str, total: int | None, n: int, progress: bool) -> None:
-    """A progress bar over the index phase (every shard's tokens) until ``final`` is done."""
+def follow(client: Any, finals: list[Any], topic: str, total: int | None, n: int, progress: bool) -> None:
+    """A progress bar over the index phase (every shard's tokens) until ``finals`` are done."""
     latest: dict[int, int] = {}
 
     def on_event(event: tuple[float, dict[str, Any]]) -> None:
@@ -28,7 +28,7 @@ def follow(client: Any, final: Any, topic: str, total: int | None, n: int, progr
     client.subscribe_topic(topic, on_event)
     shown = bar(total, f"indexing ({n} shards on Dask)", progress)
     try:
-        while not final.done():
+        while not all(f.done() for f in finals):
             time.sleep(POLL_S)
             advance(shown, sum(latest.values()))
         time.sleep(POLL_S)  # the shards' last reports

@@ -12,7 +12,7 @@ pairwise, finalize once.
    worker takes the next one). A shard checkpoints into ``OUT/.shards/shard-i-of-n`` and is
    retried, from that checkpoint, when its worker dies.
 3. **Merge** (``reduce.py``): the shards' recorder states are merged pairwise on the workers, a
-   tree of tasks, as shards finish (the merge is exact).
+   tree of tasks per site, as shards finish (the merge is exact).
 4. **Finalize**: this process writes the one index into ``OUT`` through the same finalize as a
    single run, tables first, the manifest last (with the job's figures: ``figures.py``), and
    removes ``OUT/.shards``.
@@ -35,7 +35,6 @@ from typing import Any
 
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, CorpusError, IndexDirError, NeuroscopeError
-from indexer.run.checkpoint import load_state_file
 from indexer.run.engine import what_was_read
 from indexer.run.outdir import prepare_out_dir
 from indexer.run.resume import RESUME_FREE
@@ -43,7 +42,7 @@ from indexer.scaleout.cluster import open_client, workers_of, workers_per_host
 from indexer.scaleout.figures import ClusterRun, Phases, dask_notes
 from indexer.scaleout.follow import follow
 from indexer.scaleout.layout import Layout, load_layout, save_layout
-from indexer.scaleout.reduce import merge_tree
+from indexer.scaleout.reduce import merge_trees, merged_recorders
 from indexer.scaleout.shard import index_shard, shard_dir
 from indexer.scaleout.spec import JOB_FILE, SHARDS_DIR, check_options
 from indexer.scaleout.token_store import TOKENS_DIR
@@ -86,12 +85,12 @@ def index_on_dask(cfg: IndexConfig, progress: bool = True) -> Path:
         run.contexts.counters = layout.counters  # exactly the documents the stream covers
         if layout.n_contexts == 0:
             raise CorpusError(f"nothing to index: {what_was_read(run.contexts)}")
-        result = _index_shards(client, cfg, root, n, layout, hosts, phases, progress)
+        result = _index_shards(client, cfg, run, root, n, layout, hosts, phases, progress)
         scheduler = client.scheduler.address
         seen = workers_of(client)
         loads = [f.result() for f in loads if f.status == "finished"]
     phases.lap("cluster")  # its closing
-    run.recorders, _ = load_state_file(Path(result["state"]), run.plan, run.site_device)
+    run.recorders = merged_recorders(result["roots"], run.site_device)
     shards = sorted(result["shards"], key=lambda s: s["shard"])
     run.tokens_done = sum(s["tokens"] for s in shards)
     run.position = sum(s["contexts"] for s in shards)
@@ -138,9 +137,10 @@ def _layout(client: Any, cfg: IndexConfig, run: ClusterRun, root: Path, n: int, 
     return layout, pieces
 
 
-def _index_shards(client: Any, cfg: IndexConfig, root: Path, n: int, layout: Layout, hosts: dict[str, int],
-                  phases: Any, progress: bool) -> dict[str, Any]:
-    """Submit the shards and their tree of merges; follow them; the merged result."""
+def _index_shards(client: Any, cfg: IndexConfig, run: ClusterRun, root: Path, n: int, layout: Layout,
+                  hosts: dict[str, int], phases: Phases, progress: bool) -> dict[str, Any]:
+    """Submit the shards and every site's tree of merges; follow them; the shards' figures, the
+    merges' and every site's merged state file."""
     token = uuid.uuid4().hex[:8]
     topic = f"neuroscope-progress-{token}"
     bounds = layout.shard_bounds(n)
@@ -151,17 +151,18 @@ def _index_shards(client: Any, cfg: IndexConfig, root: Path, n: int, layout: Lay
     done = threading.Semaphore(0)
     for leaf in leaves:
         leaf.add_done_callback(lambda _: done.release())
-    final = merge_tree(client, leaves, root, token)
+    trees = merge_trees(client, leaves, run.plan, root, token)
     watcher = threading.Thread(target=_lap_when_all, args=(done, m, phases), daemon=True)
     watcher.start()
-    follow(client, final, topic, int(layout.text_tokens().sum()), m, progress)
+    follow(client, list(trees.values()), topic, int(layout.text_tokens().sum()), m, progress)
     try:
-        result = final.result()
+        roots = {site: checked(future.result()) for site, future in trees.items()}
+        shards = [checked(result)["shards"][0] for result in client.gather(leaves)]
     except _killed_worker() as e:
         raise _lost(e, root) from None
     watcher.join()
     phases.lap("merge")
-    return checked(result)
+    return {"shards": shards, "roots": roots, "merges": [m for r in roots.values() for m in r.get("merges", [])]}
 
 
 def _lap_when_all(done: threading.Semaphore, n: int, phases: Any) -> None:

@@ -49,7 +49,7 @@ def shard_config(cfg: IndexConfig, i: int, n: int, folder: Path) -> IndexConfig:
 def index_shard(cfg_dict: dict[str, Any], shards_root: str, i: int, n: int, part: ShardSlice, topic: str,
                 workers_per_host: dict[str, int]) -> dict[str, Any]:
     """Index shard ``i`` of ``n``, the contexts ``part`` (a Dask task). Returns ``{"state": path,
-    "plan": sites, "shards": [info]}``, or ``{"error": message}`` for a domain error (bad model, options),
+    "shards": [info]}``, or ``{"error": message}`` for a domain error (bad model, options),
     which no retry can fix."""
     try:
         return _index_shard(cfg_dict, Path(shards_root), i, n, part, topic, workers_per_host)
@@ -100,7 +100,7 @@ def _index_shard(cfg_dict: dict[str, Any], root: Path, i: int, n: int, part: Sha
         "open_seconds": round(open_seconds, 3), "start_seconds": round(ready - opened, 3),
         "finished": time.time(),
     }
-    return {"state": str(folder / FINAL_STATE), "plan": list(run.plan), "shards": [info]}
+    return {"state": str(folder / FINAL_STATE), "shards": [info]}
 
 
 def _same_shard(saved: dict[str, Any], cfg: IndexConfig) -> bool:
