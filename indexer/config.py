@@ -176,7 +176,7 @@ class IndexConfig:
     overwrite: bool = _opt(False, "delete the index in --out first (only an index: its manifest or checkpoint must be there)")
     shard: tuple[int, int] = _opt((0, 1), "I/N: index only contexts with ctx_id % N == I (combine with `neuroscope merge`)", parse_shard, "0/1")
     dask: str | None = _opt(None, "local[:N] or tcp://HOST:PORT: spread shards over a Dask cluster")
-    dask_shards: int | None = _opt(None, "shards of a --dask job, handed out as workers free up (default: 4 per worker present at the start, but none under 1M tokens; each shard adds one write and one merge of the recorder state)")
+    dask_shards: int | None = _opt(None, "shards of a --dask job, handed out as workers free up (default: 4 per worker present at the start, but none under 1M tokens, 64M on GPUs; each shard adds one write and one merge of the recorder state)")
     order: Order = _opt("shuffle", "with --tokens: shuffle reads documents in a seeded random order spread over the whole corpus (hf: streams through a seeded shuffle buffer); file reads them in file order", parse_order, "shuffle")
     tokens_bos: str = _opt("auto", "pre-tokenized corpora (a 'tokens' column): auto prepends BOS to a row only if it lacks it; always; never", _choice("tokens-bos", ("auto", "always", "never")), "auto")
     sae: list[str] = _opt([], "[NAME=]PATH: an SAE or transcoder folder (SAELens cfg.json + sae_weights.safetensors, or sparsify cfg.json + sae.safetensors) or an embedded SAE name, whose latents are indexed as site sae:NAME (NAME defaults to the folder's name); repeatable")

@@ -7,7 +7,7 @@ pairwise, finalize once.
    them exactly as the single run reads it (ctx_id, budgets, order, counts).
 2. **Index** (``shard.py``): the stream is cut into ``--dask-shards`` contiguous shards of about
    the same number of tokens (default: 4 per worker present at the start, none under 1M
-   tokens: ``shard_count``), each a Dask task
+   tokens, 64M on GPUs: ``shard_count``), each a Dask task
    reading only its own contexts from the token store, handed out as workers free up (a late
    worker takes the next one). A shard checkpoints into ``OUT/.shards/shard-i-of-n`` and is
    retried, from that checkpoint, when its worker dies.
@@ -52,7 +52,8 @@ from indexer.store.manifest import MANIFEST
 from indexer.store.writer import atomic_write_bytes
 
 SHARDS_PER_WORKER = 4
-MIN_SHARD_TOKENS = 1 << 20  # a shard's stream outweighs its state's write and merge (~1 ms per feature on CPU)
+MIN_SHARD_TOKENS = 1 << 20  # on CPU a shard's stream outweighs its state's write and merge (~1 ms per feature)
+MIN_SHARD_TOKENS_GPU = 1 << 26  # a GPU streams ~100x faster, the state costs the same
 LAYOUT_FILE = "layout.npz"  # under SHARDS_DIR: the stream's layout, once tokenized
 RETRIES = 3  # per task, on an exception; a worker that dies is also retried (Dask's allowed-failures)
 
@@ -79,9 +80,8 @@ def index_on_dask(cfg: IndexConfig, progress: bool = True) -> Path:
                  for k, w in enumerate(workers)]  # each worker's first task: its model, then its pieces
         run = ClusterRun.open(replace(cfg, shard=(0, 1), resume=False), out)  # this process's model: for finalize
         phases.lap("open")
-        layout, pieces = _layout(client, cfg, run, root, SHARDS_PER_WORKER * started_with, hosts, progress)
+        layout, pieces, n = _layout(client, cfg, run, root, started_with, hosts, loads, progress)
         phases.lap("tokenize")
-        n = shard_count(cfg.dask_shards, started_with, int(layout.text_tokens().sum()))
         run.contexts.counters = layout.counters  # exactly the documents the stream covers
         if layout.n_contexts == 0:
             raise CorpusError(f"nothing to index: {what_was_read(run.contexts)}")
@@ -108,33 +108,40 @@ def index_on_dask(cfg: IndexConfig, progress: bool = True) -> Path:
     return path
 
 
-def shard_count(requested: int | None, workers: int, tokens: int) -> int:
+def shard_count(requested: int | None, workers: int, tokens: int, gpu: bool = False) -> int:
     """``--dask-shards``, or 4 per worker of the first start but none under ``MIN_SHARD_TOKENS``
-    (and at least one per worker): each shard costs one write and one merge of the recorder
-    state, which a shard of fewer tokens does not outweigh.
+    (``MIN_SHARD_TOKENS_GPU`` on GPU workers), and at least one per worker: each shard costs one
+    write and one merge of the recorder state (~1 ms per feature on a CPU), which a shard of
+    fewer tokens does not outweigh (README, "Scaling model").
 
     >>> shard_count(None, 4, 100_000_000), shard_count(None, 2, 400_000), shard_count(16, 4, 6000)
     (16, 2, 16)
+    >>> shard_count(None, 8, 256_000_000, gpu=True), shard_count(None, 1, 256_000_000, gpu=True)
+    (8, 3)
     """
     if requested:
         return requested
-    return max(workers, min(SHARDS_PER_WORKER * workers, tokens // MIN_SHARD_TOKENS))
+    least = MIN_SHARD_TOKENS_GPU if gpu else MIN_SHARD_TOKENS
+    return max(workers, min(SHARDS_PER_WORKER * workers, tokens // least))
 
 
-def _layout(client: Any, cfg: IndexConfig, run: ClusterRun, root: Path, n: int, hosts: dict[str, int],
-            progress: bool) -> tuple[Layout, list[dict[str, Any]]]:
-    """The stream's layout and the pieces' figures (tokenized in pieces of about half of
-    ``1 / n`` of the stream): read back for a resumed job that got that far, else tokenized now."""
+def _layout(client: Any, cfg: IndexConfig, run: ClusterRun, root: Path, workers: int, hosts: dict[str, int],
+            loads: list[Any], progress: bool) -> tuple[Layout, list[dict[str, Any]], int]:
+    """The stream's layout, the pieces' figures and the shard count (``shard_count`` for the
+    ``workers`` of the first start and the device the models loaded on): read back for a resumed
+    job that got that far, else tokenized now (pieces of about an eighth of a worker's share)."""
     if (root / LAYOUT_FILE).is_file():
         layout, figures = load_layout(root / LAYOUT_FILE)
-        return layout, figures["pieces"]
+        return layout, figures["pieces"], figures["shards"]
     shutil.rmtree(root / TOKENS_DIR, ignore_errors=True)  # pieces of a stopped tokenize phase: done again
     try:
-        layout, pieces = tokenize_stream(client, cfg, run.contexts, root, n, hosts, progress)
+        layout, pieces = tokenize_stream(client, cfg, run.contexts, root, SHARDS_PER_WORKER * workers, hosts, progress)
     except _killed_worker() as e:
         raise _lost(e, root) from None
-    save_layout(root / LAYOUT_FILE, layout, {"pieces": pieces})
-    return layout, pieces
+    gpu = any(f.result()["device"].startswith("cuda") for f in loads if f.status == "finished")
+    n = shard_count(cfg.dask_shards, workers, int(layout.text_tokens().sum()), gpu)
+    save_layout(root / LAYOUT_FILE, layout, {"pieces": pieces, "shards": n})
+    return layout, pieces, n
 
 
 def _index_shards(client: Any, cfg: IndexConfig, run: ClusterRun, root: Path, n: int, layout: Layout,

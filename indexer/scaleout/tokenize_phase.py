@@ -4,7 +4,7 @@ workers, their results gathered, the stream laid out (``layout.py``).
 Each worker first loads its model (``worker.preload``: the tokenizer is the model's), then
 takes the pieces dealt to it: each piece goes to the worker with the fewest tokens dealt so
 far and stays there (a strict restriction: no work stealing), so every worker tokenizes its
-share of the stream, give or take a piece (half a shard); a piece whose worker leaves is dealt
+share of the stream, give or take a piece (an eighth of a share); a piece whose worker leaves is dealt
 again to another. The layout and the pieces' figures are kept in ``OUT/.shards/layout.npz``: a
 resumed job does not tokenize again.
 """

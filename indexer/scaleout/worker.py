@@ -44,13 +44,14 @@ def opened_run(cfg: IndexConfig, workers_per_host: dict[str, int], host: str | N
 
 
 def preload(cfg_dict: dict[str, Any], workers_per_host: dict[str, int]) -> dict[str, Any]:
-    """Load the model on this worker (a Dask task, each worker's first): who, in how many seconds.
+    """Load the model on this worker (a Dask task, each worker's first): who, on which device, in
+    how many seconds.
 
     In the task's own thread, not one of its own: an import running in another thread while
     Dask unpickles data on the worker's event loop can break that transfer."""
     worker = identity()
-    seconds = opened_run(IndexConfig.from_dict(cfg_dict), workers_per_host, worker["host"])[1]
-    return {**worker, "open_seconds": round(seconds, 3)}
+    run, seconds = opened_run(IndexConfig.from_dict(cfg_dict), workers_per_host, worker["host"])
+    return {**worker, "device": run.device, "open_seconds": round(seconds, 3)}
 
 
 def set_threads(device: str, host: str, workers_per_host: dict[str, int]) -> None:
