@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, NeuroscopeError
+from indexer.export.options import add_arguments as export_arguments
 
 DEMO_DIR = Path("out/demo")
 HEADS_DEMO_TOKENS = 300_000  # toy-attn-2l for the head pages: 32 head features, a few seconds
@@ -62,8 +63,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         dry_run(cfg)
         return 0
-    if cfg.dask:  # scale-out: indexer.dist (imports Dask only now)
-        from indexer.dist.job import index_on_dask
+    if cfg.dask:  # scale-out: indexer.scaleout (imports Dask only now)
+        from indexer.scaleout.job import index_on_dask
 
         index = index_on_dask
     out = index(cfg, progress=not args.quiet)
@@ -88,7 +89,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from indexer.analyses.runner import analyze
 
     options = Options(device=args.device, dtype=args.dtype, top_ranks=args.top_ranks,
-                      keep_fraction=args.keep_fraction, sample_tokens=args.sample_tokens, progress=not args.quiet)
+                      keep_fraction=args.keep_fraction, sample_tokens=args.sample_tokens, saliency=args.saliency,
+                      progress=not args.quiet)
     report = analyze(args.dir, only=args.only, force=args.force, options=options)
     for name, r in report.items():
         extra = "(already done; --force to redo)" if r["status"] == "skipped" else f"in {r['seconds']:.1f} s"
@@ -106,6 +108,15 @@ def cmd_regex(args: argparse.Namespace) -> int:
                    sample_tokens=args.sample_tokens, time_limit_s=args.time_limit,
                    options=Options(device=args.device, progress=not args.quiet))
     print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from indexer.run.replay import replay
+
+    out = replay(args.dir, args.model, args.out, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
+                 progress=not args.quiet)
+    print(f"replay written to {out} (view it: neuroscope view {args.dir} {out}; neuroscope sql {out} replay-changed)")
     return 0
 
 
@@ -243,6 +254,12 @@ def cmd_export_html(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from indexer.export.runner import run_cli
+
+    return run_cli(args)
+
+
 def _later(what: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise NeuroscopeError(f"`neuroscope {what}` is not available yet in this version")
@@ -268,17 +285,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=cmd_merge)
 
-    p = sub.add_parser("analyze", help="minimal examples, regex, trigram, flags, logit effects, site agreement")
+    p = sub.add_parser("analyze", help="minimal examples, regex, trigram, token saliency, flags, logit effects, site agreement")
     p.add_argument("dir")
-    p.add_argument("--only", default="all", help="comma list of minimal,regex,trigram,flags,logits,latents,agreement,experts (default: all)")
+    p.add_argument("--only", default="all", help="comma list of minimal,regex,trigram,saliency,flags,logits,latents,agreement,experts (default: all)")
     p.add_argument("--force", action="store_true", help="redo analyses already done")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--top-ranks", type=int, default=5, help="top examples per neuron re-run by minimal and trigram (default: 5)")
+    p.add_argument("--top-ranks", type=int, default=5, help="top examples per neuron re-run by minimal, trigram and saliency (default: 5)")
+    p.add_argument("--saliency", default="frequent", choices=("frequent", "random", "noise"),
+                   help="how saliency corrupts each token: a frequent token (default), a random token, or Gaussian noise on its embedding")
     p.add_argument("--keep-fraction", type=float, default=0.5, help="minimal examples keep this share of the activation")
     p.add_argument("--sample-tokens", type=int, default=100_000, help="tokens the regex library is scored on")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_analyze)
+
+    p = sub.add_parser("replay", help="re-run an index's examples through other checkpoints of its model (fine-tuned, "
+                                      "earlier): rank correlation, new max, a trajectory per feature")
+    p.add_argument("dir", help="the index whose contexts and features are replayed")
+    p.add_argument("--model", action="append", required=True, metavar="[LABEL=]SPEC",
+                   help="a model of the index's shape and tokenizer; repeat for a trajectory, in order (label: the "
+                        "spec's last path part unless given)")
+    p.add_argument("--out", required=True, help="the replay folder (an index folder; rerun to resume or add models)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds another replay or index")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_replay)
 
     p = sub.add_parser("regex", help="how well a regex explains a neuron (JSON metrics)")
     p.add_argument("dir")
@@ -313,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_export_html)
+
+    p = sub.add_parser("export", help="write an index in a format other tools read: neuronpedia, neuron-record, delphi, headvis")
+    export_arguments(p)
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("demo", help="index the embedded toy-1l (and toy-attn-2l's heads) over the embedded corpora, then view it")
     p.add_argument("--out", default=str(DEMO_DIR))

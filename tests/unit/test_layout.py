@@ -29,13 +29,14 @@ ALLOWED: dict[str, set[str]] = {
     "indexer.run": BASE | {"indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
     "indexer.analyses": BASE | {"indexer.store", "indexer.inputs", "indexer.forward", "indexer.safe_regex",
                                   "indexer.pattern_score"},
-    "indexer.dist": BASE | {"indexer.run", "indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
+    "indexer.scaleout": BASE | {"indexer.run", "indexer.forward", "indexer.recorders", "indexer.store", "indexer.inputs"},
     "indexer.api": BASE | {"indexer.store", "indexer.safe_regex", "indexer.pattern_score"},
+    "indexer.export": BASE | {"indexer.store", "indexer.api"},
     "indexer.cli": {"*"},
     "viewer": {"indexer.api", "indexer.store", "indexer.errors", "indexer.config"},
 }
 NO_TORCH = ("indexer.store", "indexer.api", "indexer.config", "indexer.errors", "indexer.safe_regex",
-            "indexer.pattern_score", "viewer")
+            "indexer.pattern_score", "indexer.export", "viewer")
 
 
 def unit_of(module: str) -> str:
