@@ -12,6 +12,7 @@ JSON Lines files are read line by line; a huge record's line is dropped as soon 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Tuple
 
@@ -122,7 +123,17 @@ def _json_records(path: str, counters: CorpusCounters) -> Iterator[tuple[int, st
 
 
 def jsonl_record_count(path: str) -> int:
-    """The records of a JSON Lines file (its non-blank lines), counted without parsing them."""
+    """The records of a JSON Lines file (its non-blank lines), counted without parsing them
+    (once per process and version of the file: every piece of a shuffled file needs it)."""
+    try:
+        stat = Path(path).stat()
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus file {path}: {e.strerror}") from None
+    return _counted(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _counted(path: str, size: int, mtime_ns: int) -> int:
     return sum(not _blank(line_no, raw) for line_no, raw in enumerate(_lines(path), start=1))
 
 
