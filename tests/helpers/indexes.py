@@ -28,6 +28,21 @@ def tables(out: str) -> dict[str, pd.DataFrame]:
         }
 
 
+def index_shards_and_merge(cfg, folder: Path, n: int = 2) -> str:
+    """``cfg`` indexed as ``n`` shards (``folder/shardI``), merged into ``folder/merged``; its path."""
+    from dataclasses import replace
+
+    from indexer.run.engine import index
+    from indexer.run.merge import merge
+
+    shards = []
+    for i in range(n):
+        shard = replace(cfg, out=str(Path(folder) / f"shard{i}"), shard=(i, n))
+        index(shard, progress=False)
+        shards.append(shard.out)
+    return str(merge(shards, str(Path(folder) / "merged"), progress=False))
+
+
 def assert_same_index(a: str, b: str) -> None:
     """Top-k, quantile samples with their windows, stats and contexts all equal, floats bit for
     bit: mean and std too, whatever the shards, resumes or backend (the sums are exact)."""

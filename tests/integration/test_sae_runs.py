@@ -12,11 +12,10 @@ from dataclasses import replace
 import pytest
 
 from helpers.configs import base_config
-from helpers.indexes import assert_same_index
+from helpers.indexes import assert_same_index, index_shards_and_merge
 from helpers.saes import write_saelens
 from indexer.errors import SaeError
 from indexer.run.engine import index
-from indexer.run.merge import merge
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +30,7 @@ def setup(tiny_model_dir, tmp_path_factory):
 
 
 def test_shards_merge_into_the_single_run(setup, tmp_path):
-    shards = []
-    for i in range(2):
-        cfg = replace(setup, out=str(tmp_path / f"shard{i}"), shard=(i, 2))
-        index(cfg, progress=False)
-        shards.append(cfg.out)
-    merge(shards, str(tmp_path / "merged"), progress=False)
-    assert_same_index(setup.out, str(tmp_path / "merged"))
+    assert_same_index(setup.out, index_shards_and_merge(setup, tmp_path))
 
 
 def test_resume_after_kill_equals_uninterrupted_run(setup, tmp_path):

@@ -18,10 +18,9 @@ import pytest
 from indexer.api import Index
 from indexer.cli import main
 from indexer.run.engine import index
-from indexer.run.merge import merge
 
 from helpers.configs import base_config
-from helpers.indexes import assert_same_index
+from helpers.indexes import assert_same_index, index_shards_and_merge
 
 # Long enough that a shard is still streaming when its first checkpoint appears.
 TOKENS = 6000
@@ -40,19 +39,14 @@ def single_run(cfg) -> str:
 
 
 def test_one_process_shards_and_dask_give_the_same_index(cfg, single_run, tmp_path, capsys):
-    shards = []
-    for i in range(2):
-        shard = replace(cfg, out=str(tmp_path / f"shard{i}"), shard=(i, 2))
-        index(shard, progress=False)
-        shards.append(shard.out)
-    merge(shards, str(tmp_path / "merged"), progress=False)
+    merged = index_shards_and_merge(cfg, tmp_path)
 
     out = tmp_path / "dask"
     assert main(["index", "--quiet", *replace(cfg, out=str(out), dask="local:2").to_argv()]) == 0
     assert "index written to" in capsys.readouterr().out
 
     # The stats' sums are exact: mean and std equal the single run's bit for bit.
-    assert_same_index(single_run, str(tmp_path / "merged"))
+    assert_same_index(single_run, merged)
     assert_same_index(single_run, str(out))
     manifest = Index.open(str(out)).manifest
     assert manifest["status"] == "complete" and manifest["counts"]["tokens"] == TOKENS
