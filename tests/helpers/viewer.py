@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html as html_lib
 import json
+import re
 from pathlib import Path
 
 from indexer.config import IndexConfig
@@ -45,3 +47,39 @@ def open_page(monkeypatch, index_dir: Path, **params):
     at.run()
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
     return at
+
+
+# --- reading what an AppTest run shows -----------------------------------------------------
+
+
+def run_app(monkeypatch, index_dir, **params):
+    """The viewer run once by AppTest on ``index_dir`` with these query parameters; fails on an
+    exception (error messages are the caller's to check)."""
+    from streamlit.testing.v1 import AppTest
+
+    from helpers.paths import ROOT
+
+    monkeypatch.setenv("NEUROSCOPE_INDEX", str(index_dir))
+    at = AppTest.from_file(str(ROOT / "viewer" / "app.py"), default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def html(at) -> str:
+    return "\n".join(h.proto.body for h in at.get("html"))
+
+
+def shown(body: str) -> str:
+    """The text a browser shows for some HTML: tags dropped, entities decoded, marks removed."""
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", body)).replace("\u21b5", "")
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def title(at) -> str:
+    return at.title[0].value if at.title else ""
