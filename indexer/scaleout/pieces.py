@@ -12,6 +12,11 @@ first piece of ``PROBE_DOCS`` documents per corpus measures its tokens per docum
 next pieces are sized to hold about ``1 / PIECES_PER_SHARD`` of a shard's tokens each, just
 enough of them to cover the budget and one context past it (the stream's end must be seen to
 count the documents exactly). When the pieces come back short, more are planned.
+
+Documents' lengths are heavy-tailed (a few books or generated files hold most of a corpus's
+tokens), so the estimate can be far off. Two limits keep the tokens tokenized near the
+stream's: at most one piece per worker is out per corpus, and a piece stops once a context
+starts at the budget less the tokens already known to come before it (``_stop_tokens``).
 """
 
 from __future__ import annotations
@@ -81,9 +86,10 @@ class Frontier:
     """The pieces to tokenize: ``next_pieces()`` says what to submit now, ``add`` takes a
     result back, ``finished`` says when the stream's every context is tokenized."""
 
-    def __init__(self, records: list[int | None], budgets: list[int | None], n_shards: int):
+    def __init__(self, records: list[int | None], budgets: list[int | None], n_shards: int, n_workers: int = 1):
         self.corpora = [_Corpus(n, b) for n, b in zip(records, budgets)]
         self.n_pieces = max(1, n_shards * PIECES_PER_SHARD)
+        self.max_inflight = max(1, n_workers)  # per corpus: what a wrong estimate can overshoot by
 
     def next_pieces(self) -> list[Piece]:
         out = []
@@ -155,12 +161,22 @@ class Frontier:
         expected = sum(r["text_tokens"] for r in c.done.values()) + per_record * sum(
             p.records for p in c.inflight.values())
         out = []
-        while c.next_start < c.records and (expected < want or not (c.inflight or out or c.finished())):
+        while c.next_start < c.records and (
+                (expected < want and len(c.inflight) < self.max_inflight) or not (c.inflight or out or c.finished())):
             size = round(target / per_record) if per_record > 0 else 2 * c.last_size
             size = max(1, min(size, c.records - c.next_start))
-            out.append(self._track(c, Piece(index, c.next_start, c.next_start + size)))
+            out.append(self._track(c, Piece(index, c.next_start, c.next_start + size, self._stop_tokens(c))))
             expected += size * per_record
         return out
+
+    @staticmethod
+    def _stop_tokens(c: _Corpus) -> int | None:
+        """Where a piece planned now may stop: the budget less the text tokens known to come
+        before it (the pieces back, all before it in read order). Those still out add more,
+        so a context starting there starts at the budget or past it: the stream's end."""
+        if c.budget is None:
+            return None
+        return max(0, c.budget - sum(r["text_tokens"] for r in c.done.values()))
 
     @staticmethod
     def _track(c: _Corpus, piece: Piece) -> Piece:

@@ -38,7 +38,6 @@ def tokenize_piece(cfg_dict: dict[str, Any], shards_root: str, piece: Piece,
 
 
 def _tokenize_piece(cfg: IndexConfig, shards_root: str, piece: Piece, workers_per_host: dict[str, int]) -> dict[str, Any]:
-    started = time.perf_counter()
     path = piece_path(shards_root, piece.corpus, piece.start)
     worker = identity()
     attempts = record_attempt(path.with_suffix(".attempts.json"), worker)

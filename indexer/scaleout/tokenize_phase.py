@@ -36,7 +36,7 @@ def tokenize_stream(client: Any, cfg: IndexConfig, stream: ContextStream, root: 
     workers' own)."""
     from distributed import wait
 
-    frontier = Frontier([record_count(s) for s in stream.specs], stream.budgets(), n_shards)
+    frontier = Frontier([record_count(s) for s in stream.specs], stream.budgets(), n_shards, sum(hosts.values()))
     dealer = _Dealer(client, (cfg.to_dict(), str(root)), hosts, frontier)
     infos: list[dict[str, Any]] = []
     shown = bar(stream.max_tokens, "tokenizing", progress)

@@ -1,8 +1,10 @@
 """What every task on a Dask worker shares: the model, loaded once per worker process (by its
-first task); who the worker is; how many times a task was attempted; the CPU threads it may use."""
+first task); who the worker is; how many times a task was attempted; the CPU threads it may use
+and how its memory allocator behaves."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -34,12 +36,12 @@ def opened_run(cfg: IndexConfig, workers_per_host: dict[str, int], host: str | N
     started = time.perf_counter()
     with _LOCK:
         run = _OPENED.get(key)
-        if run is not None:
-            return run, time.perf_counter() - started
-        run = Run.open(cfg, Path(cfg.out))
-        set_threads(run.device, host, workers_per_host)
-        _OPENED.clear()  # one model per process
-        _OPENED[key] = run
+        if run is None:
+            run = Run.open(cfg, Path(cfg.out))
+            keep_freed_memory()
+            _OPENED.clear()  # one model per process
+            _OPENED[key] = run
+        set_threads(run.device, host, workers_per_host)  # per task: the thread counts are per thread
         return run, time.perf_counter() - started
 
 
@@ -55,13 +57,40 @@ def preload(cfg_dict: dict[str, Any], workers_per_host: dict[str, int]) -> dict[
 
 
 def set_threads(device: str, host: str, workers_per_host: dict[str, int]) -> None:
-    """On CPU, share the host's cores among its workers (Dask starts workers with one thread)."""
+    """On CPU, share the host's cores among its workers (Dask starts workers with one thread),
+    in the calling thread: OpenMP's thread count (torch's) and numba's are per thread, and a
+    task may run in another thread than the one that loaded the model. Two workers on two
+    cores each running two threads streamed at a third of their share."""
     if device != "cpu":
         return
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // max(1, workers_per_host.get(host, 1))))
+    share = max(1, cores // max(1, workers_per_host.get(host, 1)))
+    torch.set_num_threads(share)
+    import numba  # the recorders' parallel kernels: two workers' threads on one core wait on each other
+
+    numba.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed memory instead of returning it to the system at once.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
+    mmap threshold at 128 KB: every tensor of a forward pass is then a fresh ``mmap`` whose
+    pages fault in zeroed, and ``munmap``ed when freed. Measured here, a softmax over
+    [8, 8, 256, 256] ran 3.4x slower in a worker than in the main process, and a shard
+    streamed at 0.6 of the single run. Large blocks (up to glibc's 32 MB cap) come from the
+    heap again, and the heap is trimmed past 256 MB free. Not glibc: nothing to do."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
 
 
 def dask_worker() -> Any:

@@ -46,10 +46,11 @@ def corpora(tmp_path_factory):
     return folder
 
 
-def pieces_stream(stream: ContextStream, root, n_shards: int, seed: int):
-    """The stream through the tokenize phase: pieces planned by the Frontier, tokenized in a
-    shuffled order, laid out, read back shard by shard."""
-    frontier = Frontier([record_count(s) for s in stream.specs], stream.budgets(), n_shards)
+def pieces_stream(stream: ContextStream, root, n_shards: int, seed: int, n_workers: int = 4):
+    """The stream through the tokenize phase: pieces planned by the Frontier for ``n_workers``
+    (so as many out at once per corpus), tokenized in a shuffled order, laid out, read back
+    shard by shard."""
+    frontier = Frontier([record_count(s) for s in stream.specs], stream.budgets(), n_shards, n_workers)
     rng, pending = random.Random(seed), []
     while not frontier.finished():
         pending += frontier.next_pieces()
@@ -87,10 +88,38 @@ def test_pieces_lay_out_the_single_runs_stream(corpora, tokenizer, tmp_path, mon
     single = ContextStream(specs, tokenizer, bos_id=0, ctx_len=16, max_tokens=budget, skip_bad_records=True,
                            order=order, seed=5, vocab_size=100)
     want = as_rows(single)
-    for seed in range(2):
-        got, layout = pieces_stream(single, tmp_path / f"s{seed}", n_shards=8, seed=seed)
+    for seed, workers in ((0, 1), (1, 4)):
+        got, layout = pieces_stream(single, tmp_path / f"s{seed}", n_shards=8, seed=seed, n_workers=workers)
         assert as_rows(got) == want
         assert {k: v.to_dict() for k, v in layout.counters.items()} == {k: v.to_dict() for k, v in single.counters.items()}
+
+
+def test_heavy_tailed_documents_are_not_tokenized_past_the_budget(tokenizer, tmp_path, monkeypatch):
+    """A few long documents among short ones, so the first pieces' tokens per document are far
+    off: pieces stop at the budget less what is known to come before them, and at most one per
+    worker is out, so the tokens tokenized stay near the stream's."""
+    monkeypatch.setattr(pieces_module, "PROBE_DOCS", 3)
+    rng = random.Random(1)
+    texts = [" ".join(f"w{rng.randrange(60)}" for _ in range(3000 if i % 9 == 5 else 5)) for i in range(200)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "tails.parquet", row_group_size=7)
+    stream = ContextStream([parse_corpus_spec(str(tmp_path / "tails.parquet"))], tokenizer, bos_id=0, ctx_len=16,
+                           max_tokens=2000, order="file", vocab_size=100)
+    frontier = Frontier([200], stream.budgets(), n_shards=4, n_workers=2)
+    pending, tokenized, longest = [], 0, 0
+    while not frontier.finished():
+        pending += frontier.next_pieces()
+        assert len(pending) <= 2  # one piece per worker out
+        piece = pending.pop(0)
+        result = tokenize_into(stream, piece, piece_path(tmp_path / "store", piece.corpus, piece.start), 100)
+        tokenized += result["text_tokens"]
+        longest = max(longest, result["text_tokens"])
+        frontier.add(piece, result)
+    layout = frontier.layout(["tails"])
+    contexts = list(PieceStream(stream.specs, tmp_path / "store", layout.shard(0, layout.n_contexts)).contexts())
+    assert as_rows(contexts) == as_rows(stream)
+    whole = sum(len(tokenizer(t)["input_ids"]) for t in texts)
+    assert whole > 10 * 2000 and longest <= 2000 + 15  # a piece stops a context past the budget
+    assert tokenized <= 2 * (2000 + 15)  # without the limits: every piece planned from the first's 5 tokens a document
 
 
 def test_shards_are_balanced_whatever_the_corpora(corpora, tokenizer, tmp_path):
