@@ -79,6 +79,7 @@ def fmix32_nb(h):
 
 @njit(**NJIT_OPTIONS)
 def context_hash_nb(seed, ctx_id):
+    ctx_id = np.int64(ctx_id)  # the state keeps int32 ids: hash them as the int64 they are
     h = fmix32_nb(np.uint32(seed ^ np.uint32(ctx_id & M32)))
     return fmix32_nb(np.uint32(h ^ np.uint32((ctx_id >> 32) & M32)))
 
@@ -103,6 +104,7 @@ def fmix32_t(h: torch.Tensor) -> torch.Tensor:
 
 def token_hash_t(seed: int, ctx_id: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """int64 [tokens]: tok_hash for paired ctx ids and positions."""
+    ctx_id = ctx_id.to(torch.int64)
     h = fmix32_t(fmix32_t((ctx_id & M32) ^ seed) ^ ((ctx_id >> 32) & M32))
     return fmix32_t(h ^ ((pos.to(torch.int64) * _POS_MUL) & M32))
 

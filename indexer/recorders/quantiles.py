@@ -14,9 +14,9 @@ to q; a band is a run of fine bins, its count the sum of theirs, and its sample 
 ``per_bin`` lowest priorities among its kept tokens under the band's smallest threshold:
 exactly the bottom-k of the band (a uniform sample of it) whenever that many are there.
 
-Memory per feature: N_FINE x 4 bytes of counts and ``pool_capacity(per_bin)`` x 16 bytes of
-kept tokens (10 + 11.5 KB at per_bin=5; a kept token's priority is recomputed from its
-coordinates, not stored), independent of the corpus length. A band's share
+Memory per feature: N_FINE x 4 bytes of counts and ``pool_capacity(per_bin)`` x 12 bytes of
+kept tokens (10 + 8.4 KB at per_bin=5: value float32, ctx_id int32, pos int32; a kept token's
+priority is recomputed from its coordinates, not stored), independent of the corpus length. A band's share
 is exact; its distance from the nominal share is at most the share of the fine bin its edge
 falls in.
 """
@@ -54,10 +54,11 @@ def check_quantiles(quantiles) -> np.ndarray:
 
 def bytes_per_feature(per_bin: int) -> int:
     """State bytes of one feature: fine counts, the kept-token pool and its two counters."""
-    return N_FINE * 4 + pool_capacity(per_bin) * (4 + 8 + 4) + 8
+    return N_FINE * 4 + pool_capacity(per_bin) * (4 + 4 + 4) + 8
 
 
 MAX_TOKENS = 2**31 - 1  # fine counts are int32
+MAX_CONTEXTS = 2**31  # kept tokens' ctx ids are int32
 CHUNK = 1024  # features per numpy step at the end (bounds the [feat, N_FINE] temporaries)
 
 
@@ -70,7 +71,7 @@ class QuantileSampler(Recorder):
 
     Attributes:
         fine_counts: int32 [feat, N_FINE].
-        kval float32, kctx int64, kpos int32, each [feat, capacity]: the kept tokens, unordered, the first kn[f] of row f in use.
+        kval float32, kctx int32, kpos int32, each [feat, capacity]: the kept tokens, unordered, the first kn[f] of row f in use.
         kn: int32 [feat] (int64 on torch).  squeeze: [feat], how often a feature's
             thresholds were halved because its pool overflowed (0 but for freak inputs).
     """
@@ -98,7 +99,7 @@ class QuantileSampler(Recorder):
         shape = (self.n_features, self.capacity)
         self.fine_counts = self._array(np.zeros((self.n_features, N_FINE), np.int32))
         self.kval = self._array(np.zeros(shape, np.float32))
-        self.kctx = self._array(np.zeros(shape, np.int64))
+        self.kctx = self._array(np.zeros(shape, np.int32))  # ctx ids < 2**31 (MAX_CONTEXTS)
         self.kpos = self._array(np.zeros(shape, np.int32))
         self.kn = self._array(np.zeros(self.n_features, np.int64 if wide else np.int32))
         self.squeeze = self._array(np.zeros(self.n_features, np.int64 if wide else np.int32))
@@ -269,6 +270,8 @@ class QuantileSampler(Recorder):
         """Record one batch (common.Recorder.update); torch backend: ``offered`` as in _update_torch;
         ``skip_zeros``: zeros are not counted or kept (a sparse site, bundle.FeatureRecorders.update)."""
         check_batch(acts, lengths, ctx_ids, self.n_features)
+        if ctx_ids.numel() and ctx_ids.device.type == "cpu" and int(ctx_ids.max()) >= MAX_CONTEXTS:
+            raise RecorderError(f"ctx_id {int(ctx_ids.max())} but one index holds at most {MAX_CONTEXTS} contexts")
         self._count_tokens(int(torch.clamp(torch.as_tensor(lengths) - 1, min=0).sum()))
         if self.backend == "numba":
             self._update_numba(*numpy_batch(acts, lengths, ctx_ids), skip_zeros=skip_zeros)

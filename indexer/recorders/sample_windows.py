@@ -54,8 +54,8 @@ class SampleWindows(Recorder):
     """A pool of captured windows per feature.
 
     Attributes (state):
-        vals: float32 [feat, pool, W].  prio: int64, ctx: int64 (-1: free), pos: int32,
-        q: int32 (fine bin), each [feat, pool].
+        vals: float32 [feat, pool, W].  prio: int64, ctx: int32 (-1: free), pos: int32,
+        q: int16 (fine bin), each [feat, pool].
     Derived: mids int64 [feat, Q], band_cap int64 [feat, Q+1]; free int32 [feat, pool] / top
     int64 [feat], a stack.
     """
@@ -73,9 +73,9 @@ class SampleWindows(Recorder):
         shape = (self.n_features, self.pool)
         self.vals = self._array(np.zeros((*shape, self.width), np.float32))
         self.prio = self._array(np.zeros(shape, np.int64))
-        self.ctx = self._array(np.full(shape, -1, np.int64))
+        self.ctx = self._array(np.full(shape, -1, np.int32))  # ctx ids < 2**31, as the sampler's
         self.pos = self._array(np.full(shape, -1, np.int32))
-        self.q = self._array(np.full(shape, -1, np.int32))
+        self.q = self._array(np.full(shape, -1, np.int16))  # < N_FINE
         # per feature: the estimated band edges (fine bins) and each band's cap (none yet)
         self.mids = self._array(np.zeros((self.n_features, 0), np.int64))
         self.band_cap = self._array(np.full((self.n_features, 1), NO_CAP, np.int64))
@@ -226,8 +226,8 @@ class SampleWindows(Recorder):
         rank = torch.arange(f.numel(), device=f.device) - torch.searchsorted(f, f)
         free_first = torch.sort((self.ctx >= 0).to(torch.int16), dim=1, stable=True).indices  # free entries first
         slot = free_first[f, rank]
-        self.vals[f, slot], self.prio[f, slot], self.ctx[f, slot] = vals, prio, ctx
-        self.pos[f, slot], self.q[f, slot] = pos, q
+        self.vals[f, slot], self.prio[f, slot], self.ctx[f, slot] = vals, prio, ctx.to(self.ctx.dtype)
+        self.pos[f, slot], self.q[f, slot] = pos.to(self.pos.dtype), q.to(self.q.dtype)
 
     def _ratio(self, prio, q, f) -> torch.Tensor:
         """float64: priority over the cap of its fine bin (below 1: under the cap)."""

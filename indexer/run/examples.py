@@ -41,6 +41,11 @@ class ExampleSet:
         self.captured = np.zeros(n, bool)  # window_values already hold the example's window
         self._by_ctx: dict[int, np.ndarray] = {}
 
+    def release(self) -> None:
+        """Drop the window arrays (once written): the bulk of finalize's memory."""
+        self.window_tokens = self.window_values = None
+        self._by_ctx = {}
+
     def __len__(self) -> int:
         return len(self.feature)
 

@@ -106,6 +106,7 @@ def write_index(run: Any, progress: bool = True) -> Path:
     decoder = WindowDecoder(run.model.tokenizer)
     for (site, rec), example_set in zip(run.recorders.items(), sets):
         _write_site(writer, site, rec, bands[site], example_set, vocab, decoder)
+        example_set.release()  # its table holds the windows now: one set's at a time, not every set's twice
     directions = direction_columns(run.plan)
     if directions:
         writer.write(RandomDirections, directions)

@@ -27,7 +27,7 @@ N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature 
 POOL_PER_SAMPLE = 3  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
 KEPT_PER_SAMPLE = 144  # indexer.recorders.keep_rule.pool_capacity(per_bin) / per_bin (tests check they agree)
 ENTRY_BYTES = 16  # a top-k entry: value f32 + ctx_id i64 + pos i32
-KEPT_BYTES = 16  # a kept token: value f32 + ctx_id i64 + pos i32 (its priority is recomputed)
+KEPT_BYTES = 12  # a kept token: value f32 + ctx_id i32 + pos i32 (its priority is recomputed)
 STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and x**2 (5 words each); min, max
 LIBRARIES = 400 << 20  # Python, torch, TransformerLens, transformers and the numba kernels, loaded (0.40 GB measured)
 
@@ -52,12 +52,14 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_sit
     per_feature = (cfg.top_k * (ENTRY_BYTES + window * 4) + N_FINE * 4
                    + KEPT_PER_SAMPLE * cfg.per_bin * KEPT_BYTES + 8 + STATS_BYTES)
     # (+ the pool of captured sample windows, indexer.recorders.sample_windows)
-    per_feature += int(np.ceil(POOL_PER_SAMPLE * bins * cfg.per_bin)) * (window * 4 + 8 + 8 + 4 + 4)
+    per_feature += int(np.ceil(POOL_PER_SAMPLE * bins * cfg.per_bin)) * (window * 4 + 8 + 4 + 4 + 2)  # prio, ctx, pos, q
     # a checkpoint writes one site at a time: its copy of that site's state (sparse, at most
     # as large as the state itself)
     recorders = (n_features + largest) * per_feature
     kept = n_features * (per_feature if cfg.shard[1] > 1 else N_FINE * 4 + cfg.top_k * ENTRY_BYTES + 8 + STATS_BYTES)
-    windows = n_features * examples * window * (4 + 4) * 2
+    # every example's window (int32 token ids, float32 values), and the tables of the site being
+    # written and of those queued (store.writer.MAX_QUEUED) with their own copies of its windows
+    windows = n_features * examples * window * (4 + 4) + min(n_features, 3 * largest) * examples * window * (4 + 4) * 2
     # one site's activations at a time, as float32, plus the recorders' per-batch temporaries;
     # a heads site's pattern [batch, head, q, k] with the eager attention's and the metrics' temporaries
     batch = cfg.batch_size * ctx_len * largest * 4 * 3 + cfg.batch_size * heads * ctx_len * ctx_len * 4 * 3

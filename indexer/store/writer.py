@@ -76,6 +76,9 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+MAX_QUEUED = 2  # write_soon files queued per writer thread before the caller waits
+
+
 class IndexWriter:
     """Writes the tables of one index directory.
 
@@ -88,6 +91,7 @@ class IndexWriter:
         self.root = Path(out_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="parquet") if threads else None
+        self._threads = threads
         self._pending: list[Future] = []
 
     def write(
@@ -126,7 +130,14 @@ class IndexWriter:
             if self._pool is None:
                 self._write_file(table_cls, piece, path)
             else:
+                self._hold_back()
                 self._pending.append(self._pool.submit(self._write_file, table_cls, piece, path))
+
+    def _hold_back(self) -> None:
+        """Wait while ``MAX_QUEUED`` files per thread are queued: memory holds a few tables,
+        not every table a finalize builds (all of a large model's example windows)."""
+        while sum(not f.done() for f in self._pending) >= MAX_QUEUED * self._threads:
+            next(f for f in self._pending if not f.done()).exception()  # waits for it; wait() reports
 
     def wait(self) -> None:
         """Block until every ``write_soon`` file is written; the first failure is raised."""

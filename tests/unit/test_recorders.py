@@ -18,6 +18,7 @@ from indexer.recorders import (
 )
 from indexer.recorders.finebins import ZERO, choose_boundaries, fine_bins_np, lower_edges, magnitudes
 from indexer.recorders.hashing import feature_keys, priority_np, priority_t, seed_of, token_hash_t
+from indexer.recorders.quantiles import MAX_CONTEXTS
 
 from helpers.brute_recorders import (
     AFTER, BACKENDS, BEFORE, K, PER_BIN, QUANTILES, SALT, brute_boundary, brute_hist_bin, brute_kept, brute_quantiles,
@@ -163,8 +164,9 @@ def test_state_round_trip_continues_identically(backend, resume_backend, tmp_pat
 
 
 def test_backends_agree_and_fused_equals_separate():
-    batches = make_batches(n_batches=5, ctx_base=2**33 + 5)  # ctx ids beyond 32 bits
-    batches = [(a, l, c.flip(0)) for a, l, c in batches]  # ids need not increase
+    batches = make_batches(n_batches=5)
+    shift = MAX_CONTEXTS - 1 - max(int(c.max()) for _, _, c in batches)  # up to the largest id the state holds
+    batches = [(a, l, (c + shift).flip(0)) for a, l, c in batches]  # ids need not increase
     edges = edges_for(batches)
     numba_runs = [run(m, batches) for m in makers("numba", edges)]
     torch_runs = [run(m, batches) for m in makers("torch", edges)]
@@ -173,6 +175,13 @@ def test_backends_agree_and_fused_equals_separate():
     fused = numba_runs[3]
     for part, separate in zip((fused.topk, fused.samples, fused.stats), numba_runs[:3]):
         assert_same(part, separate)
+
+
+def test_a_ctx_id_past_int32_is_refused():
+    acts, lengths, ctx = make_batches(n_batches=1)[0]
+    rec = QuantileSampler(acts.shape[-1])
+    with pytest.raises(RecorderError, match="at most 2147483648 contexts"):
+        rec.update(acts, lengths, ctx + MAX_CONTEXTS)
 
 
 def test_priority_is_a_uniform_pure_function():
