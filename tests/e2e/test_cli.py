@@ -171,13 +171,22 @@ def test_index_then_sql_in_every_format(index_args, tmp_path):
 
 
 def test_demo_indexes_the_embedded_default_and_summarises(tmp_path):
+    """One demo run (its analyses take minutes on 2 cores) into folders that already hold an
+    analyzed index and a head index, as a rerun finds them: it must replace both."""
+    from indexer.analyses.common import Options
+    from indexer.analyses.runner import analyze
+    from indexer.run.engine import index
+
     out = tmp_path / "demo"
-    done = neuroscope("demo", "--tokens", "3000", "--no-view", "--out", str(out))
+    index(base_config("toy-1l", str(out), corpus=["code"], tokens=300), progress=False)
+    analyze(out, only="flags", options=Options(device="cpu", progress=False))
+    index(base_config("toy-attn-2l", str(tmp_path / "demo-heads"), corpus=["prose"], tokens=300), progress=False)
+    done = neuroscope("demo", "--tokens", "3000", "--no-view", "--out", str(out))  # reruns replace the demo index
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Neurons with the highest activations" in done.stdout and "induction" in done.stdout.lower()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["name"] == "toy-1l" and [c["name"] for c in manifest["corpora"]] == ["code", "prose"]
+    assert manifest["counts"]["tokens"] == 3000  # the earlier index is gone
     heads = json.loads((tmp_path / "demo-heads" / "manifest.json").read_text())  # the head pages' model
     assert heads["model"]["name"] == "toy-attn-2l" and "where the best induction head attends" in done.stdout
-    again = neuroscope("demo", "--tokens", "3000", "--no-view", "--out", str(out))  # reruns replace the demo index
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert [c["name"] for c in heads["corpora"]] == ["code", "prose"] and heads["counts"]["tokens"] == 3000

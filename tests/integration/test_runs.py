@@ -59,15 +59,14 @@ def test_merge_refuses_incomplete_or_mismatched_shards(model_dir, single_run, tm
     assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
 
 
-def test_resume_after_kill_equals_uninterrupted_run(model_dir, tmp_path):
-    # Longer than the other runs, so that the kill lands mid-stream.
-    uninterrupted = base_config(model_dir, str(tmp_path / "whole"), tokens=8000, checkpoint_every=1)
-    index(uninterrupted, progress=False)
+def test_resume_after_kill_equals_uninterrupted_run(model_dir, single_run, tmp_path):
     out = tmp_path / "killed"
-    cfg = replace(uninterrupted, out=str(out))
+    cfg = base_config(model_dir, str(out))  # the single run's options
     args = _cli_args(cfg)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env=env,
+    # Batches slowed down (only the killed run's), so that the kill lands mid-stream.
+    proc_env = {**env, "NEUROSCOPE_TEST_SLOW_AT": "batch:0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], env=proc_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = out / "checkpoint.npz"
     deadline = time.time() + 300
@@ -85,7 +84,7 @@ def test_resume_after_kill_equals_uninterrupted_run(model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "indexer.cli", *_cli_args(replace(cfg, resume=True))],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert_same_index(uninterrupted.out, str(out))
+    assert_same_index(single_run, str(out))
 
 
 def test_resume_needs_a_checkpoint_and_out_must_be_empty(model_dir, single_run, tmp_path):
