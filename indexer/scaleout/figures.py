@@ -67,8 +67,9 @@ def dask_notes(cfg: IndexConfig, scheduler: str, started: list[dict[str, Any]], 
     tokenized: Counter = Counter()
     for task in pieces + shards:
         tokenized[task["address"]] += task["tokens_tokenized"]
-        workers.setdefault(task["address"], {"address": task["address"], "host": task["host"], "joined_late": True,
-                                             "left": True})
+        workers.setdefault(task["address"], {  # joined and left between the two looks at the cluster
+            "address": task["address"], "host": task["host"], "name": task.get("name", ""), "joined_late": True,
+            "left": True})
     stream = int(layout.text_tokens().sum())
     return {
         "cluster": cfg.dask, "scheduler": scheduler, "n_workers": len(started),

@@ -104,10 +104,12 @@ def dask_worker() -> Any:
 
 
 def identity() -> dict[str, Any]:
-    """The worker running this task: address, host, hostname and process id."""
+    """The worker running this task: address, host, Dask name, hostname and process id."""
     worker = dask_worker()
     address = worker.address if worker is not None else "local"
-    return {"address": address, "host": host_of(address), "hostname": socket.gethostname(), "pid": os.getpid()}
+    name = str(worker.name) if worker is not None else ""
+    return {"address": address, "host": host_of(address), "name": name, "hostname": socket.gethostname(),
+            "pid": os.getpid()}
 
 
 def device_name(device: str) -> str:
