@@ -72,3 +72,31 @@ def test_the_command_line_imports_dask_only_when_used():
     code = ("import sys, indexer.cli, indexer.scaleout.spec; indexer.cli.build_parser(); "
             "sys.exit(int(any(m in sys.modules for m in ('dask', 'distributed'))))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_task_thread_gets_its_share_of_the_cores():
+    """A task runs in a Dask worker's thread, not the one that loaded the model: its torch
+    (OpenMP) and numba thread counts are set there, to its share of the host's cores."""
+    import os
+    import threading
+
+    import numba
+    import torch
+
+    from indexer.scaleout.worker import set_threads
+
+    cores = len(os.sched_getaffinity(0))
+    got: dict = {}
+
+    def task() -> None:
+        set_threads("cpu", "h", {"h": cores})  # as many workers as cores: one thread each
+        got["torch"], got["numba"] = torch.get_num_threads(), numba.get_num_threads()
+
+    before = torch.get_num_threads()
+    try:
+        thread = threading.Thread(target=task)
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(before)
+    assert got == {"torch": 1, "numba": 1}
