@@ -25,6 +25,7 @@ from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 
 N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature (tests check they agree)
 POOL_PER_SAMPLE = 3  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
+QUEUED_SITES = 3  # a site's table being built and those queued: indexer.store.writer.MAX_QUEUED + 1 (tests check they agree)
 KEPT_PER_SAMPLE = 144  # indexer.recorders.keep_rule.pool_capacity(per_bin) / per_bin (tests check they agree)
 ENTRY_BYTES = 16  # a top-k entry: value f32 + ctx_id i64 + pos i32
 KEPT_BYTES = 12  # a kept token: value f32 + ctx_id i32 + pos i32 (its priority is recomputed)
@@ -58,8 +59,8 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_sit
     recorders = (n_features + largest) * per_feature
     kept = n_features * (per_feature if cfg.shard[1] > 1 else N_FINE * 4 + cfg.top_k * ENTRY_BYTES + 8 + STATS_BYTES)
     # every example's window (int32 token ids, float32 values), and the tables of the site being
-    # written and of those queued (store.writer.MAX_QUEUED) with their own copies of its windows
-    windows = n_features * examples * window * (4 + 4) + min(n_features, 3 * largest) * examples * window * (4 + 4) * 2
+    # written and of those queued, with their own copies of its windows
+    windows = (n_features + min(n_features, QUEUED_SITES * largest) * 2) * examples * window * (4 + 4)
     # one site's activations at a time, as float32, plus the recorders' per-batch temporaries;
     # a heads site's pattern [batch, head, q, k] with the eager attention's and the metrics' temporaries
     batch = cfg.batch_size * ctx_len * largest * 4 * 3 + cfg.batch_size * heads * ctx_len * ctx_len * 4 * 3

@@ -68,7 +68,7 @@ def dask_notes(cfg: IndexConfig, scheduler: str, started: list[dict[str, Any]], 
     for task in pieces + shards:
         tokenized[task["address"]] += task["tokens_tokenized"]
         workers.setdefault(task["address"], {  # joined and left between the two looks at the cluster
-            "address": task["address"], "host": task["host"], "name": task.get("name", ""), "joined_late": True,
+            "address": task["address"], "host": task["host"], "name": task["name"], "joined_late": True,
             "left": True})
     stream = int(layout.text_tokens().sum())
     return {

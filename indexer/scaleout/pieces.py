@@ -16,7 +16,7 @@ count the documents exactly). When the pieces come back short, more are planned.
 Documents' lengths are heavy-tailed (a few books or generated files hold most of a corpus's
 tokens), so the estimate can be far off. Two limits keep the tokens tokenized near the
 stream's: at most one piece per worker is out per corpus, and a piece stops once a context
-starts at the budget less the tokens already known to come before it (``_stop_tokens``).
+starts at the budget less the tokens already known to come before it (``_Corpus.stop_tokens``).
 """
 
 from __future__ import annotations
@@ -64,9 +64,19 @@ class _Corpus:
     def sequential(self) -> bool:
         return self.records is None
 
+    def tokens_done(self) -> int:
+        """Text tokens of the pieces back."""
+        return sum(r["text_tokens"] for r in self.done.values())
+
     def tokens_per_record(self) -> float | None:
         read = sum(r["records"] for r in self.done.values())
-        return sum(r["text_tokens"] for r in self.done.values()) / read if read else None
+        return self.tokens_done() / read if read else None
+
+    def stop_tokens(self) -> int | None:
+        """Where a piece planned now may stop: the budget less the text tokens known to come
+        before it (the pieces back, all before it in read order). Those still out add more,
+        so a context starting there starts at the budget or past it: the stream's end."""
+        return None if self.budget is None else max(0, self.budget - self.tokens_done())
 
     def failed(self) -> bool:
         return any(r.get("corpus_error") for r in self.done.values())
@@ -158,25 +168,16 @@ class Frontier:
     def _extend(self, index: int, c: _Corpus, target: float) -> list[Piece]:
         per_record = c.tokens_per_record() or 0.0
         want = math.inf if c.budget is None else c.budget + max(per_record, 1.0)  # + one record: the end seen
-        expected = sum(r["text_tokens"] for r in c.done.values()) + per_record * sum(
-            p.records for p in c.inflight.values())
+        expected = c.tokens_done() + per_record * sum(p.records for p in c.inflight.values())
+        stop = c.stop_tokens()  # the same for every piece planned now: none of them is back
         out = []
         while c.next_start < c.records and (
                 (expected < want and len(c.inflight) < self.max_inflight) or not (c.inflight or out or c.finished())):
             size = round(target / per_record) if per_record > 0 else 2 * c.last_size
             size = max(1, min(size, c.records - c.next_start))
-            out.append(self._track(c, Piece(index, c.next_start, c.next_start + size, self._stop_tokens(c))))
+            out.append(self._track(c, Piece(index, c.next_start, c.next_start + size, stop)))
             expected += size * per_record
         return out
-
-    @staticmethod
-    def _stop_tokens(c: _Corpus) -> int | None:
-        """Where a piece planned now may stop: the budget less the text tokens known to come
-        before it (the pieces back, all before it in read order). Those still out add more,
-        so a context starting there starts at the budget or past it: the stream's end."""
-        if c.budget is None:
-            return None
-        return max(0, c.budget - sum(r["text_tokens"] for r in c.done.values()))
 
     @staticmethod
     def _track(c: _Corpus, piece: Piece) -> Piece:

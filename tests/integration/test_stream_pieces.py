@@ -46,17 +46,22 @@ def corpora(tmp_path_factory):
     return folder
 
 
-def pieces_stream(stream: ContextStream, root, n_shards: int, seed: int, n_workers: int = 4):
+def pieces_stream(stream: ContextStream, root, n_shards: int, seed: int, n_workers: int = 4,
+                  seen: list | None = None):
     """The stream through the tokenize phase: pieces planned by the Frontier for ``n_workers``
     (so as many out at once per corpus), tokenized in a shuffled order, laid out, read back
-    shard by shard."""
+    shard by shard. ``seen`` gets (pieces out, text tokens tokenized) per piece tokenized."""
     frontier = Frontier([record_count(s) for s in stream.specs], stream.budgets(), n_shards, n_workers)
     rng, pending = random.Random(seed), []
     while not frontier.finished():
         pending += frontier.next_pieces()
         assert pending, "the frontier waits for nothing"
-        piece = pending.pop(rng.randrange(len(pending)))
-        frontier.add(piece, tokenize_into(stream, piece, piece_path(root, piece.corpus, piece.start), 100))
+        out = len(pending)
+        piece = pending.pop(rng.randrange(out))
+        result = tokenize_into(stream, piece, piece_path(root, piece.corpus, piece.start), 100)
+        if seen is not None:
+            seen.append((out, result["text_tokens"]))
+        frontier.add(piece, result)
     layout = frontier.layout([s.name for s in stream.specs])
     bounds = layout.shard_bounds(n_shards)
     contexts = [c for lo, hi in zip(bounds[:-1], bounds[1:])
@@ -104,19 +109,12 @@ def test_heavy_tailed_documents_are_not_tokenized_past_the_budget(tokenizer, tmp
     pq.write_table(pa.table({"text": texts}), tmp_path / "tails.parquet", row_group_size=7)
     stream = ContextStream([parse_corpus_spec(str(tmp_path / "tails.parquet"))], tokenizer, bos_id=0, ctx_len=16,
                            max_tokens=2000, order="file", vocab_size=100)
-    frontier = Frontier([200], stream.budgets(), n_shards=4, n_workers=2)
-    pending, tokenized, longest = [], 0, 0
-    while not frontier.finished():
-        pending += frontier.next_pieces()
-        assert len(pending) <= 2  # one piece per worker out
-        piece = pending.pop(0)
-        result = tokenize_into(stream, piece, piece_path(tmp_path / "store", piece.corpus, piece.start), 100)
-        tokenized += result["text_tokens"]
-        longest = max(longest, result["text_tokens"])
-        frontier.add(piece, result)
-    layout = frontier.layout(["tails"])
-    contexts = list(PieceStream(stream.specs, tmp_path / "store", layout.shard(0, layout.n_contexts)).contexts())
+    seen: list = []
+    contexts, _ = pieces_stream(stream, tmp_path, n_shards=4, seed=0, n_workers=2, seen=seen)
     assert as_rows(contexts) == as_rows(stream)
+    out, tokens = zip(*seen)
+    assert max(out) <= 2  # one piece per worker out
+    tokenized, longest = sum(tokens), max(tokens)
     whole = sum(len(tokenizer(t)["input_ids"]) for t in texts)
     assert whole > 10 * 2000 and longest <= 2000 + 15  # a piece stops a context past the budget
     assert tokenized <= 2 * (2000 + 15)  # without the limits: every piece planned from the first's 5 tokens a document

@@ -117,6 +117,11 @@ def test_memory_estimate_constants_match_the_recorders():
     from indexer.recorders.sample_windows import POOL_PER_SAMPLE
 
     assert (safety.N_FINE, safety.POOL_PER_SAMPLE) == (N_FINE, POOL_PER_SAMPLE)
+    from indexer.run.finalize import WRITE_THREADS
+    from indexer.store.writer import MAX_QUEUED
+
+    queued_files = MAX_QUEUED * WRITE_THREADS  # finalize's writer has WRITE_THREADS threads
+    assert safety.QUEUED_SITES == queued_files // WRITE_THREADS + 1  # a site's examples: WRITE_THREADS part files
     assert all(safety.KEPT_PER_SAMPLE * per_bin == pool_capacity(per_bin) for per_bin in (1, 2, 5, 10))
 
 
