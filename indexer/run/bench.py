@@ -142,9 +142,10 @@ def _transformers_forwards(spec: str, run: Any, prepared: list) -> dict[str, Cal
 
     last = max(site.layer for site in run.plan)
     out = {}
+    dtype = getattr(torch, run.cfg.dtype)
     for impl in ("eager", "sdpa"):
-        model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation=impl, torch_dtype=torch.float32)
-        body = model.base_model
+        model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation=impl, dtype=dtype)
+        body = model.base_model.to(run.device)
         layers = next(m for m in body.modules() if isinstance(m, torch.nn.ModuleList))
         del layers[last + 1:]  # stop at the last indexed layer, as the bridge's pass does
         body.eval()
@@ -162,10 +163,19 @@ def _alternate(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, fl
     best = {name: float("inf") for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
+            _sync()
             started = time.perf_counter()
             fn()
+            _sync()  # a GPU's queued work is part of the pass
             best[name] = min(best[name], time.perf_counter() - started)
     return best
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _naive_indexer(run: Any, prepared: list) -> Callable[[], None]:

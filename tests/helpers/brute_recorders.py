@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from indexer.recorders import N_BINS, N_FINE, hist_edges
+from indexer.recorders import N_BINS, N_FINE, FeatureRecorders, QuantileSampler, TopK, hist_edges
 from indexer.recorders.keep_rule import fine_thresholds_np
 from indexer.recorders.finebins import fine_bins_np
 from indexer.recorders.hashing import priority_np
@@ -146,3 +146,27 @@ def run(make, batches):
     for batch in batches:
         rec.update(*batch)
     return rec
+
+
+def everything(rec) -> dict[str, np.ndarray]:
+    """Every result of a recorder (or FeatureRecorders) as numpy arrays."""
+    if isinstance(rec, FeatureRecorders):
+        return {f"{p}.{k}": v for p in ("topk", "samples", "stats") for k, v in everything(getattr(rec, p)).items()}
+    if isinstance(rec, TopK):
+        return {**dict(zip(("vals", "ctxs", "poss"), rec.result())), "wins": rec.windows()}
+    if isinstance(rec, QuantileSampler):  # the counts and kept set (canonical), and the bands cut from them
+        fine = {"fine_counts": rec._numpy("fine_counts"), "squeeze": rec._numpy("squeeze").astype(np.int64),
+                **{f"kept.{k}": v for k, v in rec.kept().items()}}
+        bands = {k: v for k, v in rec.bands().items() if k != "status"}
+        return {**fine, **bands, "status": rec.bands()["status"].astype(str)}
+    return rec.summary()
+
+
+def assert_same(a, b):
+    """Every result equal, bit for bit (mean and std too: the stats' sums are exact)."""
+    ra, rb = everything(a), everything(b)
+    assert ra.keys() == rb.keys()
+    for key in ra:
+        np.testing.assert_array_equal(ra[key], rb[key], err_msg=key)
+        if ra[key].dtype.kind == "f":
+            assert ra[key].tobytes() == rb[key].tobytes(), key

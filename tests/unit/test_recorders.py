@@ -22,7 +22,7 @@ from indexer.recorders.quantiles import MAX_CONTEXTS
 
 from helpers.brute_recorders import (
     AFTER, BACKENDS, BEFORE, K, PER_BIN, QUANTILES, SALT, brute_boundary, brute_hist_bin, brute_kept, brute_quantiles,
-    brute_topk, brute_windows, edges_for, make_batches, run, tokens,
+    assert_same, brute_topk, brute_windows, edges_for, make_batches, run, tokens,
 )
 
 
@@ -101,30 +101,6 @@ def test_hist_bins_match_edges():
     rec = QuantileSampler(len(x), (0.5,), 1, 0, "numba")
     rec.update(torch.from_numpy(np.stack([x, x]))[None], torch.tensor([2]), torch.tensor([0]))
     assert [int(np.argmax(h)) for h in rec.histogram()] == [brute_hist_bin(v) for v in x]
-
-
-def everything(rec) -> dict[str, np.ndarray]:
-    """Every result of a recorder (or FeatureRecorders) as numpy arrays."""
-    if isinstance(rec, FeatureRecorders):
-        return {f"{p}.{k}": v for p in ("topk", "samples", "stats") for k, v in everything(getattr(rec, p)).items()}
-    if isinstance(rec, TopK):
-        return {**dict(zip(("vals", "ctxs", "poss"), rec.result())), "wins": rec.windows()}
-    if isinstance(rec, QuantileSampler):  # the counts and kept set (canonical), and the bands cut from them
-        fine = {"fine_counts": rec._numpy("fine_counts"), "squeeze": rec._numpy("squeeze").astype(np.int64),
-                **{f"kept.{k}": v for k, v in rec.kept().items()}}
-        bands = {k: v for k, v in rec.bands().items() if k != "status"}
-        return {**fine, **bands, "status": rec.bands()["status"].astype(str)}
-    return rec.summary()
-
-
-def assert_same(a, b):
-    """Every result equal, bit for bit (mean and std too: the stats' sums are exact)."""
-    ra, rb = everything(a), everything(b)
-    assert ra.keys() == rb.keys()
-    for key in ra:
-        np.testing.assert_array_equal(ra[key], rb[key], err_msg=key)
-        if ra[key].dtype.kind == "f":
-            assert ra[key].tobytes() == rb[key].tobytes(), key
 
 
 def makers(backend, edges):
