@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from indexer.recorders.common import (
-    Recorder, RecorderError, check_batch, feature_chunk, numpy_batch, torch_batch, valid_tokens,
+    Recorder, RecorderError, check_batch, feature_chunk, numpy_batch, step_elements, torch_batch, valid_tokens,
 )
 from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_np, fine_bins_t, lower_edges
 from indexer.recorders.histogram import hist_from_fine
@@ -291,7 +291,7 @@ class QuantileSampler(Recorder):
         b, t = valid_tokens(lengths, acts.shape[1]).nonzero(as_tuple=True)  # [tokens]
         n_feat = self.n_features
         feat = torch.arange(n_feat, device=acts.device)
-        step = max(1, ELEMENTS_PER_STEP // max(1, n_feat))
+        step = max(1, step_elements(ELEMENTS_PER_STEP, acts.device) // max(1, n_feat))
         for r in range(0, b.numel(), step):
             x = acts[b[r:r + step], t[r:r + step]]  # [tokens, feat]
             ctx, pos = ctx_ids[b[r:r + step]], t[r:r + step]

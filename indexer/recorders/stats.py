@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from indexer.recorders import exactsum
-from indexer.recorders.common import Recorder, RecorderError, feature_chunk, valid_tokens
+from indexer.recorders.common import Recorder, RecorderError, feature_chunk, step_elements, valid_tokens
 from indexer.recorders.stats_kernels import stats_update
 
 ROWS_PER_STEP = 1 << 22  # torch backend: elements per step, bounds the temporaries
@@ -72,7 +72,7 @@ class Stats(Recorder):
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
         rows = acts[valid_tokens(lengths, acts.shape[1])]  # [tokens, feat]
-        step = max(1, ROWS_PER_STEP // max(1, self.n_features))
+        step = max(1, step_elements(ROWS_PER_STEP, acts.device) // max(1, self.n_features))
         for r in range(0, rows.shape[0], step):
             x = rows[r:r + step]
             unseen = torch.isnan(x)
