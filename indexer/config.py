@@ -11,6 +11,7 @@ Layer rule: imports only ``indexer.errors``.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -131,6 +132,22 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(text: str) -> str | dict[str, Any]:
+    """``--device-map``: one of Hugging Face's named strategies, or a JSON object {module: device}."""
+    if text in DEVICE_MAPS:
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not value or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"--device-map {text!r}: expected {', '.join(DEVICE_MAPS)} or a JSON object of module -> device")
+    return value
+
+
 def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
@@ -166,6 +183,9 @@ class IndexConfig:
     window_before: int = _opt(48, "tokens kept before each example's position")
     window_after: int = _opt(8, "tokens kept after each example's position")
     device: str = _opt("auto", "auto, cpu or cuda[:N]")
+    device_map: str = _opt("", "split a Hugging Face model over devices (its device_map): auto, balanced, "
+                           "balanced_low_0, sequential, or a JSON object of module -> device; each layer's "
+                           "recorders then live on its layer's device (--device is ignored)")
     dtype: DType = _opt("float32", "float32 or bfloat16 (bf16 autocast: ~2x faster on recent CPUs)", _choice("dtype", get_args(DType)))
     seed: int = _opt(0, "seed of the random example sampling")
     store_contexts: StoreContexts = _opt("kept", "kept: only contexts some example uses; all: every context", _choice("store-contexts", get_args(StoreContexts)))
@@ -214,6 +234,10 @@ class IndexConfig:
             raise ConfigError("--tokens must be at least 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device {self.device!r}: expected auto, cpu or cuda")
+        if self.device_map:
+            parse_device_map(self.device_map)
+            if self.dask:
+                raise ConfigError("--device-map with --dask: each worker loads the model on its own device")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other")
         if not self.corpus:

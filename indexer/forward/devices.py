@@ -22,6 +22,13 @@ def layer_device(bridge: Any, layer: int, default: str) -> str:
     return default
 
 
+def input_device(bridge: Any, default: str) -> str:
+    """Where a split model takes its tokens: the device of its embedding (``default`` if none)."""
+    for param in getattr(bridge, "embed", bridge).parameters():
+        return str(param.device)
+    return default
+
+
 def site_devices(bridge: Any, plan: list[Site], default: str) -> dict[Site, str]:
     """Each site's recorder device: its layer's."""
     return {site: layer_device(bridge, site.layer, default) for site in plan}

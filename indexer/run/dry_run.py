@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from indexer.config import IndexConfig
+from indexer.config import IndexConfig, parse_device_map
 from indexer.errors import ModelSpecError
 from indexer.forward.sites import Site, plan_sites
 from indexer.inputs.sae import parse_sae_spec, sae_width
 from indexer.inputs.data import models_dir
 from indexer.inputs.models import ModelInfo
-from indexer.run.safety import estimate_text, memory_estimate
+from indexer.run.safety import estimate_text, memory_estimate, size_text
 
 
 def info_from_config(spec: str) -> ModelInfo:
@@ -94,8 +94,23 @@ def model_bytes(info: ModelInfo) -> int:
     return params * 4
 
 
-def dry_run(cfg: IndexConfig, n_devices: int = 1) -> dict[str, Any]:
-    """Print the plan of ``cfg`` and return it as a dict (no weights, no corpus)."""
+def split_devices(device_map: str) -> int:
+    """How many devices ``--device-map`` spreads the model over: a JSON map's distinct devices,
+    or every visible GPU for a named strategy (1 without one)."""
+    if not device_map:
+        return 1
+    parsed = parse_device_map(device_map)
+    if isinstance(parsed, dict):
+        return len({str(d) for d in parsed.values()})
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def dry_run(cfg: IndexConfig, n_devices: int | None = None) -> dict[str, Any]:
+    """Print the plan of ``cfg`` and return it as a dict (no weights, no corpus); ``n_devices``:
+    the devices a split model spreads over (default: from ``--device-map``)."""
+    n_devices = split_devices(cfg.device_map) if n_devices is None else n_devices
     info = info_from_config(cfg.model)
     plan = plan_sites(info, cfg.sites, cfg.layers)
     for spec in map(parse_sae_spec, cfg.sae):  # an SAE's latents: d_sae from its config, weights not read
@@ -118,6 +133,9 @@ def dry_run(cfg: IndexConfig, n_devices: int = 1) -> dict[str, Any]:
     lines += [f"  {name:<10} {v['layers']:>3} layers  {v['features']:>10,} features" for name, v in sites.items()]
     lines.append(f"  {n_features:,} features in all, {est['per_feature'] / 1024:.1f} KB of recorder state each")
     lines.append(f"  memory estimate {estimate_text(est)}")
+    if n_devices > 1:
+        lines.append(f"  split over {n_devices} devices (--device-map): each holds about 1/{n_devices} of the weights "
+                     f"and recorders, {size_text(est['recorders'] // n_devices)} of recorders")
     lines.append(f"  tokens to read: {cfg.tokens:,} (ctx_len {ctx_len}, batch {cfg.batch_size})" if cfg.tokens
                  else f"  tokens to read: every document of the corpora (ctx_len {ctx_len})")
     print("\n".join(lines), file=sys.stderr)

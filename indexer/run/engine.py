@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from indexer.config import IndexConfig
+from indexer.config import IndexConfig, parse_device_map
 from indexer.errors import ConfigError, CorpusError, IndexDirError
 from indexer.forward.sites import HEAD_METRIC_HELP, HEAD_METRICS, Site, plan_sites
-from indexer.forward.devices import site_devices
+from indexer.forward.devices import input_device, site_devices
 from indexer.forward.fast_attention import use_fused_attention
 from indexer.forward.expert_sites import attach_experts, experts_manifest
 from indexer.forward.sae_sites import is_sae_site, load_saes, plan_with_saes
@@ -122,7 +122,9 @@ class Run:
         for spec in specs:
             _prescan(spec, cfg.skip_bad_records)
         saes = load_saes([parse_sae_spec(s) for s in cfg.sae], device)  # a bad SAE fails before the model loads
-        model = load_model(cfg.model, device=device)
+        model = load_model(cfg.model, device=device, device_map=parse_device_map(cfg.device_map) if cfg.device_map else None)
+        if cfg.device_map:  # split over devices: batches go where the embedding is, recorders to their layer's
+            device = input_device(model.bridge, device)
         ctx_len = _ctx_len(cfg, model)
         plan = plan_with_saes(model, attach_experts(model, plan_sites(model.info, cfg.sites, cfg.layers)), saes)
         use_fused_attention(model.bridge, plan)  # where no site reads the pattern: SDPA, not the bridge's rebuild

@@ -15,7 +15,7 @@ from indexer.run.checkpoint import read_checkpoint, read_extra
 from indexer.run.outdir import meaningful_entries
 from indexer.store.manifest import FORMAT_VERSION, MANIFEST
 
-RESUME_FREE = {"resume", "overwrite", "checkpoint_every", "checkpoint_minutes", "device", "allow_large"}
+RESUME_FREE = {"resume", "overwrite", "checkpoint_every", "checkpoint_minutes", "device", "device_map", "allow_large"}
 
 
 def resume_checkpoint(cfg: IndexConfig) -> bytes | None:

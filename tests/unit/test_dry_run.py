@@ -52,3 +52,23 @@ def test_dry_run_counts_sae_latents_and_experts(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0, err
     assert f"{2 * 8 * 32:,} features" in err and "experts" in err
+
+
+def test_a_device_map_splits_the_estimate_over_its_devices(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=4).save_pretrained(tmp_path / "gpt2")
+    split = '{"transformer.wte": "cuda:0", "transformer.h.0": "cuda:0", "transformer.h.1": "cuda:0", ' \
+            '"transformer.h.2": "cuda:1", "transformer.h.3": "cuda:1", "transformer.ln_f": "cuda:1"}'
+    base = ["index", "--model", str(tmp_path / "gpt2"), "--corpus", "code", "--out", str(tmp_path / "o"), "--dry-run"]
+    assert main(base) == 0
+    whole = capsys.readouterr().err
+    assert main([*base, "--device-map", split]) == 0
+    err = capsys.readouterr().err
+    assert "split over" not in whole and "split over 2 devices (--device-map)" in err
+    from indexer.config import IndexConfig
+    from indexer.run.dry_run import dry_run
+
+    cfg = IndexConfig.parse(dict(model=str(tmp_path / "gpt2"), corpus=["code"], out=str(tmp_path / "o"), device_map=split))
+    plan = dry_run(cfg)
+    assert plan["per_device"] == plan["memory"]["recorders"] // 2
