@@ -122,9 +122,10 @@ def load_tokenizer(folder: Path) -> Any:
         raise ModelSpecError(f"{folder}: no usable tokenizer files ({one_line(e)})") from None
 
 
-def load_model(spec: str, device: str = "cpu", device_map: Any = None) -> LoadedModel:
-    """Resolve a model spec and load it on ``device`` in eval mode (weights in fp32); with a
-    Hugging Face ``device_map`` (config.parse_device_map), split over its devices instead."""
+def load_model(spec: str, device: str = "cpu", device_map: Any = None, dtype: str = "float32") -> LoadedModel:
+    """Resolve a model spec and load it on ``device`` in eval mode, its weights in ``dtype``
+    (float32 or bfloat16); with a Hugging Face ``device_map`` (config.parse_device_map),
+    split over its devices instead."""
     folder = _local_folder(spec)
     if folder is not None:
         source = "embedded" if folder.parent == models_dir() else None
@@ -132,9 +133,9 @@ def load_model(spec: str, device: str = "cpu", device_map: Any = None) -> Loaded
             if device_map:
                 raise ModelSpecError(f"{spec}: --device-map splits Hugging Face models; this one is in neuroscope's "
                                      "own format (one device: --device)")
-            return _load_native(spec, folder, source or "local-native", device)
+            return _load_native(spec, folder, source or "local-native", device, dtype)
         if (folder / "config.json").is_file():
-            return _load_transformers(spec, str(folder), "local-hf", folder, device, device_map)
+            return _load_transformers(spec, str(folder), "local-hf", folder, device, device_map, dtype)
         raise ModelSpecError(
             f"{folder} is not a model folder: expected {NATIVE_CONFIG} (neuroscope format) "
             "or config.json with weights and tokenizer files (Hugging Face format)"
@@ -155,15 +156,16 @@ def load_model(spec: str, device: str = "cpu", device_map: Any = None) -> Loaded
                 f"{hub_cache_dir()} and this machine is offline (HF_HUB_OFFLINE=1); download it there where there "
                 f"is network (huggingface-cli download {hub_id}), set HF_HOME to the cache, or pass a folder: --model PATH"
             )
-        return _load_transformers(spec, str(snapshot), "hf-cache", snapshot, device, device_map)
-    return _load_transformers(spec, hub_id, "hub", None, device, device_map)
+        return _load_transformers(spec, str(snapshot), "hf-cache", snapshot, device, device_map, dtype)
+    return _load_transformers(spec, hub_id, "hub", None, device, device_map, dtype)
 
 
-def _load_native(spec: str, folder: Path, source: str, device: str) -> LoadedModel:
+def _load_native(spec: str, folder: Path, source: str, device: str, dtype: str = "float32") -> LoadedModel:
+    import torch
     from safetensors.torch import load_file
 
     config = json.loads((folder / NATIVE_CONFIG).read_text())
-    bridge = build_native_bridge(config, device=device)
+    bridge = build_native_bridge(config, device=device, dtype=getattr(torch, dtype))
     weights = folder / NATIVE_WEIGHTS
     if not weights.is_file():
         raise ModelSpecError(f"{folder}: {NATIVE_WEIGHTS} is missing")
@@ -175,13 +177,15 @@ def _load_native(spec: str, folder: Path, source: str, device: str) -> LoadedMod
 
 
 def _load_transformers(
-    spec: str, name: str, source: str, folder: Path | None, device: str, device_map: Any = None
+    spec: str, name: str, source: str, folder: Path | None, device: str, device_map: Any = None,
+    dtype: str = "float32",
 ) -> LoadedModel:
+    import torch
     from transformer_lens.model_bridge import TransformerBridge
 
     placement = {"device_map": device_map} if device_map else {"device": device}
     try:
-        bridge = TransformerBridge.boot_transformers(name, **placement)
+        bridge = TransformerBridge.boot_transformers(name, dtype=getattr(torch, dtype), **placement)
     except Exception as e:  # HF raises OSError, ValueError, KeyError... for a bad folder
         where = f"{folder}" if folder else f"hub model {name}"
         raise ModelSpecError(f"{where}: cannot load as a Hugging Face model ({one_line(e)})") from None

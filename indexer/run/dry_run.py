@@ -84,14 +84,14 @@ def _from_hf_config(spec: str, c: Any) -> ModelInfo:
         n_experts=int(n_experts), experts_per_token=int(_first(text, "num_experts_per_tok", default=0) or 0))
 
 
-def model_bytes(info: ModelInfo) -> int:
+def model_bytes(info: ModelInfo, dtype: str) -> int:
     """The weights' bytes from the shape alone: embedding and unembedding, attention, the MLP
-    (every expert's), norms and biases left out (under 1% of a model). Weights are loaded in
-    float32 whatever ``--dtype`` (bfloat16 is autocast: models.load_model), so 4 bytes each."""
+    (every expert's), norms and biases left out (under 1% of a model); they load in ``dtype``
+    (models.load_model)."""
     d, h = info.d_model, info.n_heads * info.d_head
     mlp = (3 if info.gated else 2) * d * info.d_mlp * max(1, info.n_experts)
     params = 2 * info.d_vocab * d + info.n_ctx * d * (info.source == "native") + info.n_layers * (4 * d * h + mlp)
-    return params * 4
+    return params * (2 if dtype == "bfloat16" else 4)
 
 
 def split_devices(device_map: str) -> int:
@@ -119,7 +119,7 @@ def dry_run(cfg: IndexConfig, n_devices: int | None = None) -> dict[str, Any]:
     n_features = sum(widths)
     ctx_len = min(cfg.ctx_len or min(info.n_ctx, 1024), info.n_ctx)
     est = memory_estimate(cfg, n_features, ctx_len, largest_site=max(widths, default=0),
-                          model_bytes=model_bytes(info),
+                          model_bytes=model_bytes(info, cfg.dtype),
                           heads=info.n_heads if any(s.name == "heads" for s in plan) else 0)
     sites: dict[str, dict[str, int]] = {}
     for site, width in zip(plan, widths):

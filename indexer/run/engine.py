@@ -122,7 +122,8 @@ class Run:
         for spec in specs:
             _prescan(spec, cfg.skip_bad_records)
         saes = load_saes([parse_sae_spec(s) for s in cfg.sae], device)  # a bad SAE fails before the model loads
-        model = load_model(cfg.model, device=device, device_map=parse_device_map(cfg.device_map) if cfg.device_map else None)
+        model = load_model(cfg.model, device=device, device_map=parse_device_map(cfg.device_map) if cfg.device_map else None,
+                           dtype=cfg.dtype)
         if cfg.device_map:  # split over devices: batches go where the embedding is, recorders to their layer's
             device = input_device(model.bridge, device)
         ctx_len = _ctx_len(cfg, model)

@@ -72,3 +72,25 @@ def test_hf_folder_with_broken_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelSpecError, match="cannot load"):
         load_model(str(tmp_path))
+
+
+def test_bfloat16_loads_bfloat16_weights_and_indexes_like_float32(tiny_model_dir, hf_model_dir, tmp_path):
+    """--dtype bfloat16 loads the weights in bf16 (half the memory of float32, what the
+    estimate counts) for both folder formats, and the index agrees with the float32 one up to
+    bf16's rounding."""
+    import numpy as np
+
+    from indexer.api import Index
+    from indexer.run.engine import index
+
+    from helpers.configs import base_config
+
+    for folder in (tiny_model_dir, hf_model_dir):
+        assert {p.dtype for p in load_model(str(folder), dtype="bfloat16").bridge.parameters()} == {torch.bfloat16}
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = base_config(str(hf_model_dir), str(tmp_path / dtype), dtype=dtype, sites=("mlp_post",))
+        index(cfg, progress=False)
+        runs[dtype] = Index.open(cfg.out).sql("SELECT mean, max FROM neurons ORDER BY layer, neuron")
+    for column in ("mean", "max"):
+        np.testing.assert_allclose(runs["bfloat16"][column], runs["float32"][column], rtol=0.05, atol=0.02)
