@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from indexer.recorders import N_BINS, N_FINE, FeatureRecorders, QuantileSampler, TopK, hist_edges
+from indexer.recorders import N_BINS, N_FINE, FeatureRecorders, QuantileSampler, Stats, TopK, hist_edges
 from indexer.recorders.keep_rule import fine_thresholds_np
 from indexer.recorders.finebins import fine_bins_np
 from indexer.recorders.hashing import priority_np
@@ -146,6 +146,14 @@ def run(make, batches):
     for batch in batches:
         rec.update(*batch)
     return rec
+
+
+def makers(backend, edges, device="cpu"):
+    """Makers of each recorder and of the fused bundle, on ``backend`` and ``device``."""
+    return [lambda: TopK(24, K, backend, device, before=BEFORE, after=AFTER),
+            lambda: QuantileSampler(24, edges, PER_BIN, SALT, backend, device),
+            lambda: Stats(24, backend, device),
+            lambda: FeatureRecorders.create(24, edges, K, PER_BIN, SALT, backend, device, window=(BEFORE, AFTER))]
 
 
 def everything(rec) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Whole indexes on a CUDA device: shards merged on the GPU equal the single GPU run bit for
 bit, and the GPU's index agrees with the CPU's up to the forward pass's rounding. Skipped
-without a GPU (CI has none; the device machine runs them: see the README's GPU section)."""
+without a GPU (CI has none; scripts/gpu_check.sh runs them: README, Performance, "On a GPU")."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from indexer.recorders.quantiles import MAX_CONTEXTS
 
 from helpers.brute_recorders import (
     AFTER, BACKENDS, BEFORE, K, PER_BIN, QUANTILES, SALT, brute_boundary, brute_hist_bin, brute_kept, brute_quantiles,
-    assert_same, brute_topk, brute_windows, edges_for, make_batches, run, tokens,
+    assert_same, brute_topk, brute_windows, edges_for, make_batches, makers, run, tokens,
 )
 
 
@@ -101,13 +101,6 @@ def test_hist_bins_match_edges():
     rec = QuantileSampler(len(x), (0.5,), 1, 0, "numba")
     rec.update(torch.from_numpy(np.stack([x, x]))[None], torch.tensor([2]), torch.tensor([0]))
     assert [int(np.argmax(h)) for h in rec.histogram()] == [brute_hist_bin(v) for v in x]
-
-
-def makers(backend, edges):
-    return [lambda: TopK(24, K, backend, before=BEFORE, after=AFTER),
-            lambda: QuantileSampler(24, edges, PER_BIN, SALT, backend),
-            lambda: Stats(24, backend),
-            lambda: FeatureRecorders.create(24, edges, K, PER_BIN, SALT, backend, window=(BEFORE, AFTER))]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
