@@ -17,7 +17,7 @@ import torch
 
 from indexer.recorders import exactsum
 from indexer.recorders.common import (
-    RecorderError, check_batch, default_backend, feature_chunk, numpy_batch, torch_batch,
+    SHORT_CONTEXT, RecorderError, check_batch, default_backend, feature_chunk, numpy_batch, torch_batch,
 )
 from indexer.recorders.fused import fused_update
 from indexer.recorders.quantiles import QuantileSampler
@@ -39,11 +39,12 @@ class FeatureRecorders:
     """
 
     def __init__(self, topk: TopK, samples: QuantileSampler, stats: Stats, windows: SampleWindows | None = None):
-        windows = windows or SampleWindows(topk.n_features, 0, topk.backend, topk.device)
+        windows = windows or SampleWindows(topk.n_features, 0, topk.backend, topk.device, max_len=topk.max_len)
         sizes = {topk.n_features, samples.n_features, stats.n_features, windows.n_features}
         backends = {(r.backend, r.device) for r in (topk, samples, stats, windows)}
-        if len(sizes) != 1 or len(backends) != 1:
-            raise RecorderError(f"parts disagree: n_features={sizes}, backend/device={backends}")
+        lengths = {topk.max_len, samples.max_len, windows.max_len}
+        if len(sizes) != 1 or len(backends) != 1 or len(lengths) != 1:
+            raise RecorderError(f"parts disagree: n_features={sizes}, backend/device={backends}, max_len={lengths}")
         self.topk, self.samples, self.stats, self.windows = topk, samples, stats, windows
         self._updates = 0  # batches since creation or loading: when to sweep the windows pool
         self.n_features = topk.n_features
@@ -52,13 +53,16 @@ class FeatureRecorders:
     @classmethod
     def create(cls, n_features: int, quantiles: Any = DEFAULT_QUANTILES, k: int = 20, per_bin: int = 5,
                salt: int = 0, backend: str | None = None, device: Any = "cpu",
-               window: tuple[int, int] = (0, 0)) -> "FeatureRecorders":
+               window: tuple[int, int] = (0, 0), max_len: int = SHORT_CONTEXT) -> "FeatureRecorders":
         """Fresh recorders; quantiles: the requested quantile bin edges, ascending in (0, 1);
-        window: (before, after), the tokens around each top-k example whose values are kept."""
+        window: (before, after), the tokens around each top-k example whose values are kept;
+        max_len: the longest context, BOS included (positions are int16 up to SHORT_CONTEXT)."""
         backend = backend or default_backend(device)
-        samples = QuantileSampler(n_features, quantiles, per_bin, salt, backend, device)
-        return cls(TopK(n_features, k, backend, device, *window), samples, Stats(n_features, backend, device),
-                   SampleWindows(n_features, pool_size(len(samples.quantiles), per_bin), backend, device, *window))
+        samples = QuantileSampler(n_features, quantiles, per_bin, salt, backend, device, max_len)
+        return cls(TopK(n_features, k, backend, device, *window, max_len=max_len), samples,
+                   Stats(n_features, backend, device),
+                   SampleWindows(n_features, pool_size(len(samples.quantiles), per_bin), backend, device, *window,
+                                 max_len=max_len))
 
     def parts(self) -> dict[str, Any]:
         return {"topk": self.topk, "samples": self.samples, "stats": self.stats, "windows": self.windows}
@@ -70,7 +74,7 @@ class FeatureRecorders:
         counted by the stats (n_tokens, mean, std, frac_active: over every token) and in the
         histogram's zero bin, but not binned, sampled or windowed: the quantile bins partition
         the tokens where the feature fires, and the work per zero is a compare."""
-        check_batch(acts, lengths, ctx_ids, self.n_features)
+        check_batch(acts, lengths, ctx_ids, self.n_features, self.samples.max_len)
         refresh = self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1
         self._updates += 1
         if self.backend != "numba":
@@ -99,7 +103,7 @@ class FeatureRecorders:
                st.count, st.total, st.total_sq, st.lo, st.hi, st.n_active,
                tk.wins, tk.before,
                refresh,
-               qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.prio, sw.ctx, sw.pos, sw.q, sw.free, sw.top)
+               qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.ctx, sw.pos, sw.free, sw.top)
         st.normalise()
 
     def drop_example_state(self) -> None:
@@ -107,7 +111,7 @@ class FeatureRecorders:
         sample-window pool, the kept tokens and the top-k windows. What stays (fine counts,
         stats, top-k entries) writes the feature tables; the recorders can no longer update,
         merge or checkpoint."""
-        for part, names in ((self.windows, ("vals", "prio", "ctx", "pos", "q", "free", "top")),
+        for part, names in ((self.windows, ("vals", "ctx", "pos", "free", "top")),
                             (self.samples, ("kval", "kctx", "kpos")), (self.topk, ("wins",))):
             for name in names:
                 setattr(part, name, None)
@@ -150,6 +154,7 @@ def warm_up() -> None:
     lengths, ctx_ids = torch.tensor([2]), torch.tensor([0])
     fused = FeatureRecorders.create(1, (0.5,), 1, 1, 0, "numba", window=(1, 1))
     fused.update(acts, lengths, ctx_ids)
-    for rec in fused.parts().values():
+    for rec in (fused.topk, fused.samples, fused.stats):
         rec.update(acts, lengths, ctx_ids)
         rec.merge(rec)
+    fused.merge(fused)  # the window pool's merge

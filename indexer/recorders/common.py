@@ -58,11 +58,31 @@ def step_elements(elements: int, device: torch.device) -> int:
     return elements if torch.device(device).type == "cpu" else elements * ACCELERATOR_STEP_SCALE
 
 
+MAX_CONTEXTS = 2**31  # ctx ids are kept as int32
+SHORT_CONTEXT = 1 << 15  # contexts of at most this many tokens keep their positions as int16
+
+
+def position_dtype(max_len: int) -> type:
+    """The dtype the recorders keep token positions in: int16 where every position of a
+    context of ``max_len`` tokens fits (2 bytes of each kept token, sample window and top-k
+    entry), else int32."""
+    return np.int16 if max_len <= SHORT_CONTEXT else np.int32
+
+
+def state_max_len(state: dict[str, Any]) -> int:
+    """The max_len of a recorder state (states written before it existed kept int32 positions)."""
+    return int(state["max_len"]) if "max_len" in state else 1 << 31
+
+
 def check_batch(acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor,
-                n_features: int) -> None:
-    """Raise RecorderError unless the batch has the documented shapes."""
+                n_features: int, max_len: int | None = None) -> None:
+    """Raise RecorderError unless the batch has the documented shapes (and, with
+    ``max_len``, contexts of at most that many tokens)."""
     if acts.ndim != 3 or acts.shape[2] != n_features:
         raise RecorderError(f"acts shape={tuple(acts.shape)} but expected [batch, pos, {n_features}]")
+    if max_len is not None and acts.shape[1] > max_len:
+        raise RecorderError(f"contexts of {acts.shape[1]} tokens but these recorders were made for at most "
+                            f"{max_len} (max_len)")
     batch = acts.shape[0]
     for name, t in (("lengths", lengths), ("ctx_ids", ctx_ids)):
         if t.shape != (batch,):
@@ -71,6 +91,8 @@ def check_batch(acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > acts.shape[1]:
             raise RecorderError(f"lengths in [{lo}, {hi}] but expected within [0, {acts.shape[1]}]")
+    if ctx_ids.device.type == "cpu" and batch and int(ctx_ids.max()) >= MAX_CONTEXTS:
+        raise RecorderError(f"ctx_id {int(ctx_ids.max())} but one index holds at most {MAX_CONTEXTS} contexts")
 
 
 def numpy_batch(acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor):
@@ -128,7 +150,8 @@ class Recorder:
 
     def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor) -> None:
         """Record one batch: acts [batch, pos, feat], lengths [batch], ctx_ids [batch]."""
-        check_batch(acts, lengths, ctx_ids, self.config()["n_features"])
+        config = self.config()
+        check_batch(acts, lengths, ctx_ids, config["n_features"], config.get("max_len"))
         if self.backend == "numba":
             self._update_numba(*numpy_batch(acts, lengths, ctx_ids))
         else:

@@ -14,9 +14,10 @@ to q; a band is a run of fine bins, its count the sum of theirs, and its sample 
 ``per_bin`` lowest priorities among its kept tokens under the band's smallest threshold:
 exactly the bottom-k of the band (a uniform sample of it) whenever that many are there.
 
-Memory per feature: N_FINE x 4 bytes of counts and ``pool_capacity(per_bin)`` x 12 bytes of
-kept tokens (10 + 8.4 KB at per_bin=5: value float32, ctx_id int32, pos int32; a kept token's
-priority is recomputed from its coordinates, not stored), independent of the corpus length. A band's share
+Memory per feature: N_FINE x 4 bytes of counts and ``pool_capacity(per_bin)`` x 10 bytes of
+kept tokens (10.2 + 7.2 KB at per_bin=5: value float32, ctx_id int32, pos int16, int32 for
+contexts over common.SHORT_CONTEXT tokens; a kept token's priority is recomputed from its
+coordinates, not stored), independent of the corpus length. A band's share
 is exact; its distance from the nominal share is at most the share of the fine bin its edge
 falls in.
 """
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 
 from indexer.recorders.common import (
-    Recorder, RecorderError, check_batch, feature_chunk, numpy_batch, step_elements, torch_batch, valid_tokens,
+    SHORT_CONTEXT, Recorder, RecorderError, check_batch, feature_chunk, numpy_batch, position_dtype,
+    state_max_len, step_elements, torch_batch, valid_tokens,
 )
 from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_np, fine_bins_t, lower_edges
 from indexer.recorders.histogram import hist_from_fine
@@ -52,13 +54,12 @@ def check_quantiles(quantiles) -> np.ndarray:
     return q
 
 
-def bytes_per_feature(per_bin: int) -> int:
+def bytes_per_feature(per_bin: int, max_len: int = SHORT_CONTEXT) -> int:
     """State bytes of one feature: fine counts, the kept-token pool and its two counters."""
-    return N_FINE * 4 + pool_capacity(per_bin) * (4 + 4 + 4) + 8
+    return N_FINE * 4 + pool_capacity(per_bin) * (4 + 4 + np.dtype(position_dtype(max_len)).itemsize) + 8
 
 
 MAX_TOKENS = 2**31 - 1  # fine counts are int32
-MAX_CONTEXTS = 2**31  # kept tokens' ctx ids are int32
 CHUNK = 1024  # features per numpy step at the end (bounds the [feat, N_FINE] temporaries)
 
 
@@ -71,7 +72,8 @@ class QuantileSampler(Recorder):
 
     Attributes:
         fine_counts: int32 [feat, N_FINE].
-        kval float32, kctx int32, kpos int32, each [feat, capacity]: the kept tokens, unordered, the first kn[f] of row f in use.
+        kval float32, kctx int32, kpos int16 (int32 past common.SHORT_CONTEXT), each [feat, capacity]:
+            the kept tokens, unordered, the first kn[f] of row f in use.
         kn: int32 [feat] (int64 on torch).  squeeze: [feat], how often a feature's
             thresholds were halved because its pool overflowed (0 but for freak inputs).
     """
@@ -80,11 +82,12 @@ class QuantileSampler(Recorder):
     arrays = ("fine_counts", "kval", "kctx", "kpos", "kn", "squeeze")
 
     def __init__(self, n_features: int, quantiles=(0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999),
-                 per_bin: int = 5, salt: int = 0, backend: str | None = None, device="cpu"):
+                 per_bin: int = 5, salt: int = 0, backend: str | None = None, device="cpu",
+                 max_len: int = SHORT_CONTEXT):
         super().__init__(backend, device)
         if per_bin < 1:
             raise RecorderError(f"per_bin={per_bin} but expected per_bin >= 1")
-        self.n_features, self.per_bin, self.salt = int(n_features), int(per_bin), int(salt)
+        self.n_features, self.per_bin, self.salt, self.max_len = int(n_features), int(per_bin), int(salt), int(max_len)
         self.quantiles = check_quantiles(quantiles)
         self.seed = seed_of(self.salt)
         self.capacity = pool_capacity(self.per_bin)
@@ -100,21 +103,21 @@ class QuantileSampler(Recorder):
         self.fine_counts = self._array(np.zeros((self.n_features, N_FINE), np.int32))
         self.kval = self._array(np.zeros(shape, np.float32))
         self.kctx = self._array(np.zeros(shape, np.int32))  # ctx ids < 2**31 (MAX_CONTEXTS)
-        self.kpos = self._array(np.zeros(shape, np.int32))
+        self.kpos = self._array(np.zeros(shape, position_dtype(self.max_len)))
         self.kn = self._array(np.zeros(self.n_features, np.int64 if wide else np.int32))
         self.squeeze = self._array(np.zeros(self.n_features, np.int64 if wide else np.int32))
         self.n_seen = 0  # tokens per feature so far (the fine counts of any feature sum to it)
 
     def config(self) -> dict[str, Any]:
         return {"n_features": self.n_features, "quantiles": self.quantiles,
-                "per_bin": self.per_bin, "salt": self.salt}
+                "per_bin": self.per_bin, "salt": self.salt, "max_len": self.max_len}
 
     @classmethod
     def _config_from_state(cls, state):
         if "quantiles" not in state or "kept_feature" not in state:
             raise RecorderError("quantile state without kept tokens: written by an older neuroscope; re-index")
         return {"n_features": int(state["n_features"]), "quantiles": np.asarray(state["quantiles"]),
-                "per_bin": int(state["per_bin"]), "salt": int(state["salt"])}
+                "per_bin": int(state["per_bin"]), "salt": int(state["salt"]), "max_len": state_max_len(state)}
 
     def _read(self, name: str) -> np.ndarray:
         """A state array as numpy, without a copy where it already is one: read only!"""
@@ -269,9 +272,7 @@ class QuantileSampler(Recorder):
     def update(self, acts, lengths, ctx_ids, offered=None, skip_zeros: bool = False) -> None:
         """Record one batch (common.Recorder.update); torch backend: ``offered`` as in _update_torch;
         ``skip_zeros``: zeros are not counted or kept (a sparse site, bundle.FeatureRecorders.update)."""
-        check_batch(acts, lengths, ctx_ids, self.n_features)
-        if ctx_ids.numel() and ctx_ids.device.type == "cpu" and int(ctx_ids.max()) >= MAX_CONTEXTS:
-            raise RecorderError(f"ctx_id {int(ctx_ids.max())} but one index holds at most {MAX_CONTEXTS} contexts")
+        check_batch(acts, lengths, ctx_ids, self.n_features, self.max_len)
         self._count_tokens(int(torch.clamp(torch.as_tensor(lengths) - 1, min=0).sum()))
         if self.backend == "numba":
             self._update_numba(*numpy_batch(acts, lengths, ctx_ids), skip_zeros=skip_zeros)

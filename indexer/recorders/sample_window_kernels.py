@@ -12,7 +12,8 @@ import numpy as np
 from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
-from indexer.recorders.finebins import nearest_boundaries
+from indexer.recorders.finebins import fine_bin_nb, nearest_boundaries
+from indexer.recorders.hashing import context_hash_nb, fmix32_nb, token_hash_nb
 from indexer.recorders.topk_kernels import window_into
 
 MARGIN = 3.0  # cap = MARGIN x the expected largest final-sample priority of the band
@@ -50,8 +51,26 @@ def cap_of(mids_f, band_cap_f, q):
 
 
 @njit(**NJIT_OPTIONS)
+def entry_priority(seed, key, w_ctx, w_pos, f, slot):
+    """The priority of pool entry (f, slot): its token's (hashing.py), recomputed, not kept."""
+    return np.int64(fmix32_nb(np.uint32(token_hash_nb(context_hash_nb(seed, w_ctx[f, slot]), w_pos[f, slot]) ^ key)))
+
+
+@njit(**NJIT_OPTIONS)
+def entry_bin(w_bits, w_pos, f, slot, before):
+    """The fine bin of pool entry (f, slot), from its own value in its window (at min(pos,
+    before): a window starts at max(pos - before, 0)); w_bits: the windows' int32 bits."""
+    return fine_bin_nb(w_bits[f, slot, min(np.int64(w_pos[f, slot]), before)])
+
+
+@njit(**NJIT_OPTIONS)
+def entry_cap(f, slot, mids, band_cap, w_bits, w_pos, before):
+    return cap_of(mids[f], band_cap[f], entry_bin(w_bits, w_pos, f, slot, before))
+
+
+@njit(**NJIT_OPTIONS)
 def sample_windows_feature(f, x, qb, hb, inserted, rows, poss, starts, ctx_ids, acts, before, refresh, counts,
-                           quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+                           quantiles, per_bin, seed, key, mids, band_cap, w_vals, w_ctx, w_pos, w_free, w_top):
     """After quantile_feature folded feature f's tokens (qb: their fine bins, hb: their
     priorities, inserted: those that entered its kept pool, in token order): with
     ``refresh``, first new caps and a sweep (``refresh_feature``); then capture the window
@@ -59,19 +78,19 @@ def sample_windows_feature(f, x, qb, hb, inserted, rows, poss, starts, ctx_ids, 
     if w_ctx.shape[1] == 0:
         return
     if refresh:
-        refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q,
-                        w_free, w_top)
+        refresh_feature(f, counts, quantiles, per_bin, seed, key, mids, band_cap, w_vals, w_ctx, w_pos, w_free,
+                        w_top, before)
     for i in inserted:
         q = qb[i]
         if hb[i] < cap_of(mids[f], band_cap[f], q):
             if w_top[f] == 0 and not refresh:  # full: tighter caps from the counts so far may free some
-                refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q,
-                                w_free, w_top)
+                refresh_feature(f, counts, quantiles, per_bin, seed, key, mids, band_cap, w_vals, w_ctx, w_pos,
+                                w_free, w_top, before)
                 refresh = True
                 if hb[i] >= cap_of(mids[f], band_cap[f], q):
                     continue
-            if w_top[f] == 0 and not _evict_worse(f, hb[i], cap_of(mids[f], band_cap[f], q), mids, band_cap,
-                                                  w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+            if w_top[f] == 0 and not _evict_worse(f, hb[i], cap_of(mids[f], band_cap[f], q), seed, key, mids,
+                                                  band_cap, w_vals, w_ctx, w_pos, w_free, w_top, before):
                 continue  # the pool holds likelier samples: finalize runs the model for this one if need be
             b = rows[i]
             c, t = ctx_ids[b], poss[i]
@@ -79,28 +98,31 @@ def sample_windows_feature(f, x, qb, hb, inserted, rows, poss, starts, ctx_ids, 
             slot = w_free[f, w_top[f]]
             s = starts[b]
             window_into(w_vals, f, slot, x, s, starts[b + 1] - s + 1, t, before, acts, b)
-            w_prio[f, slot], w_ctx[f, slot], w_pos[f, slot], w_q[f, slot] = hb[i], c, t, q
+            w_ctx[f, slot], w_pos[f, slot] = c, t
 
 
 @njit(**NJIT_OPTIONS)
-def _evict_worse(f, prio, cap, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+def _evict_worse(f, prio, cap, seed, key, mids, band_cap, w_vals, w_ctx, w_pos, w_free, w_top, before):
     """A full pool: free the entry least likely to end a sample (largest priority relative to
     its cap) if it is less likely than a token of this priority and cap; whether one was."""
+    w_bits = w_vals.view(np.int32)
     worst, worst_ratio = -1, prio / max(cap, 1)
     for slot in range(w_ctx.shape[1]):
-        ratio = w_prio[f, slot] / max(cap_of(mids[f], band_cap[f], w_q[f, slot]), 1)
+        ratio = (entry_priority(seed, key, w_ctx, w_pos, f, slot)
+                 / max(entry_cap(f, slot, mids, band_cap, w_bits, w_pos, before), 1))
         if ratio > worst_ratio:
             worst, worst_ratio = slot, ratio
     if worst < 0:
         return False
-    w_ctx[f, worst], w_pos[f, worst], w_q[f, worst], w_prio[f, worst] = -1, -1, -1, 0
+    w_ctx[f, worst], w_pos[f, worst] = -1, -1
     w_free[f, w_top[f]] = worst
     w_top[f] += 1
     return True
 
 
 @njit(**NJIT_OPTIONS)
-def refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+def refresh_feature(f, counts, quantiles, per_bin, seed, key, mids, band_cap, w_vals, w_ctx, w_pos, w_free, w_top,
+                    before):
     """Feature f's band edges and caps from its current fine counts (bands estimated as at
     the end: each quantile at the nearest fine boundary), then free its entries above their
     cap and rebuild its free stack."""
@@ -115,12 +137,14 @@ def refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_pri
         band_cap[f, i] = np.int64(MARGIN * per_bin * 4294967296.0 / max(n, 1))  # unclamped: ranks evictions
         lo = max(lo, hi)
     top = 0
+    w_bits = w_vals.view(np.int32)
     for slot in range(w_ctx.shape[1]):
         c = w_ctx[f, slot]
         if c >= 0:
-            if w_prio[f, slot] < cap_of(mids[f], band_cap[f], w_q[f, slot]):
+            if entry_priority(seed, key, w_ctx, w_pos, f, slot) < entry_cap(f, slot, mids, band_cap, w_bits, w_pos,
+                                                                            before):
                 continue
-            w_ctx[f, slot], w_pos[f, slot], w_q[f, slot], w_prio[f, slot] = -1, -1, -1, 0
+            w_ctx[f, slot], w_pos[f, slot] = -1, -1
             w_vals[f, slot, :] = 0
         w_free[f, top] = slot
         top += 1
@@ -128,19 +152,22 @@ def refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_pri
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
-def refresh_all(counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top):
+def refresh_all(counts, quantiles, per_bin, seed, keys, mids, band_cap, w_vals, w_ctx, w_pos, w_free, w_top, before):
     for f in prange(w_ctx.shape[0]):
-        refresh_feature(f, counts, quantiles, per_bin, mids, band_cap, w_vals, w_prio, w_ctx, w_pos, w_q,
-                        w_free, w_top)
+        refresh_feature(f, counts, quantiles, per_bin, seed, keys[f], mids, band_cap, w_vals, w_ctx, w_pos, w_free,
+                        w_top, before)
 
 
 @njit(parallel=True, **NJIT_OPTIONS)
-def merge_pool(w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top, o_vals, o_prio, o_ctx, o_pos, o_q,
-               mids, band_cap):
+def merge_pool(w_vals, w_ctx, w_pos, w_free, w_top, o_vals, o_ctx, o_pos, seed, keys, mids, band_cap, before):
     """Other's entries into free entries: those under their bin's cap, not already here."""
+    o_bits = o_vals.view(np.int32)
     for f in prange(w_ctx.shape[0]):
         for i in range(o_ctx.shape[1]):
-            if o_ctx[f, i] < 0 or w_top[f] == 0 or not o_prio[f, i] < cap_of(mids[f], band_cap[f], o_q[f, i]):
+            if o_ctx[f, i] < 0 or w_top[f] == 0:
+                continue
+            if not entry_priority(seed, keys[f], o_ctx, o_pos, f, i) < entry_cap(f, i, mids, band_cap, o_bits, o_pos,
+                                                                                before):
                 continue
             dup = False
             for slot in range(w_ctx.shape[1]):
@@ -152,4 +179,4 @@ def merge_pool(w_vals, w_prio, w_ctx, w_pos, w_q, w_free, w_top, o_vals, o_prio,
             w_top[f] -= 1
             slot = w_free[f, w_top[f]]
             w_vals[f, slot, :] = o_vals[f, i, :]
-            w_prio[f, slot], w_ctx[f, slot], w_pos[f, slot], w_q[f, slot] = o_prio[f, i], o_ctx[f, i], o_pos[f, i], o_q[f, i]
+            w_ctx[f, slot], w_pos[f, slot] = o_ctx[f, i], o_pos[f, i]

@@ -26,56 +26,63 @@ Exactness does not depend on what is captured: an entry's window is the token's 
 and finalize runs the model over the contexts of final samples without one. Which entries
 are captured depends on batch timing and backend.
 
+An entry keeps its token (ctx id, position) and its window, nothing else: its priority is
+recomputed from the token (hashing.py) and its fine bin from its own value in the window.
+
 The numba kernels are in sample_window_kernels.py.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from indexer.recorders.common import Recorder, RecorderError
+from indexer.recorders.common import SHORT_CONTEXT, Recorder, RecorderError, position_dtype, state_max_len
 from indexer.recorders.finebins import fine_bins_t
 from indexer.recorders.hashing import fmix32_t, token_hash_t
 from indexer.recorders.sample_window_kernels import (
     EDGE_BINS, MARGIN, NO_CAP, find_slots, merge_pool, refresh_all,
 )
 
-POOL_PER_SAMPLE = 3  # pool entries per feature = POOL_PER_SAMPLE x bands x per_bin
+# Pool entries per feature = POOL_PER_SAMPLE x bands x per_bin (108 at the defaults, 25.3 KB with
+# windows of 48 + 8). Fewer entries miss more final samples, whose contexts finalize then runs:
+# toy-1l over 1M tokens of code re-ran 159 of 4,042 contexts at 3 entries per sample, 237 at 2.7,
+# 321 at 2.5 (scripts/finalize_counts.py); 2.7 keeps the state at the defaults under 48 KB.
+POOL_PER_SAMPLE = 2.7
 
 
 def pool_size(n_quantiles: int, per_bin: int) -> int:
-    return int(np.ceil(POOL_PER_SAMPLE * (n_quantiles + 1) * per_bin))
+    return math.ceil(round(POOL_PER_SAMPLE * (n_quantiles + 1) * per_bin, 9))  # 2.7 x 40 is 108, not 109
 
 
 class SampleWindows(Recorder):
     """A pool of captured windows per feature.
 
     Attributes (state):
-        vals: float32 [feat, pool, W].  prio: int64, ctx: int32 (-1: free), pos: int32,
-        q: int16 (fine bin), each [feat, pool].
+        vals: float32 [feat, pool, W].  ctx: int32 (-1: free), pos: int16 (int32 for contexts
+        over common.SHORT_CONTEXT tokens), each [feat, pool].
     Derived: mids int64 [feat, Q], band_cap int64 [feat, Q+1]; free int32 [feat, pool] / top
     int64 [feat], a stack.
     """
 
     kind = "sample_windows"
-    arrays = ("vals", "prio", "ctx", "pos", "q")
+    arrays = ("vals", "ctx", "pos")
 
     def __init__(self, n_features: int, pool: int, backend: str | None = None, device="cpu",
-                 before: int = 0, after: int = 0):
+                 before: int = 0, after: int = 0, max_len: int = SHORT_CONTEXT):
         super().__init__(backend, device)
         if pool < 0 or before < 0 or after < 0:
             raise RecorderError(f"pool={pool}, before={before}, after={after} but expected all >= 0")
         self.n_features, self.pool, self.before, self.after = int(n_features), int(pool), int(before), int(after)
+        self.max_len = int(max_len)
         self.width = self.before + self.after + 1
         shape = (self.n_features, self.pool)
         self.vals = self._array(np.zeros((*shape, self.width), np.float32))
-        self.prio = self._array(np.zeros(shape, np.int64))
         self.ctx = self._array(np.full(shape, -1, np.int32))  # ctx ids < 2**31, as the sampler's
-        self.pos = self._array(np.full(shape, -1, np.int32))
-        self.q = self._array(np.full(shape, -1, np.int16))  # < N_FINE
+        self.pos = self._array(np.full(shape, -1, position_dtype(self.max_len)))
         # per feature: the estimated band edges (fine bins) and each band's cap (none yet)
         self.mids = self._array(np.zeros((self.n_features, 0), np.int64))
         self.band_cap = self._array(np.full((self.n_features, 1), NO_CAP, np.int64))
@@ -97,11 +104,13 @@ class SampleWindows(Recorder):
             self.top[f] = len(slots)
 
     def config(self) -> dict[str, Any]:
-        return {"n_features": self.n_features, "pool": self.pool, "before": self.before, "after": self.after}
+        return {"n_features": self.n_features, "pool": self.pool, "before": self.before, "after": self.after,
+                "max_len": self.max_len}
 
     @classmethod
     def _config_from_state(cls, state):
-        return {k: int(state[k]) for k in ("n_features", "pool", "before", "after")}
+        return {**{k: int(state[k]) for k in ("n_features", "pool", "before", "after")},
+                "max_len": state_max_len(state)}
 
     @classmethod
     def from_state(cls, state, backend=None, device="cpu"):
@@ -127,8 +136,8 @@ class SampleWindows(Recorder):
                 self._refresh_torch(samples)
             return
         self.bands_for(len(samples.quantiles))
-        refresh_all(samples.fine_counts, samples.quantiles, samples.per_bin, self.mids, self.band_cap,
-                    self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top)
+        refresh_all(samples.fine_counts, samples.quantiles, samples.per_bin, np.uint32(samples.seed), samples.keys,
+                    self.mids, self.band_cap, self.vals, self.ctx, self.pos, self.free, self.top, self.before)
 
     def _update_numba(self, acts, lengths, ctx_ids) -> None:
         """Nothing: captures happen inside the fused kernel (``FeatureRecorders.update``)."""
@@ -152,8 +161,7 @@ class SampleWindows(Recorder):
             prio = fmix32_t(token_hash_t(samples.seed, c, t) ^ samples.keys[f])  # hashing.priority_t, per token
             keep = prio < self._cap_of(q, f)
             b, t, f, c, q, prio = (a[keep] for a in (b, t, f, c, q, prio))
-            self._place(f, prio, c, t.to(torch.int32), q.to(torch.int32),
-                        _windows_t(acts, lengths, b, t, f, self.before, self.width))
+            self._place(f, prio, c, t, q, _windows_t(acts, lengths, b, t, f, self.before, self.width), samples)
 
         return capture
 
@@ -187,19 +195,27 @@ class SampleWindows(Recorder):
         n = cum.gather(1, bounds[:, 1:]) - cum.gather(1, bounds[:, :-1])  # [feat, Q+1]
         cap = MARGIN * samples.per_bin * 4294967296.0 / n.clamp(min=1).double()
         self.band_cap = cap.floor().to(torch.int64)  # unclamped, as the numba kernel: a small band's entries rank first
-        self._clear(~self._wanted(self.ctx, self.pos, self.q, self.prio, samples))
+        self._clear(~self._wanted(self.ctx, self.pos, self.vals, samples))
 
-    def _wanted(self, ctx, pos, q, prio, samples: Any) -> torch.Tensor:
+    def _entry_keys(self, ctx, pos, vals, samples: Any, f: torch.Tensor | None = None):
+        """int64 (priority, fine bin) of entries (ctx, pos [..], vals [.., W]) of features f
+        (default: row f of feature f), recomputed from their tokens and windows."""
+        keys = samples.keys[f] if f is not None else samples.keys[:, None]
+        prio = fmix32_t(token_hash_t(samples.seed, ctx, pos) ^ keys)
+        at = pos.to(torch.int64).clamp(min=0, max=self.before)  # a window starts at max(pos - before, 0)
+        return prio, fine_bins_t(vals.gather(-1, at[..., None])[..., 0])
+
+    def _wanted(self, ctx, pos, vals, samples: Any) -> torch.Tensor:
         """bool [feat, m]: which of these entries (each [feat, m], row f of feature f) are in
         use and under their bin's cap."""
-        q = q.to(torch.int64).clamp(min=0)
+        prio, q = self._entry_keys(ctx, pos, vals, samples)
         return (ctx >= 0) & (prio < self._cap_of(q))
 
     def _clear(self, drop: torch.Tensor) -> None:
-        self.ctx[drop], self.pos[drop], self.q[drop], self.prio[drop] = -1, -1, -1, 0
+        self.ctx[drop], self.pos[drop] = -1, -1
         self.vals[drop] = 0
 
-    def _place(self, f, prio, ctx, pos, q, vals) -> None:
+    def _place(self, f, prio, ctx, pos, q, vals, samples: Any) -> None:
         """Candidates (feature f, ...) into their feature's entries: where a feature has fewer
         free entries than candidates, its entries and candidates most likely to end a sample
         (smallest priority relative to their cap; ties: entries first, then the order given)
@@ -209,7 +225,8 @@ class SampleWindows(Recorder):
         used = self.ctx >= 0
         ef, eslot = used.nonzero(as_tuple=True)
         all_f = torch.cat([ef, f])
-        ratio = torch.cat([self._ratio(self.prio[ef, eslot], self.q[ef, eslot], ef), self._ratio(prio, q, f)])
+        e_prio, e_q = self._entry_keys(self.ctx[ef, eslot], self.pos[ef, eslot], self.vals[ef, eslot], samples, ef)
+        ratio = torch.cat([self._ratio(e_prio, e_q, ef), self._ratio(prio, q, f)])
         order = torch.sort(ratio, stable=True).indices
         order = order[torch.sort(all_f[order], stable=True).indices]  # by feature, then ratio
         rank = torch.empty_like(order)
@@ -220,22 +237,24 @@ class SampleWindows(Recorder):
         drop = ~keep[:n_old]
         self._clear_entries(ef[drop], eslot[drop])
         new = keep[n_old:]
-        f, prio, ctx, pos, q, vals = (a[new] for a in (f, prio, ctx, pos, q, vals))
+        f, ctx, pos, vals = (a[new] for a in (f, ctx, pos, vals))
         order = torch.sort(f, stable=True).indices
-        f, prio, ctx, pos, q, vals = (a[order] for a in (f, prio, ctx, pos, q, vals))
+        f, ctx, pos, vals = (a[order] for a in (f, ctx, pos, vals))
         rank = torch.arange(f.numel(), device=f.device) - torch.searchsorted(f, f)
         free_first = torch.sort((self.ctx >= 0).to(torch.int16), dim=1, stable=True).indices  # free entries first
         slot = free_first[f, rank]
-        self.vals[f, slot], self.prio[f, slot], self.ctx[f, slot] = vals, prio, ctx.to(self.ctx.dtype)
-        self.pos[f, slot], self.q[f, slot] = pos.to(self.pos.dtype), q.to(self.q.dtype)
+        self.vals[f, slot], self.ctx[f, slot], self.pos[f, slot] = vals, ctx.to(self.ctx.dtype), pos.to(self.pos.dtype)
 
     def _ratio(self, prio, q, f) -> torch.Tensor:
         """float64: priority over the cap of its fine bin (below 1: under the cap)."""
-        return prio.double() / self._cap_of(q.to(torch.int64).clamp(min=0), f).clamp(min=1).double()
+        return prio.double() / self._cap_of(q, f).clamp(min=1).double()
 
     def _clear_entries(self, f, slot) -> None:
-        self.ctx[f, slot], self.pos[f, slot], self.q[f, slot], self.prio[f, slot] = -1, -1, -1, 0
+        self.ctx[f, slot], self.pos[f, slot] = -1, -1
         self.vals[f, slot] = 0
+
+    def merge(self, other: "SampleWindows") -> None:
+        raise RecorderError("a sample-window pool merges with its sampler: merge_with(other, samples)")
 
     def merge_with(self, other: "SampleWindows", samples: Any) -> None:
         """Fold another pool in, ``samples`` already merged: first free this pool's entries the
@@ -250,31 +269,21 @@ class SampleWindows(Recorder):
             with torch.no_grad():
                 self._merge_torch({k: torch.from_numpy(v).to(self.device) for k, v in o.items()}, samples)
             return
-        merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
-                   o["vals"], o["prio"], o["ctx"], o["pos"], o["q"], self.mids, self.band_cap)
+        merge_pool(self.vals, self.ctx, self.pos, self.free, self.top, o["vals"], o["ctx"], o["pos"],
+                   np.uint32(samples.seed), samples.keys, self.mids, self.band_cap, self.before)
 
-    def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
-        """Other's entries into free entries, unfiltered (``merge_with`` is the one runs use)."""
-        no_cap = np.full((self.n_features, 1), NO_CAP, np.int64)
-        merge_pool(self.vals, self.prio, self.ctx, self.pos, self.q, self.free, self.top,
-                   other["vals"], other["prio"], other["ctx"], other["pos"], other["q"],
-                   np.zeros((self.n_features, 0), np.int64), no_cap)
-
-    def _merge_torch(self, other, samples: Any = None) -> None:
-        """Other's entries into free entries: those not already here, and (with ``samples``)
-        under their bin's cap."""
+    def _merge_torch(self, other, samples: Any) -> None:
+        """Other's entries into free entries: those under their bin's cap, not already here."""
         f = torch.arange(self.n_features, device=self.device)[:, None].expand_as(other["ctx"])
-        keep = other["ctx"] >= 0
-        if samples is not None:
-            keep &= self._wanted(other["ctx"], other["pos"], other["q"], other["prio"], samples)
+        keep = self._wanted(other["ctx"], other["pos"], other["vals"], samples)
         step = max(1, 2**24 // max(1, self.pool * other["ctx"].shape[1]))
         for f0 in range(0, self.n_features, step):  # not already here (bounded memory)
             mine, theirs = slice(f0, f0 + step), (slice(f0, f0 + step), slice(None), None)
             same = ((self.ctx[mine][:, None, :] == other["ctx"][theirs])
                     & (self.pos[mine][:, None, :] == other["pos"][theirs]))
             keep[mine] &= ~same.any(2)
-        self._place(f[keep], other["prio"][keep], other["ctx"][keep], other["pos"][keep], other["q"][keep],
-                    other["vals"][keep])
+        prio, q = self._entry_keys(other["ctx"][keep], other["pos"][keep], other["vals"][keep], samples, f[keep])
+        self._place(f[keep], prio, other["ctx"][keep], other["pos"][keep], q, other["vals"][keep], samples)
 
 
 def _windows_t(acts, lengths, b, t, f, before: int, width: int) -> torch.Tensor:

@@ -7,7 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.recorders.common import Recorder, RecorderError, check_batch, feature_chunk, torch_batch, valid_tokens
+from indexer.recorders.common import (
+    SHORT_CONTEXT, Recorder, RecorderError, check_batch, feature_chunk, position_dtype, state_max_len, torch_batch,
+    valid_tokens,
+)
 from indexer.recorders.topk_kernels import topk_merge, topk_update
 
 _NO_CTX = torch.iinfo(torch.int64).max  # sort key of an empty slot: after every context
@@ -25,7 +28,8 @@ class TopK(Recorder):
     ``W = before + after + 1``, so finalize needs no forward pass for top-k examples.
 
     Attributes:
-        vals: float32 [feat, k].  ctxs: int64 [feat, k].  poss: int32 [feat, k].
+        vals: float32 [feat, k].  ctxs: int32 [feat, k] (ctx ids < 2**31, as the sampler's).
+        poss: int16 [feat, k] (int32 for contexts over common.SHORT_CONTEXT tokens).
         wins: float32 [feat, k, W].
     """
 
@@ -33,33 +37,34 @@ class TopK(Recorder):
     arrays = ("vals", "ctxs", "poss", "wins")
 
     def __init__(self, n_features: int, k: int = 20, backend: str | None = None, device="cpu",
-                 before: int = 0, after: int = 0):
+                 before: int = 0, after: int = 0, max_len: int = SHORT_CONTEXT):
         super().__init__(backend, device)
         if k < 1:
             raise RecorderError(f"k={k} but expected k >= 1")
         if before < 0 or after < 0:
             raise RecorderError(f"window before={before}, after={after} but expected both >= 0")
         self.n_features, self.k = int(n_features), int(k)
-        self.before, self.after = int(before), int(after)
+        self.before, self.after, self.max_len = int(before), int(after), int(max_len)
         self.width = self.before + self.after + 1
         self.vals = self._array(np.full((self.n_features, self.k), -np.inf, np.float32))
-        self.ctxs = self._array(np.full((self.n_features, self.k), -1, np.int64))
-        self.poss = self._array(np.full((self.n_features, self.k), -1, np.int32))
+        self.ctxs = self._array(np.full((self.n_features, self.k), -1, np.int32))
+        self.poss = self._array(np.full((self.n_features, self.k), -1, position_dtype(self.max_len)))
         self.wins = self._array(np.zeros((self.n_features, self.k, self.width), np.float32))
 
     def config(self) -> dict[str, Any]:
-        return {"n_features": self.n_features, "k": self.k, "before": self.before, "after": self.after}
+        return {"n_features": self.n_features, "k": self.k, "before": self.before, "after": self.after,
+                "max_len": self.max_len}
 
     @classmethod
     def _config_from_state(cls, state):
         if "before" not in state:
             raise RecorderError("top-k state without windows: written by an older neuroscope; re-index")
         return {"n_features": int(state["n_features"]), "k": int(state["k"]),
-                "before": int(state["before"]), "after": int(state["after"])}
+                "before": int(state["before"]), "after": int(state["after"]), "max_len": state_max_len(state)}
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(values float32, ctx_ids int64, pos int32), each [feat, k], best first."""
-        return self._numpy("vals"), self._numpy("ctxs"), self._numpy("poss")
+        return self._numpy("vals"), self._numpy("ctxs").astype(np.int64), self._numpy("poss").astype(np.int32)
 
     def windows(self) -> np.ndarray:
         """float32 [feat, k, W]: each entry's window, in the order of ``result``."""
@@ -80,7 +85,7 @@ class TopK(Recorder):
             return super().update(acts, lengths, ctx_ids)
         if self.backend == "numba":
             raise RecorderError("skip_zeros on the numba backend runs in the fused sparse kernel (FeatureRecorders)")
-        check_batch(acts, lengths, ctx_ids, self.n_features)
+        check_batch(acts, lengths, ctx_ids, self.n_features, self.max_len)
         with torch.no_grad():
             self._update_torch(*torch_batch(acts, lengths, ctx_ids, self.device), skip_zeros=True)
 
@@ -115,8 +120,8 @@ class TopK(Recorder):
     def _keep_best(self, vals, ctxs, poss, wins) -> None:
         """Replace the lists by the top k of lists + candidates [feat, m] (windows [feat, m, W])."""
         v = torch.cat([self.vals, vals], dim=1)
-        c = torch.cat([self.ctxs, ctxs], dim=1)
-        p = torch.cat([self.poss, poss], dim=1)
+        c = torch.cat([self.ctxs, ctxs.to(self.ctxs.dtype)], dim=1)
+        p = torch.cat([self.poss, poss.to(self.poss.dtype)], dim=1)
         w = torch.cat([self.wins, wins], dim=1)
         # 1) order by (ctx, value desc) and blank all but the best entry of each context
         order = _lexsort(-v, _ctx_key(c))
@@ -135,7 +140,8 @@ class TopK(Recorder):
 
 
 def _ctx_key(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c < 0, _NO_CTX, c)
+    return torch.where(c < 0, _NO_CTX, c.to(torch.int64))
+
 
 
 def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:

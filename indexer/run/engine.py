@@ -148,7 +148,7 @@ class Run:
             site: FeatureRecorders.create(site.n_features, cfg.quantiles, cfg.top_k, cfg.per_bin,
                                           site_salt(cfg.seed, site), default_backend(self.site_device[site]),
                                           self.site_device[site],
-                                          window=(cfg.window_before, cfg.window_after))
+                                          window=(cfg.window_before, cfg.window_after), max_len=self.ctx_len)
             for site in self.plan
         }
 

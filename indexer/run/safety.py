@@ -13,6 +13,7 @@ available is refused unless ``--allow-large`` is given.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -24,11 +25,14 @@ from indexer.config import IndexConfig
 from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 
 N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature (tests check they agree)
-POOL_PER_SAMPLE = 3  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
+POOL_PER_SAMPLE = 2.7  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
 QUEUED_SITES = 3  # a site's table being built and those queued: indexer.store.writer.MAX_QUEUED + 1 (tests check they agree)
 KEPT_PER_SAMPLE = 144  # indexer.recorders.keep_rule.pool_capacity(per_bin) / per_bin (tests check they agree)
-ENTRY_BYTES = 16  # a top-k entry: value f32 + ctx_id i64 + pos i32
-KEPT_BYTES = 12  # a kept token: value f32 + ctx_id i32 + pos i32 (its priority is recomputed)
+SHORT_CONTEXT = 1 << 15  # indexer.recorders.common.SHORT_CONTEXT: positions are int16 up to it, else int32
+ENTRY_BYTES = 8  # a top-k entry: value f32 + ctx_id i32, and its position
+KEPT_BYTES = 8  # a kept token: value f32 + ctx_id i32 (its priority is recomputed), and its position
+SAMPLE_WINDOW_BYTES = 4  # a captured sample window: ctx_id i32 (priority and fine bin are recomputed), its
+# position and its window
 STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and x**2 (5 words each); min, max
 LIBRARIES = 400 << 20  # Python, torch, TransformerLens, transformers and the numba kernels, loaded (0.40 GB measured)
 
@@ -48,16 +52,17 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_sit
     examples = cfg.top_k + bins * cfg.per_bin
     window = cfg.window_before + cfg.window_after + 1
     largest = n_features if largest_site is None else largest_site
+    pos = 2 if ctx_len <= SHORT_CONTEXT else 4
     # top-k entries with each one's window of float32 values, captured while streaming;
     # the quantile sampler's int32 fine counts and its pool of kept tokens; stats
-    per_feature = (cfg.top_k * (ENTRY_BYTES + window * 4) + N_FINE * 4
-                   + KEPT_PER_SAMPLE * cfg.per_bin * KEPT_BYTES + 8 + STATS_BYTES)
+    per_feature = (cfg.top_k * (ENTRY_BYTES + pos + window * 4) + N_FINE * 4
+                   + KEPT_PER_SAMPLE * cfg.per_bin * (KEPT_BYTES + pos) + 8 + STATS_BYTES)
     # (+ the pool of captured sample windows, indexer.recorders.sample_windows)
-    per_feature += int(np.ceil(POOL_PER_SAMPLE * bins * cfg.per_bin)) * (window * 4 + 8 + 4 + 4 + 2)  # prio, ctx, pos, q
+    per_feature += math.ceil(round(POOL_PER_SAMPLE * bins * cfg.per_bin, 9)) * (SAMPLE_WINDOW_BYTES + pos + window * 4)
     # a checkpoint writes one site at a time: its copy of that site's state (sparse, at most
     # as large as the state itself)
     recorders = (n_features + largest) * per_feature
-    kept = n_features * (per_feature if cfg.shard[1] > 1 else N_FINE * 4 + cfg.top_k * ENTRY_BYTES + 8 + STATS_BYTES)
+    kept = n_features * (per_feature if cfg.shard[1] > 1 else N_FINE * 4 + cfg.top_k * (ENTRY_BYTES + pos) + 8 + STATS_BYTES)
     # every example's window (int32 token ids, float32 values), and the tables of the site being
     # written and of those queued, with their own copies of its windows
     windows = (n_features + min(n_features, QUEUED_SITES * largest) * 2) * examples * window * (4 + 4)

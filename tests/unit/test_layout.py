@@ -113,10 +113,11 @@ def test_memory_estimate_constants_match_the_recorders():
     from indexer.recorders.finebins import N_FINE
     from indexer.run import safety
 
+    from indexer.recorders.common import SHORT_CONTEXT
     from indexer.recorders.keep_rule import pool_capacity
     from indexer.recorders.sample_windows import POOL_PER_SAMPLE
 
-    assert (safety.N_FINE, safety.POOL_PER_SAMPLE) == (N_FINE, POOL_PER_SAMPLE)
+    assert (safety.N_FINE, safety.POOL_PER_SAMPLE, safety.SHORT_CONTEXT) == (N_FINE, POOL_PER_SAMPLE, SHORT_CONTEXT)
     from indexer.run.finalize import WRITE_THREADS
     from indexer.store.writer import MAX_QUEUED
 
@@ -130,8 +131,9 @@ def test_memory_estimate_covers_the_recorder_state_with_windows():
     from indexer.recorders import FeatureRecorders
     from indexer.run import safety
 
-    for before, after in ((48, 8), (200, 100)):  # the top-k windows are part of the state
+    for before, after, ctx_len in ((48, 8, 32), (200, 100, 1024), (48, 8, 1 << 15), (48, 8, 1 + (1 << 15))):
         cfg = IndexConfig(model="x", corpus=["c"], window_before=before, window_after=after)
-        rec = FeatureRecorders.create(3, cfg.quantiles, cfg.top_k, cfg.per_bin, 0, "numba", window=(before, after))
-        per_copy = safety.memory_estimate(cfg, 3, 32, largest_site=0)["recorders"]  # no checkpoint copy
+        rec = FeatureRecorders.create(3, cfg.quantiles, cfg.top_k, cfg.per_bin, 0, "numba", window=(before, after),
+                                      max_len=ctx_len)
+        per_copy = safety.memory_estimate(cfg, 3, ctx_len, largest_site=0)["recorders"]  # no checkpoint copy
         assert rec.nbytes() <= per_copy <= 1.1 * rec.nbytes()

@@ -18,7 +18,7 @@ from indexer.recorders import (
 )
 from indexer.recorders.finebins import ZERO, choose_boundaries, fine_bins_np, lower_edges, magnitudes
 from indexer.recorders.hashing import feature_keys, priority_np, priority_t, seed_of, token_hash_t
-from indexer.recorders.quantiles import MAX_CONTEXTS
+from indexer.recorders.common import MAX_CONTEXTS, SHORT_CONTEXT
 
 from helpers.brute_recorders import (
     AFTER, BACKENDS, BEFORE, K, PER_BIN, QUANTILES, SALT, brute_boundary, brute_hist_bin, brute_kept, brute_quantiles,
@@ -130,6 +130,37 @@ def test_state_round_trip_continues_identically(backend, resume_backend, tmp_pat
         for batch in batches[2:]:
             resumed.update(*batch)
         assert_same(resumed, whole)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_positions_are_int16_up_to_short_contexts_and_int32_past_them(backend):
+    batches = make_batches(n_batches=5)
+
+    def make(max_len):
+        return lambda: FeatureRecorders.create(24, QUANTILES, K, PER_BIN, SALT, backend, window=(BEFORE, AFTER),
+                                               max_len=max_len)
+
+    short, long = run(make(SHORT_CONTEXT), batches), run(make(SHORT_CONTEXT + 1), batches)
+    parts = ((short.topk, long.topk, "poss"), (short.samples, long.samples, "kpos"), (short.windows, long.windows, "pos"))
+    for a, b, name in parts:
+        assert (a._numpy(name).dtype, b._numpy(name).dtype) == (np.int16, np.int32)
+    assert_same(short, long)
+    for name in ("vals", "ctx", "pos"):  # the same windows captured
+        np.testing.assert_array_equal(short.windows._numpy(name), long.windows._numpy(name))
+    assert long.nbytes() - short.nbytes() == 24 * 2 * (K + short.samples.capacity + short.windows.pool)
+    # a state written before max_len was kept held int32 positions: it loads as one
+    old = {k: v for k, v in short.state().items() if not k.endswith("/max_len")}
+    assert_same(FeatureRecorders.from_state(old, backend), long)
+    with pytest.raises(RecorderError, match="max_len"):
+        run(make(8), batches)  # contexts of 12 tokens
+    # the longest short context: its last positions fit int16
+    acts = torch.linspace(-1, 1, SHORT_CONTEXT * 2).reshape(1, SHORT_CONTEXT, 2)
+    one = [(acts, torch.tensor([SHORT_CONTEXT]), torch.tensor([3]))]
+    at_most, past = (run(lambda: FeatureRecorders.create(2, QUANTILES, K, PER_BIN, SALT, backend, window=(BEFORE, AFTER),
+                                                          max_len=n), one) for n in (SHORT_CONTEXT, SHORT_CONTEXT + 1))
+    assert at_most.topk.result()[2][0, 0] == SHORT_CONTEXT - 1
+    assert at_most.samples.kept()["pos"].max() > SHORT_CONTEXT - 100
+    assert_same(at_most, past)
 
 
 def test_backends_agree_and_fused_equals_separate():
