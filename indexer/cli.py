@@ -52,8 +52,6 @@ def _with_default(help_text: str, default: Any) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from indexer.run.engine import index
-
     if args.warmup_tokens is not None:
         print("neuroscope: note: --warmup-tokens is ignored (quantile edges come from all tokens indexed)", file=sys.stderr)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexConfig)}
@@ -64,9 +62,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         dry_run(cfg)
         return 0
     if cfg.dask:  # scale-out: indexer.scaleout (imports Dask only now)
-        from indexer.scaleout.job import index_on_dask
-
-        index = index_on_dask
+        from indexer.scaleout.job import index_on_dask as index
+    else:  # (after --dry-run: the engine imports torch and the model code)
+        from indexer.run.engine import index
     out = index(cfg, progress=not args.quiet)
     print(f"index written to {out}")
     return 0

@@ -35,7 +35,7 @@ from indexer.recorders.common import (
 )
 from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_np, fine_bins_t, lower_edges
 from indexer.recorders.histogram import hist_from_fine
-from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, fmix32_t, priority_np, priority_t, seed_of, token_hash_t
+from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, fmix32_t, priority_t, seed_of, token_hash_t
 from indexer.recorders.keep_rule import (
     GROUP_BITS, MARGIN, band_terms, fine_thresholds_np, group_thresholds_t, pool_capacity,
     token_thresholds_t,

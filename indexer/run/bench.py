@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from indexer.run import allocator
+
 GELU_1L_SHAPE = dict(
     d_model=512, d_head=64, n_heads=8, n_layers=1, n_ctx=1024, d_vocab=50257, d_mlp=2048,
     act_fn="gelu", normalization_type="LN", seed=0,
@@ -87,8 +89,10 @@ def _throughput(spec: str, options: dict[str, Any], tokens: int, batch_size: int
         warm_up()
 
         def forward() -> None:
-            for batch in prepared:
-                bare_forward(run.model, run.plan, batch, dtype)
+            with allocator.reuse():  # as the stream runs its forward (run/allocator.py)
+                for batch in prepared:
+                    bare_forward(run.model, run.plan, batch, dtype)
+                    allocator.release()
 
         def stream() -> None:
             run.reset()  # empty recorders, so each timed pass starts alike
@@ -151,9 +155,10 @@ def _transformers_forwards(spec: str, run: Any, prepared: list) -> dict[str, Cal
         body.eval()
 
         def forward(body: Any = body) -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), allocator.reuse():  # the allocator as the stream's (run/allocator.py)
                 for batch in prepared:
                     body(input_ids=batch.tokens)
+                    allocator.release()
 
         out[f"hf_{impl}"] = forward
     return out
@@ -202,7 +207,7 @@ def _naive_indexer(run: Any, prepared: list) -> Callable[[], None]:
 
     def naive() -> None:
         best: list[torch.Tensor | None] = [None] * len(run.plan)
-        with torch.inference_mode():
+        with torch.inference_mode(), allocator.reuse():
             for batch in prepared:
                 _, cache = run.model.bridge.run_with_cache(batch.tokens, names_filter=names)
                 for i, acts in enumerate(features(cache)):
@@ -210,6 +215,7 @@ def _naive_indexer(run: Any, prepared: list) -> Callable[[], None]:
                     top = torch.topk(flat, min(k, flat.shape[0]), dim=0).values
                     merged = top if best[i] is None else torch.cat([best[i], top])
                     best[i] = torch.topk(merged, min(k, merged.shape[0]), dim=0).values
+                allocator.release()
 
     return naive
 

@@ -30,6 +30,7 @@ from indexer.inputs.corpus import CorpusCounters, CorpusSpec, iter_documents, pa
 from indexer.inputs.models import LoadedModel, load_model
 from indexer.inputs.sae import parse_sae_spec
 from indexer.recorders import FeatureRecorders, default_backend, hist_edges, warm_up
+from indexer.run import allocator
 from indexer.run.attention_rows import AttentionRows
 from indexer.run.context_store import ContextStore
 from indexer.run.checkpoint import load_states, site_salt, state_arrays, write_checkpoint
@@ -207,7 +208,8 @@ class Run:
                                   self.store_committed)
         self.store_folders = [self.out]
         try:
-            self._stream_batches(contexts, forward, bar)
+            with allocator.reuse():  # the forward's large tensors reuse freed memory (allocator.py)
+                self._stream_batches(contexts, forward, bar)
         finally:
             self.store.close()
             self.store = None
@@ -221,6 +223,7 @@ class Run:
             batch = make_batch(group, self.model.info.bos_token_id, self.device, self.ctx_len)
             self.checkpoint_current = False
             forward(batch, each=self._recorder_for(batch))  # each site is folded inside the pass
+            allocator.release()
             self.store.append(group)
             self.position += len(group)
             self.tokens_done += batch.n_text_tokens

@@ -19,8 +19,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 

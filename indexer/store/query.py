@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from indexer.store.canned import ARGUMENT_VALUES, CANNED, PARAMETERS
 from indexer.errors import IndexDirError, QueryError, QueryTimeout, one_line

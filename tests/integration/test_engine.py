@@ -7,15 +7,13 @@ edges (fine-bin quantiles of all tokens) and bin counts, sampled examples, and f
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
 from helpers.brute import fine_quantile_bands, recorded, reference, top_k
 from helpers.configs import base_config
 from indexer.api import Index
-from indexer.config import IndexConfig, parse_sites
+from indexer.config import parse_sites
 from indexer.run.engine import index
 from indexer.forward.sites import HEAD_METRICS
 

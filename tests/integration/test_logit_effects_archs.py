@@ -15,7 +15,6 @@ it by a positive factor).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

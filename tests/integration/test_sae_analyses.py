@@ -33,8 +33,6 @@ def analysed(tiny_model_dir, tmp_path_factory):
 
 
 def _model_weights(model_dir):
-    from safetensors.numpy import load_file
-
     from indexer.inputs.models import load_model
 
     bridge = load_model(str(model_dir)).bridge
