@@ -89,6 +89,13 @@ def token_hash_nb(ctx_hash, pos):
     return fmix32_nb(np.uint32(ctx_hash ^ np.uint32((pos * _POS_MUL) & M32)))
 
 
+@njit(**NJIT_OPTIONS)
+def priority_nb(seed, key, ctx_id, pos):
+    """int64 priority of one token (ctx_id, pos) for the feature of ``key`` (recomputed
+    wherever a token is kept without it)."""
+    return np.int64(fmix32_nb(np.uint32(token_hash_nb(context_hash_nb(seed, ctx_id), pos) ^ key)))
+
+
 # torch: int64 tensors holding 32-bit words.
 def _mul32_t(h: torch.Tensor, c: int) -> torch.Tensor:
     return ((h & 0xFFFF) * c + (((h >> 16) * c) & 0xFFFF) * 65536) & M32
@@ -112,3 +119,9 @@ def token_hash_t(seed: int, ctx_id: torch.Tensor, pos: torch.Tensor) -> torch.Te
 def priority_t(tok_hash: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """int64 [tokens, feat] from tok_hash [tokens] and int64 keys [feat]."""
     return fmix32_t(tok_hash[:, None] ^ keys[None, :])
+
+
+def token_priority_t(seed: int, ctx_id: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """int64: the priority of each token (ctx_id, pos) for the feature of the key beside it
+    (broadcast alike), not every token for every feature as priority_t."""
+    return fmix32_t(token_hash_t(seed, ctx_id, pos) ^ keys)

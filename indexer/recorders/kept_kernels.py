@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
 from indexer.recorders.finebins import fine_bin_nb
-from indexer.recorders.hashing import context_hash_nb, fmix32_nb, token_hash_nb
+from indexer.recorders.hashing import priority_nb
 from indexer.recorders.keep_rule import GROUP_BITS, N_GROUPS, bin_limit_nb, thresholds_nb
 
 
@@ -25,11 +25,6 @@ def fine_thresholds(f, counts, terms, per_bin, squeeze, gbuf, tbuf):
     s = np.int64(squeeze[f])
     for j in range(tbuf.shape[0]):
         tbuf[j] = min(gbuf[j >> GROUP_BITS], bin_limit_nb(counts[f, j], ck, 0)) >> s
-
-
-@njit(**NJIT_OPTIONS)
-def _priority(seed, key, c, t):
-    return np.int64(fmix32_nb(np.uint32(token_hash_nb(context_hash_nb(seed, c), t) ^ key)))
 
 
 @njit(**NJIT_OPTIONS)
@@ -51,7 +46,7 @@ def canonical_counts(counts, terms, per_bin, squeeze, seed, keys, kval, kctx, kp
         gbuf, tbuf = np.empty(N_GROUPS, np.int64), np.empty(n_fine, np.int64)
         fine_thresholds(f, counts, terms, per_bin, squeeze, gbuf, tbuf)
         for e in range(kn[f]):
-            ok = _priority(seed, keys[f], kctx[f, e], kpos[f, e]) < tbuf[fine_bin_nb(bits[f, e])]
+            ok = priority_nb(seed, keys[f], kctx[f, e], kpos[f, e]) < tbuf[fine_bin_nb(bits[f, e])]
             keep[f, e] = ok
             out[f] += ok
     return out
@@ -65,7 +60,7 @@ def canonical_fill(seed, keys, kval, kctx, kpos, kn, keep, offsets, o_feat, o_pr
         for e in range(kn[f]):
             if not keep[f, e]:
                 continue
-            p, c, t = _priority(seed, keys[f], kctx[f, e], kpos[f, e]), kctx[f, e], np.int64(kpos[f, e])
+            p, c, t = priority_nb(seed, keys[f], kctx[f, e], kpos[f, e]), kctx[f, e], np.int64(kpos[f, e])
             i = at
             while i > offsets[f] and _before(p, c, t, o_prio[i - 1], o_ctx[i - 1], o_pos[i - 1]):
                 o_prio[i], o_val[i], o_ctx[i], o_pos[i] = o_prio[i - 1], o_val[i - 1], o_ctx[i - 1], o_pos[i - 1]
@@ -98,7 +93,7 @@ def band_samples(counts, terms, per_bin, squeeze, seed, keys, kval, kctx, kpos, 
         for e in range(kn[f]):
             q = fine_bin_nb(bits[f, e])
             c, t = kctx[f, e], np.int64(kpos[f, e])
-            p = _priority(seed, keys[f], c, t)
+            p = priority_nb(seed, keys[f], c, t)
             if p >= tbuf[q]:
                 continue
             b = 0

@@ -23,7 +23,7 @@ from numba import njit, prange
 from indexer.recorders.common import NJIT_OPTIONS
 from indexer.recorders.feature_major import TILE, batch_tokens, token_hashes, transpose_tile
 from indexer.recorders.finebins import fine_bin_nb
-from indexer.recorders.hashing import context_hash_nb, fmix32_nb, token_hash_nb
+from indexer.recorders.hashing import fmix32_nb, priority_nb
 from indexer.recorders.keep_rule import GROUP_BITS, N_GROUPS, bin_limit_nb, thresholds_nb
 
 
@@ -69,7 +69,7 @@ def compact(f, seed, key, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze,
             q = fine_bin_nb(bits[f, e])
             limit = min(tbuf[q >> GROUP_BITS], bin_limit_nb(counts[f, q], ck) >> squeeze[f])
             c = kctx[f, e]
-            prio = np.int64(fmix32_nb(np.uint32(token_hash_nb(context_hash_nb(seed, c), kpos[f, e]) ^ key)))
+            prio = priority_nb(seed, key, c, kpos[f, e])
             if prio < limit:
                 kval[f, m], kctx[f, m], kpos[f, m] = kval[f, e], c, kpos[f, e]
                 m += 1

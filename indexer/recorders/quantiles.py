@@ -35,7 +35,7 @@ from indexer.recorders.common import (
 )
 from indexer.recorders.finebins import N_FINE, ZERO, choose_boundaries, fine_bins_np, fine_bins_t, lower_edges
 from indexer.recorders.histogram import hist_from_fine
-from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, fmix32_t, priority_t, seed_of, token_hash_t
+from indexer.recorders.hashing import EMPTY_PRIORITY, feature_keys, priority_t, seed_of, token_hash_t, token_priority_t
 from indexer.recorders.keep_rule import (
     GROUP_BITS, MARGIN, band_terms, fine_thresholds_np, group_thresholds_t, pool_capacity,
     token_thresholds_t,
@@ -52,11 +52,6 @@ def check_quantiles(quantiles) -> np.ndarray:
     if q.size == 0 or not np.all((q > 0) & (q < 1)) or np.any(np.diff(q) <= 0):
         raise RecorderError(f"quantiles={q.tolist()} but expected increasing values strictly between 0 and 1")
     return q
-
-
-def bytes_per_feature(per_bin: int, max_len: int = SHORT_CONTEXT) -> int:
-    """State bytes of one feature: fine counts, the kept-token pool and its two counters."""
-    return N_FINE * 4 + pool_capacity(per_bin) * (4 + 4 + np.dtype(position_dtype(max_len)).itemsize) + 8
 
 
 MAX_TOKENS = 2**31 - 1  # fine counts are int32
@@ -322,7 +317,7 @@ class QuantileSampler(Recorder):
         cols = [torch.cat([getattr(self, name)[used], new.to(getattr(self, name).dtype)])
                 for name, new in (("kval", vals), ("kctx", ctxs), ("kpos", poss))]
         q = fine_bins_t(cols[0])
-        prio = fmix32_t(token_hash_t(self.seed, cols[1], cols[2]) ^ self.keys[f])
+        prio = token_priority_t(self.seed, cols[1], cols[2], self.keys[f])
         while True:
             keep = prio < token_thresholds_t(group, self.fine_counts, f, q, self.per_bin, self.squeeze)
             n = torch.bincount(f[keep], minlength=self.n_features)

@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from indexer.recorders.common import NJIT_OPTIONS
 from indexer.recorders.finebins import fine_bin_nb, nearest_boundaries
-from indexer.recorders.hashing import context_hash_nb, fmix32_nb, token_hash_nb
+from indexer.recorders.hashing import priority_nb
 from indexer.recorders.topk_kernels import window_into
 
 MARGIN = 3.0  # cap = MARGIN x the expected largest final-sample priority of the band
@@ -48,12 +48,6 @@ def cap_of(mids_f, band_cap_f, q):
         if mids_f[j] - EDGE_BINS <= q < mids_f[j] + EDGE_BINS:
             c = max(c, max(band_cap_f[j], band_cap_f[j + 1]))
     return c
-
-
-@njit(**NJIT_OPTIONS)
-def entry_priority(seed, key, w_ctx, w_pos, f, slot):
-    """The priority of pool entry (f, slot): its token's (hashing.py), recomputed, not kept."""
-    return np.int64(fmix32_nb(np.uint32(token_hash_nb(context_hash_nb(seed, w_ctx[f, slot]), w_pos[f, slot]) ^ key)))
 
 
 @njit(**NJIT_OPTIONS)
@@ -108,7 +102,7 @@ def _evict_worse(f, prio, cap, seed, key, mids, band_cap, w_vals, w_ctx, w_pos, 
     w_bits = w_vals.view(np.int32)
     worst, worst_ratio = -1, prio / max(cap, 1)
     for slot in range(w_ctx.shape[1]):
-        ratio = (entry_priority(seed, key, w_ctx, w_pos, f, slot)
+        ratio = (priority_nb(seed, key, w_ctx[f, slot], w_pos[f, slot])
                  / max(entry_cap(f, slot, mids, band_cap, w_bits, w_pos, before), 1))
         if ratio > worst_ratio:
             worst, worst_ratio = slot, ratio
@@ -141,8 +135,7 @@ def refresh_feature(f, counts, quantiles, per_bin, seed, key, mids, band_cap, w_
     for slot in range(w_ctx.shape[1]):
         c = w_ctx[f, slot]
         if c >= 0:
-            if entry_priority(seed, key, w_ctx, w_pos, f, slot) < entry_cap(f, slot, mids, band_cap, w_bits, w_pos,
-                                                                            before):
+            if priority_nb(seed, key, c, w_pos[f, slot]) < entry_cap(f, slot, mids, band_cap, w_bits, w_pos, before):
                 continue
             w_ctx[f, slot], w_pos[f, slot] = -1, -1
             w_vals[f, slot, :] = 0
@@ -166,8 +159,8 @@ def merge_pool(w_vals, w_ctx, w_pos, w_free, w_top, o_vals, o_ctx, o_pos, seed, 
         for i in range(o_ctx.shape[1]):
             if o_ctx[f, i] < 0 or w_top[f] == 0:
                 continue
-            if not entry_priority(seed, keys[f], o_ctx, o_pos, f, i) < entry_cap(f, i, mids, band_cap, o_bits, o_pos,
-                                                                                before):
+            if not priority_nb(seed, keys[f], o_ctx[f, i], o_pos[f, i]) < entry_cap(f, i, mids, band_cap, o_bits,
+                                                                                   o_pos, before):
                 continue
             dup = False
             for slot in range(w_ctx.shape[1]):

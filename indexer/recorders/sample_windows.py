@@ -42,7 +42,7 @@ import torch
 
 from indexer.recorders.common import SHORT_CONTEXT, Recorder, RecorderError, position_dtype, state_max_len
 from indexer.recorders.finebins import fine_bins_t
-from indexer.recorders.hashing import fmix32_t, token_hash_t
+from indexer.recorders.hashing import token_priority_t
 from indexer.recorders.sample_window_kernels import (
     EDGE_BINS, MARGIN, NO_CAP, find_slots, merge_pool, refresh_all,
 )
@@ -158,7 +158,7 @@ class SampleWindows(Recorder):
         def capture(b, t, f) -> None:
             c = ctx_ids[b]
             q = fine_bins_t(acts[b, t, f])
-            prio = fmix32_t(token_hash_t(samples.seed, c, t) ^ samples.keys[f])  # hashing.priority_t, per token
+            prio = token_priority_t(samples.seed, c, t, samples.keys[f])
             keep = prio < self._cap_of(q, f)
             b, t, f, c, q, prio = (a[keep] for a in (b, t, f, c, q, prio))
             self._place(f, prio, c, t, q, _windows_t(acts, lengths, b, t, f, self.before, self.width), samples)
@@ -195,21 +195,20 @@ class SampleWindows(Recorder):
         n = cum.gather(1, bounds[:, 1:]) - cum.gather(1, bounds[:, :-1])  # [feat, Q+1]
         cap = MARGIN * samples.per_bin * 4294967296.0 / n.clamp(min=1).double()
         self.band_cap = cap.floor().to(torch.int64)  # unclamped, as the numba kernel: a small band's entries rank first
-        self._clear(~self._wanted(self.ctx, self.pos, self.vals, samples))
+        self._clear(~self._wanted(self.ctx, self.pos, self.vals, samples)[0])
 
     def _entry_keys(self, ctx, pos, vals, samples: Any, f: torch.Tensor | None = None):
         """int64 (priority, fine bin) of entries (ctx, pos [..], vals [.., W]) of features f
         (default: row f of feature f), recomputed from their tokens and windows."""
         keys = samples.keys[f] if f is not None else samples.keys[:, None]
-        prio = fmix32_t(token_hash_t(samples.seed, ctx, pos) ^ keys)
         at = pos.to(torch.int64).clamp(min=0, max=self.before)  # a window starts at max(pos - before, 0)
-        return prio, fine_bins_t(vals.gather(-1, at[..., None])[..., 0])
+        return token_priority_t(samples.seed, ctx, pos, keys), fine_bins_t(vals.gather(-1, at[..., None])[..., 0])
 
-    def _wanted(self, ctx, pos, vals, samples: Any) -> torch.Tensor:
+    def _wanted(self, ctx, pos, vals, samples: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """bool [feat, m]: which of these entries (each [feat, m], row f of feature f) are in
-        use and under their bin's cap."""
+        use and under their bin's cap; with their priorities and fine bins."""
         prio, q = self._entry_keys(ctx, pos, vals, samples)
-        return (ctx >= 0) & (prio < self._cap_of(q))
+        return (ctx >= 0) & (prio < self._cap_of(q)), prio, q
 
     def _clear(self, drop: torch.Tensor) -> None:
         self.ctx[drop], self.pos[drop] = -1, -1
@@ -275,15 +274,14 @@ class SampleWindows(Recorder):
     def _merge_torch(self, other, samples: Any) -> None:
         """Other's entries into free entries: those under their bin's cap, not already here."""
         f = torch.arange(self.n_features, device=self.device)[:, None].expand_as(other["ctx"])
-        keep = self._wanted(other["ctx"], other["pos"], other["vals"], samples)
+        keep, prio, q = self._wanted(other["ctx"], other["pos"], other["vals"], samples)
         step = max(1, 2**24 // max(1, self.pool * other["ctx"].shape[1]))
         for f0 in range(0, self.n_features, step):  # not already here (bounded memory)
             mine, theirs = slice(f0, f0 + step), (slice(f0, f0 + step), slice(None), None)
             same = ((self.ctx[mine][:, None, :] == other["ctx"][theirs])
                     & (self.pos[mine][:, None, :] == other["pos"][theirs]))
             keep[mine] &= ~same.any(2)
-        prio, q = self._entry_keys(other["ctx"][keep], other["pos"][keep], other["vals"][keep], samples, f[keep])
-        self._place(f[keep], prio, other["ctx"][keep], other["pos"][keep], q, other["vals"][keep], samples)
+        self._place(f[keep], prio[keep], other["ctx"][keep], other["pos"][keep], q[keep], other["vals"][keep], samples)
 
 
 def _windows_t(acts, lengths, b, t, f, before: int, width: int) -> torch.Tensor:
