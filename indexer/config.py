@@ -182,6 +182,10 @@ class IndexConfig:
     layers: tuple[int, ...] | None = _opt(None, "comma list of layers to index, or 'all'", parse_layers, "all")
     window_before: int = _opt(48, "tokens kept before each example's position")
     window_after: int = _opt(8, "tokens kept after each example's position")
+    window_pool: str = _opt("auto", "entries per quantile sample of the pool of sample windows captured while streaming "
+                            "(finalize runs the model again over the contexts of the samples the pool missed): a number "
+                            "from 0 to 32, or auto: 2.7 (the compact state), grown up to 6 where the whole estimate "
+                            "stays under half the memory available (on the CPU; 2.7 on an accelerator)")
     device: str = _opt("auto", "auto, cpu or cuda[:N]")
     device_map: str = _opt("", "split a Hugging Face model over devices (its device_map): auto, balanced, "
                            "balanced_low_0, sequential, or a JSON object of module -> device; each layer's "
@@ -228,6 +232,13 @@ class IndexConfig:
             raise ConfigError("--checkpoint-minutes must be a positive number")
         if self.window_before < 1 or self.window_after < 0:
             raise ConfigError("--window-before must be at least 1 and --window-after at least 0")
+        if self.window_pool != "auto":
+            try:
+                pool = float(self.window_pool)
+            except (TypeError, ValueError):
+                pool = math.nan
+            if not 0 <= pool <= 32:
+                raise ConfigError(f"--window-pool {self.window_pool!r}: expected auto or a number from 0 to 32")
         if self.dask_shards is not None and (self.dask_shards < 1 or not self.dask):
             raise ConfigError("--dask-shards must be at least 1, with --dask")
         if self.tokens is not None and self.tokens < 1:

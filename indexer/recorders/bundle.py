@@ -21,7 +21,7 @@ from indexer.recorders.common import (
 )
 from indexer.recorders.fused import fused_update
 from indexer.recorders.quantiles import QuantileSampler
-from indexer.recorders.sample_windows import SampleWindows, pool_size
+from indexer.recorders.sample_windows import POOL_PER_SAMPLE, SampleWindows, pool_size
 from indexer.recorders.sparse_kernels import sparse_fused_update
 from indexer.recorders.stats import Stats
 from indexer.recorders.topk import TopK
@@ -53,15 +53,17 @@ class FeatureRecorders:
     @classmethod
     def create(cls, n_features: int, quantiles: Any = DEFAULT_QUANTILES, k: int = 20, per_bin: int = 5,
                salt: int = 0, backend: str | None = None, device: Any = "cpu",
-               window: tuple[int, int] = (0, 0), max_len: int = SHORT_CONTEXT) -> "FeatureRecorders":
+               window: tuple[int, int] = (0, 0), max_len: int = SHORT_CONTEXT,
+               pool_per_sample: float = POOL_PER_SAMPLE) -> "FeatureRecorders":
         """Fresh recorders; quantiles: the requested quantile bin edges, ascending in (0, 1);
         window: (before, after), the tokens around each top-k example whose values are kept;
-        max_len: the longest context, BOS included (positions are int16 up to SHORT_CONTEXT)."""
+        max_len: the longest context, BOS included (positions are int16 up to SHORT_CONTEXT);
+        pool_per_sample: the sample-window pool's entries per quantile sample."""
         backend = backend or default_backend(device)
         samples = QuantileSampler(n_features, quantiles, per_bin, salt, backend, device, max_len)
         return cls(TopK(n_features, k, backend, device, *window, max_len=max_len), samples,
                    Stats(n_features, backend, device),
-                   SampleWindows(n_features, pool_size(len(samples.quantiles), per_bin), backend, device, *window,
+                   SampleWindows(n_features, pool_size(len(samples.quantiles), per_bin, pool_per_sample), backend, device, *window,
                                  max_len=max_len))
 
     def parts(self) -> dict[str, Any]:
@@ -103,7 +105,7 @@ class FeatureRecorders:
                st.count, st.total, st.total_sq, st.lo, st.hi, st.n_active,
                tk.wins, tk.before,
                refresh,
-               qs.quantiles, sw.mids, sw.band_cap, sw.vals, sw.ctx, sw.pos, sw.free, sw.top)
+               qs.quantiles, sw.edges, sw.band_cap, sw.vals, sw.ctx, sw.pos, sw.free, sw.top)
         st.normalise()
 
     def drop_example_state(self) -> None:

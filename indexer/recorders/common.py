@@ -127,6 +127,7 @@ class Recorder:
 
     kind: ClassVar[str] = ""
     arrays: ClassVar[tuple[str, ...]] = ()
+    merge_free: ClassVar[tuple[str, ...]] = ()  # config keys that may differ between merged states
 
     def __init__(self, backend: str | None, device: str | torch.device):
         self.device = torch.device(device)
@@ -200,5 +201,7 @@ class Recorder:
             raise RecorderError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         mine, theirs = self.config(), other.config()
         for key, value in mine.items():
+            if key in self.merge_free:
+                continue
             if not np.array_equal(np.asarray(value), np.asarray(theirs[key])):
                 raise RecorderError(f"cannot merge: {key} differs ({theirs[key]!r} vs {value!r})")

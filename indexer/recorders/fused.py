@@ -25,7 +25,7 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                  seed, keys, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze,
                  count, total, total_sq, lo, hi, n_active,
                  tk_wins, tk_before,
-                 sw_refresh, sw_quantiles, sw_mids, sw_band_cap, sw_vals, sw_ctx, sw_pos, sw_free, sw_top):
+                 sw_refresh, sw_quantiles, sw_edges, sw_band_cap, sw_vals, sw_ctx, sw_pos, sw_free, sw_top):
     """acts float32 [batch, pos, feat]; the three recorders' arrays, updated in place. (A sparse
     site, whose zeros are counted by Stats only: sparse_kernels.sparse_fused_update.)"""
     n_feat = acts.shape[2]
@@ -50,6 +50,6 @@ def fused_update(acts, lengths, ctx_ids, chunk, tk_vals, tk_ctxs, tk_poss,
                 n_ins = quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], seed, counts, terms, per_bin,
                                          kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins)
                 sample_windows_feature(f, x, qb, hb, ins[:n_ins], rows, poss, starts, ctx_ids, acts, tk_before,
-                                       sw_refresh, counts, sw_quantiles, per_bin, seed, keys[f], sw_mids,
+                                       sw_refresh, counts, sw_quantiles, per_bin, seed, keys[f], sw_edges,
                                        sw_band_cap, sw_vals, sw_ctx, sw_pos, sw_free, sw_top)
 

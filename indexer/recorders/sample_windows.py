@@ -3,16 +3,18 @@ per-feature pool, so finalize runs the model only over the samples it missed.
 
 A band's final sample is the ``per_bin`` smallest priorities among its ``N`` tokens, and
 priorities are uniform in [0, 2**32): its largest is about ``per_bin * 2**32 / N``. So a
-kept token whose priority is below ``cap = MARGIN * per_bin * 2**32 / N̂`` (N̂: the count of
+kept token whose priority is below ``cap = MARGIN * per_bin * 2**32 / N̂`` (MARGIN: 3 at the
+default pool of 2.7 entries per sample, up to 5 for larger pools, sample_window_kernels; N̂: the count of
 the band its fine bin falls in, estimated from the feature's current fine counts as the end
-will cut them; fine bins within ``EDGE_BINS`` of an estimated edge take the larger cap of
-the two bands, since edges still move) is a likely final sample.
+will cut them; fine bins in an estimated edge's zone take the larger cap of the two bands,
+since edges still move: the fine bins within the tokens its rank may still move by,
+sample_window_kernels.zone_tokens) is a likely final sample.
 
 Inside the fused kernel, after ``quantile_feature`` folded a feature's tokens:
 ``sample_windows_feature`` copies the window of each token that entered the sampler's kept
 pool under its bin's cap into a free pool entry. In batches 1, 2, 4 and every
 ``SWEEP_EVERY``th (and whenever the feature's pool is full) ``refresh_feature`` first
-recomputes the feature's band edges and caps (``mids`` [feat, Q], ``band_cap`` [feat, Q+1])
+recomputes the feature's band edges and caps (``edges`` [feat, Q, 5], ``band_cap`` [feat, Q+1])
 and frees entries whose priority is now above their cap. The pool never grows past ``pool``
 entries per feature; a token met while it is full is not captured.
 
@@ -44,18 +46,20 @@ from indexer.recorders.common import SHORT_CONTEXT, Recorder, RecorderError, pos
 from indexer.recorders.finebins import fine_bins_t
 from indexer.recorders.hashing import token_priority_t
 from indexer.recorders.sample_window_kernels import (
-    EDGE_BINS, MARGIN, NO_CAP, find_slots, merge_pool, refresh_all,
+    MAX_MARGIN, NO_CAP, OVERSUBSCRIBE, ZONE_SHARE, ZONE_SIGMAS, find_slots, merge_pool, refresh_all,
 )
 
-# Pool entries per feature = POOL_PER_SAMPLE x bands x per_bin (108 at the defaults, 25.3 KB with
-# windows of 48 + 8). Fewer entries miss more final samples, whose contexts finalize then runs:
-# toy-1l over 1M tokens of code re-ran 159 of 4,042 contexts at 3 entries per sample, 237 at 2.7,
-# 321 at 2.5 (scripts/finalize_counts.py); 2.7 keeps the state at the defaults under 48 KB.
+# Pool entries per feature = entries per sample x bands x per_bin (at least POOL_PER_SAMPLE: 108
+# at the defaults, 25.3 KB with windows of 48 + 8; `--window-pool`). Fewer entries miss more
+# final samples, whose contexts finalize then runs: toy-1l over 1M tokens of code re-ran 159 of
+# 4,042 contexts at 3 entries per sample, 237 at 2.7, 321 at 2.5 (scripts/finalize_counts.py);
+# 2.7 keeps the state at the defaults under 48 KB. With many features nearly every context holds
+# a missed sample at 2.7 (the GPT-2-small shape: 0.26% of samples); 6 misses few (README).
 POOL_PER_SAMPLE = 2.7
 
 
-def pool_size(n_quantiles: int, per_bin: int) -> int:
-    return math.ceil(round(POOL_PER_SAMPLE * (n_quantiles + 1) * per_bin, 9))  # 2.7 x 40 is 108, not 109
+def pool_size(n_quantiles: int, per_bin: int, per_sample: float = POOL_PER_SAMPLE) -> int:
+    return math.ceil(round(per_sample * (n_quantiles + 1) * per_bin, 9))  # 2.7 x 40 is 108, not 109
 
 
 class SampleWindows(Recorder):
@@ -64,12 +68,15 @@ class SampleWindows(Recorder):
     Attributes (state):
         vals: float32 [feat, pool, W].  ctx: int32 (-1: free), pos: int16 (int32 for contexts
         over common.SHORT_CONTEXT tokens), each [feat, pool].
-    Derived: mids int64 [feat, Q], band_cap int64 [feat, Q+1]; free int32 [feat, pool] / top
+    Derived: edges int64 [feat, Q, 5] (each estimated band edge's fine bin, its zone [lo, hi),
+    and the caps of the bands above and below should they take its zone's bins),
+    band_cap int64 [feat, Q+1]; free int32 [feat, pool] / top
     int64 [feat], a stack.
     """
 
     kind = "sample_windows"
     arrays = ("vals", "ctx", "pos")
+    merge_free = ("pool",)  # pools of any size merge (--window-pool auto sizes a shard's to its machine)
 
     def __init__(self, n_features: int, pool: int, backend: str | None = None, device="cpu",
                  before: int = 0, after: int = 0, max_len: int = SHORT_CONTEXT):
@@ -84,14 +91,14 @@ class SampleWindows(Recorder):
         self.ctx = self._array(np.full(shape, -1, np.int32))  # ctx ids < 2**31, as the sampler's
         self.pos = self._array(np.full(shape, -1, position_dtype(self.max_len)))
         # per feature: the estimated band edges (fine bins) and each band's cap (none yet)
-        self.mids = self._array(np.zeros((self.n_features, 0), np.int64))
+        self.edges = self._array(np.zeros((self.n_features, 0, 5), np.int64))
         self.band_cap = self._array(np.full((self.n_features, 1), NO_CAP, np.int64))
         self._rebuild_free()
 
     def bands_for(self, n_quantiles: int) -> None:
         """Size the per-feature band estimates for this many quantiles (no caps yet)."""
-        if self.mids.shape[1] != n_quantiles:
-            self.mids = self._array(np.zeros((self.n_features, n_quantiles), np.int64))
+        if self.edges.shape[1] != n_quantiles:
+            self.edges = self._array(np.zeros((self.n_features, n_quantiles, 5), np.int64))
             self.band_cap = self._array(np.full((self.n_features, n_quantiles + 1), NO_CAP, np.int64))
 
     def _rebuild_free(self) -> None:
@@ -137,7 +144,7 @@ class SampleWindows(Recorder):
             return
         self.bands_for(len(samples.quantiles))
         refresh_all(samples.fine_counts, samples.quantiles, samples.per_bin, np.uint32(samples.seed), samples.keys,
-                    self.mids, self.band_cap, self.vals, self.ctx, self.pos, self.free, self.top, self.before)
+                    self.edges, self.band_cap, self.vals, self.ctx, self.pos, self.free, self.top, self.before)
 
     def _update_numba(self, acts, lengths, ctx_ids) -> None:
         """Nothing: captures happen inside the fused kernel (``FeatureRecorders.update``)."""
@@ -168,13 +175,14 @@ class SampleWindows(Recorder):
     def _cap_of(self, q: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
         """int64 caps (refresh_feature's cap[f, q]) of fine bins q[i] of features f[i], or,
         without f, of q [feat, m] row by row."""
-        mids = self.mids[f] if f is not None else self.mids[:, None, :]  # [n, Q] or [feat, 1, Q]
+        edges = self.edges[f] if f is not None else self.edges[:, None]  # [n, Q, 5] or [feat, 1, Q, 5]
         caps = self.band_cap[f] if f is not None else self.band_cap[:, None, :]
-        band = (mids <= q[..., None]).sum(-1)
+        band = (edges[..., 0] <= q[..., None]).sum(-1)
         cap = caps.expand(*band.shape, -1).gather(-1, band[..., None])[..., 0]
-        for j in range(mids.shape[-1]):  # edges still move: near one, either band's cap
-            near = (q >= mids[..., j] - EDGE_BINS) & (q < mids[..., j] + EDGE_BINS)
-            cap = torch.where(near, torch.maximum(cap, torch.maximum(caps[..., j], caps[..., j + 1])), cap)
+        for j in range(edges.shape[-2]):  # edges still move: in one's zone, also the cap of the band it would join
+            m = edges[..., j, 0]
+            cap = torch.where((q >= edges[..., j, 1]) & (q < m), torch.maximum(cap, edges[..., j, 3]), cap)
+            cap = torch.where((q >= m) & (q < edges[..., j, 2]), torch.maximum(cap, edges[..., j, 4]), cap)
         return cap
 
     def _refresh_torch(self, samples: Any) -> None:
@@ -189,12 +197,20 @@ class SampleWindows(Recorder):
         upper = torch.searchsorted(cum.double(), target).clamp(max=n_fine - 1)
         lower = (upper - 1).clamp(min=0)
         cum_upper, cum_lower = cum.gather(1, upper).double(), cum.gather(1, lower).double()
-        self.mids = torch.where(target - cum_lower <= cum_upper - target, lower, upper)
-        bounds = torch.cat([torch.zeros_like(self.mids[:, :1]), self.mids,
-                            torch.full_like(self.mids[:, :1], n_fine)], dim=1)
+        mids = torch.where(target - cum_lower <= cum_upper - target, lower, upper)
+        lo, hi = _edge_zones(cum, mids, quantiles)
+        bounds = torch.cat([torch.zeros_like(mids[:, :1]), mids, torch.full_like(mids[:, :1], n_fine)], dim=1)
         n = cum.gather(1, bounds[:, 1:]) - cum.gather(1, bounds[:, :-1])  # [feat, Q+1]
-        cap = MARGIN * samples.per_bin * 4294967296.0 / n.clamp(min=1).double()
-        self.band_cap = cap.floor().to(torch.int64)  # unclamped, as the numba kernel: a small band's entries rank first
+        margin = min(OVERSUBSCRIBE * self.pool / n.shape[1], MAX_MARGIN * samples.per_bin)
+
+        def caps(tokens):  # unclamped, as the numba kernel: a small band's entries rank first
+            return (margin * 4294967296.0 / tokens.clamp(min=1).double()).floor().to(torch.int64)
+
+        self.band_cap = caps(n)
+        counts64 = counts.to(torch.int64)
+        gain_up = torch.where(lo < mids, counts64.gather(1, (mids - 1).clamp(min=0)), 0)
+        gain_down = torch.where(hi > mids, counts64.gather(1, mids.clamp(max=n_fine - 1)), 0)
+        self.edges = torch.stack([mids, lo, hi, caps(n[:, 1:] + gain_up), caps(n[:, :-1] + gain_down)], dim=-1)
         self._clear(~self._wanted(self.ctx, self.pos, self.vals, samples)[0])
 
     def _entry_keys(self, ctx, pos, vals, samples: Any, f: torch.Tensor | None = None):
@@ -269,7 +285,7 @@ class SampleWindows(Recorder):
                 self._merge_torch({k: torch.from_numpy(v).to(self.device) for k, v in o.items()}, samples)
             return
         merge_pool(self.vals, self.ctx, self.pos, self.free, self.top, o["vals"], o["ctx"], o["pos"],
-                   np.uint32(samples.seed), samples.keys, self.mids, self.band_cap, self.before)
+                   np.uint32(samples.seed), samples.keys, self.edges, self.band_cap, self.before)
 
     def _merge_torch(self, other, samples: Any) -> None:
         """Other's entries into free entries: those under their bin's cap, not already here."""
@@ -292,3 +308,24 @@ def _windows_t(acts, lengths, b, t, f, before: int, width: int) -> torch.Tensor:
     inside = cols < torch.minimum(t + (width - before), lengths[b])[:, None]
     got = acts[b[:, None], cols.clamp(max=acts.shape[1] - 1), f[:, None]]
     return got.masked_fill(~inside, 0)
+
+
+def _edge_zones(cum: torch.Tensor, mids: torch.Tensor, quantiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sample_window_kernels.edge_zones for every feature at once: each edge's zone [lo, hi)
+    of fine bins (cum: int64 [feat, N_FINE + 1] tokens below each fine bin; mids [feat, Q])."""
+    n_fine = cum.shape[1] - 1
+    n = cum[:, -1:]
+    p = quantiles[None, :]
+    padded = torch.cat([quantiles.new_zeros(1), quantiles, quantiles.new_ones(1)])
+    share = torch.minimum(padded[1:-1] - padded[:-2], padded[2:] - padded[1:-1])[None, :]
+    nd = n.double()
+    w = torch.ceil(ZONE_SIGMAS * torch.sqrt(nd * p * (1.0 - p)) + ZONE_SHARE * nd * share).to(torch.int64).clamp(min=1)
+    target = p * nd
+    half = (cum[:, :-1] + cum[:, 1:]).double() * 0.5  # [feat, N_FINE]: half[i] between boundaries i and i + 1
+    # down: boundary b - 1 could be nearest while half[b - 1] >= target - w (half ascends)
+    first = torch.searchsorted(half, target - w.double())  # first i with half[i] >= target - w
+    lo = torch.minimum(first, mids)
+    # up: boundary b + 1 could be nearest while half[b] <= target + w
+    last = torch.searchsorted(half, target + w.double(), right=True)  # first i with half[i] > target + w
+    hi = torch.maximum(last, mids).clamp(max=n_fine)
+    return lo, hi

@@ -130,7 +130,7 @@ def sparse_fused_update(acts, lengths, ctx_ids, chunk, n_blocks, tk_vals, tk_ctx
                         seed, keys, counts, terms, per_bin, kval, kctx, kpos, kn, squeeze,
                         count, total, total_sq, lo, hi, n_active,
                         tk_wins, tk_before,
-                        sw_refresh, sw_quantiles, sw_mids, sw_band_cap, sw_vals, sw_ctx, sw_pos, sw_free, sw_top):
+                        sw_refresh, sw_quantiles, sw_edges, sw_band_cap, sw_vals, sw_ctx, sw_pos, sw_free, sw_top):
     """fused.fused_update with skip_zeros, for a sparse batch: the same arguments, and the
     parallel token blocks of nonzero_lists. A zero (-0.0 too) reads as +0.0 everywhere."""
     n_feat = acts.shape[2]
@@ -152,7 +152,7 @@ def sparse_fused_update(acts, lengths, ctx_ids, chunk, n_blocks, tk_vals, tk_ctx
             n_ins = quantile_feature(f, x, u, th, rows, poss, ctx_ids, keys[f], seed, counts, terms, per_bin,
                                      kval, kctx, kpos, kn, squeeze, tbuf, qb, hb, ins, True)
             sample_windows_feature(f, x, qb, hb, ins[:n_ins], rows, poss, starts, ctx_ids, acts, tk_before,
-                                   sw_refresh, counts, sw_quantiles, per_bin, seed, keys[f], sw_mids, sw_band_cap,
+                                   sw_refresh, counts, sw_quantiles, per_bin, seed, keys[f], sw_edges, sw_band_cap,
                                    sw_vals, sw_ctx, sw_pos, sw_free, sw_top)
             for i in idx:
                 x[i] = 0

@@ -131,7 +131,9 @@ def dry_run(cfg: IndexConfig, n_devices: int | None = None) -> dict[str, Any]:
     lines = [f"plan for {cfg.model} ({info.n_layers} layers, d_model {info.d_model}, d_mlp {info.d_mlp}, "
              f"{info.n_heads} heads{f', {info.n_experts} experts' if info.n_experts else ''}); nothing loaded, nothing read"]
     lines += [f"  {name:<10} {v['layers']:>3} layers  {v['features']:>10,} features" for name, v in sites.items()]
-    lines.append(f"  {n_features:,} features in all, {est['per_feature'] / 1024:.1f} KB of recorder state each")
+    lines.append(f"  {n_features:,} features in all, {est['per_feature'] / 1024:.1f} KB of recorder state each (window "
+                 f"pool: {est['pool_per_sample']:g} entries per sample"
+                 + ("; --window-pool auto grows it up to 6 where the memory allows)" if cfg.window_pool == "auto" else ")"))
     lines.append(f"  memory estimate {estimate_text(est)}")
     if n_devices > 1:
         lines.append(f"  split over {n_devices} devices (--device-map): each holds about 1/{n_devices} of the weights "

@@ -36,11 +36,9 @@ from indexer.run.context_store import ContextStore
 from indexer.run.checkpoint import load_states, site_salt, state_arrays, write_checkpoint
 from indexer.run.outdir import claimed_out_dir
 from indexer.run.resume import resume_checkpoint, resumed_config
-from indexer.run.safety import check_memory, failed_writes_explained
+from indexer.run.safety import POOL_PER_SAMPLE, check_memory, failed_writes_explained
 from indexer.store.killpoint import kill_point
 from indexer.store.manifest import FORMAT_VERSION
-
-# Fields that may differ between a run and its resumption.
 
 
 def index(cfg: IndexConfig, progress: bool = True) -> Path:
@@ -61,10 +59,13 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
             raise ConfigError("--dask jobs run through indexer.scaleout.job.index_on_dask (as `neuroscope index --dask` does)")
         with failed_writes_explained(out, "indexing"):
             run = Run.open(cfg, out)
-            check_memory(cfg, sum(s.n_features for s in run.plan), run.ctx_len, quiet=not progress,
-                         largest_site=max((s.n_features for s in run.plan), default=0),
-                         model_bytes=sum(p.numel() * p.element_size() for p in run.model.bridge.parameters()),
-                         heads=run.model.info.n_heads if any(s.name == "heads" for s in run.plan) else 0)
+            estimate = check_memory(
+                cfg, sum(s.n_features for s in run.plan), run.ctx_len, quiet=not progress,
+                largest_site=max((s.n_features for s in run.plan), default=0),
+                model_bytes=sum(p.numel() * p.element_size() for p in run.model.bridge.parameters()),
+                heads=run.model.info.n_heads if any(s.name == "heads" for s in run.plan) else 0,
+                on_cpu=all(d == "cpu" for d in run.site_device.values()))
+            run.pool_per_sample = estimate["pool_per_sample"]  # a resumed run keeps its checkpoint's pool
             if checkpoint is not None:
                 run.restore(checkpoint)
             else:
@@ -109,6 +110,7 @@ class Run:
         self.attention_contexts: int | None = None  # of those, contexts run for head_attention rows
         self.attention_rows = AttentionRows()  # head examples' attention rows, cut while streaming
         self.checkpoint_current = False  # checkpoint.npz holds exactly the recorders' state now
+        self.pool_per_sample = POOL_PER_SAMPLE  # sample-window pool entries per sample (safety.choose_pool)
 
     @classmethod
     def open(cls, cfg: IndexConfig, out: Path) -> "Run":
@@ -149,7 +151,8 @@ class Run:
             site: FeatureRecorders.create(site.n_features, cfg.quantiles, cfg.top_k, cfg.per_bin,
                                           site_salt(cfg.seed, site), default_backend(self.site_device[site]),
                                           self.site_device[site],
-                                          window=(cfg.window_before, cfg.window_after), max_len=self.ctx_len)
+                                          window=(cfg.window_before, cfg.window_after), max_len=self.ctx_len,
+                                          pool_per_sample=self.pool_per_sample)
             for site in self.plan
         }
 
@@ -335,6 +338,8 @@ class Run:
                 "finalize_forward_contexts": self.finalize_forward_contexts,
                 "window_forward_contexts": self.window_forward_contexts,
                 "attention_forward_contexts": self.attention_contexts,
+                # the sample-window pool's entries per feature (--window-pool; auto: from the memory)
+                "window_pool_entries": max((r.windows.pool for r in self.recorders.values()), default=0),
                 "tokens_per_second": round(self.tokens_done / self.seconds, 1) if self.seconds else None,
             },
             "versions": versions(),

@@ -142,7 +142,28 @@ def collect_examples(site: Any, rec: Any, bands: dict[str, np.ndarray] | None = 
             examples.window_values = np.zeros((len(examples), window[0] + window[1] + 1), np.float32)
         examples.window_values[rows[found]] = values[found]
         examples.captured[rows[found]] = True
+    if window is not None and window == (rec.topk.before, rec.topk.after):
+        _windows_from_top(examples, ctx_ids, pos)
     return examples
+
+
+def _windows_from_top(examples: ExampleSet, top_ctx: np.ndarray, top_pos: np.ndarray) -> None:
+    """A quantile sample still without a window that is also one of its feature's top-k
+    examples (often, in the top bin) takes that example's captured window: the same token's."""
+    rows = np.flatnonzero((examples.kind == 1) & ~examples.captured)
+    if not len(rows):
+        return
+    f = examples.feature[rows]
+    same = (top_ctx[f] == examples.ctx_id[rows, None]) & (top_pos[f] == examples.pos[rows, None])  # [m, k]
+    hit = same.any(axis=1)
+    if not hit.any():
+        return
+    # top-k rows come first in the set, feature-major, empty slots dropped: find each by its key
+    top_rows = np.flatnonzero(examples.kind == 0)
+    key = examples.feature[top_rows] * top_ctx.shape[1] + examples.rank[top_rows]
+    at = top_rows[np.searchsorted(key, f[hit] * top_ctx.shape[1] + same[hit].argmax(axis=1))]
+    examples.window_values[rows[hit]] = examples.window_values[at]
+    examples.captured[rows[hit]] = True
 
 
 def window_columns(examples: ExampleSet, vocab: np.ndarray, decoder: WindowDecoder) -> dict[str, Any]:

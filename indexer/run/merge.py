@@ -22,7 +22,8 @@ from indexer.run.safety import failed_writes_explained
 from indexer.store.manifest import read_manifest
 
 # Config fields that may differ between the shards of one run.
-SHARD_FREE = {"shard", "out", "resume", "overwrite", "checkpoint_every", "checkpoint_minutes", "device", "device_map", "dask", "allow_large"}
+SHARD_FREE = {"shard", "out", "resume", "overwrite", "checkpoint_every", "checkpoint_minutes", "device", "device_map", "dask", "allow_large",
+              "window_pool"}
 
 
 def merge(shard_dirs: list[str], out: str, overwrite: bool = False, progress: bool = True) -> Path:

@@ -18,12 +18,15 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from indexer.config import IndexConfig
 from indexer.errors import ConfigError, IndexDirError, NeuroscopeError
 
 N_FINE = 2561  # indexer.recorders.finebins.N_FINE: fine value bins per feature (tests check they agree)
 POOL_PER_SAMPLE = 2.7  # indexer.recorders.sample_windows.POOL_PER_SAMPLE (tests check they agree)
+AUTO_POOL_MAX = 6.0  # --window-pool auto: entries per sample the pool grows to where memory allows
+AUTO_POOL_SHARE = 0.5  # ... while the whole estimate stays under this share of the memory available
 QUEUED_SITES = 3  # a site's table being built and those queued: indexer.store.writer.MAX_QUEUED + 1 (tests check they agree)
 KEPT_PER_SAMPLE = 144  # indexer.recorders.keep_rule.pool_capacity(per_bin) / per_bin (tests check they agree)
 SHORT_CONTEXT = 1 << 15  # indexer.recorders.common.SHORT_CONTEXT: positions are int16 up to it, else int32
@@ -35,12 +38,37 @@ STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and 
 LIBRARIES = 400 << 20  # Python, torch, TransformerLens, transformers and the numba kernels, loaded (0.40 GB measured)
 
 
+def pool_per_sample(cfg: IndexConfig) -> float:
+    """The sample-window pool's entries per sample that ``--window-pool`` fixes (auto: its floor)."""
+    return POOL_PER_SAMPLE if cfg.window_pool == "auto" else float(cfg.window_pool)
+
+
+def choose_pool(cfg: IndexConfig, available: int | None, on_cpu: bool = True, **shape: Any) -> float:
+    """Entries per sample for the run: ``--window-pool`` if a number; auto: the largest from
+    POOL_PER_SAMPLE to AUTO_POOL_MAX (in tenths) whose whole estimate (``shape``: as
+    memory_estimate takes it) stays under AUTO_POOL_SHARE of ``available``; the floor where
+    the memory is unknown or the recorders live on an accelerator (whose memory the model needs)."""
+    if cfg.window_pool != "auto":
+        return float(cfg.window_pool)
+    if available is None or not on_cpu:
+        return POOL_PER_SAMPLE
+    budget = AUTO_POOL_SHARE * available
+    lo = memory_estimate(cfg, pool=POOL_PER_SAMPLE, **shape)["total"]
+    hi = memory_estimate(cfg, pool=AUTO_POOL_MAX, **shape)["total"]
+    if hi <= budget:
+        return AUTO_POOL_MAX
+    if lo >= budget:
+        return POOL_PER_SAMPLE
+    return math.floor(10 * (POOL_PER_SAMPLE + (AUTO_POOL_MAX - POOL_PER_SAMPLE) * (budget - lo) / (hi - lo))) / 10
+
+
 def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_site: int | None = None,
-                    model_bytes: int = 0, heads: int = 0) -> dict[str, int]:
+                    model_bytes: int = 0, heads: int = 0, pool: float | None = None) -> dict[str, Any]:
     """Bytes, by part, that the options make the run hold at once for ``n_features`` features
     (``largest_site``: the features of the widest site, whose state a checkpoint copies while
     writing it; default all of them; ``model_bytes``: the weights; ``heads``: the attention
-    heads of a layer whose pattern a heads site reads, 0 if none).
+    heads of a layer whose pattern a heads site reads, 0 if none; ``pool``: the sample-window
+    pool's entries per sample, default ``pool_per_sample(cfg)``).
 
     The peak is the libraries and the model plus the larger of the stream (the whole recorder state, one site's
     checkpoint copy, one batch's transients) and finalize (a single run keeps only the fine
@@ -56,7 +84,8 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_sit
     per_feature = (cfg.top_k * (ENTRY_BYTES + pos + window * 4) + N_FINE * 4
                    + KEPT_PER_SAMPLE * cfg.per_bin * (KEPT_BYTES + pos) + 8 + STATS_BYTES)
     # (+ the pool of captured sample windows, indexer.recorders.sample_windows)
-    per_feature += math.ceil(round(POOL_PER_SAMPLE * bins * cfg.per_bin, 9)) * (SAMPLE_WINDOW_BYTES + pos + window * 4)
+    pool = pool_per_sample(cfg) if pool is None else pool
+    per_feature += math.ceil(round(pool * bins * cfg.per_bin, 9)) * (SAMPLE_WINDOW_BYTES + pos + window * 4)
     # a checkpoint writes one site at a time: its copy of that site's state (sparse, at most
     # as large as the state itself)
     recorders = (n_features + largest) * per_feature
@@ -71,7 +100,7 @@ def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_sit
     base = LIBRARIES + model_bytes
     return {"recorders": recorders, "windows": windows, "batch": batch, "model": model_bytes,
             "stream": base + stream, "finalize": base + finalize,
-            "total": base + max(stream, finalize), "per_feature": per_feature}
+            "total": base + max(stream, finalize), "per_feature": per_feature, "pool_per_sample": pool}
 
 
 def available_memory() -> int | None:
@@ -94,17 +123,21 @@ def available_memory() -> int | None:
 
 def check_memory(cfg: IndexConfig, n_features: int, ctx_len: int, available: int | None = None,
                  quiet: bool = False, largest_site: int | None = None, model_bytes: int = 0,
-                 heads: int = 0) -> dict[str, int]:
-    """Print the estimate; ConfigError (with it) if it exceeds the memory available."""
-    estimate = memory_estimate(cfg, n_features, ctx_len, largest_site, model_bytes, heads)
+                 heads: int = 0, on_cpu: bool = True) -> dict[str, Any]:
+    """Choose the sample-window pool (choose_pool) and print the estimate with it; ConfigError
+    (with it) if it exceeds the memory available. ``estimate["pool_per_sample"]``: the choice."""
     available = available_memory() if available is None else available
-    text = f"memory estimate {estimate_text(estimate)}; {n_features} features, {estimate['per_feature'] / 1024:.1f} KB each"
+    shape = dict(n_features=n_features, ctx_len=ctx_len, largest_site=largest_site, model_bytes=model_bytes,
+                 heads=heads)
+    estimate = memory_estimate(cfg, **shape, pool=choose_pool(cfg, available, on_cpu, **shape))
+    text = (f"memory estimate {estimate_text(estimate)}; {n_features} features, {estimate['per_feature'] / 1024:.1f} KB "
+            f"each (window pool: {estimate['pool_per_sample']:g} entries per sample)")
     if not quiet:
         print(f"neuroscope: {text}; {size_text(available) if available else 'unknown'} available", file=sys.stderr)
     if available is not None and estimate["total"] > available and not getattr(cfg, "allow_large", False):
         raise ConfigError(
-            f"{text} exceeds the {size_text(available)} available; lower --top-k, --per-bin, --window-before/after "
-            "or --batch-size, or pass --allow-large"
+            f"{text} exceeds the {size_text(available)} available; lower --top-k, --per-bin, --window-before/after, "
+            "--window-pool or --batch-size, or pass --allow-large"
         )
     return estimate
 

@@ -74,6 +74,8 @@ def test_hostile_index_inputs(index_args, tmp_path):
     one_line_error(neuroscope(*index_args("--sites", ",")), "--sites")
     one_line_error(neuroscope(*index_args("--resume", "--overwrite")), "contradict")
     one_line_error(neuroscope(*index_args("--top-k", "100000000")), "memory estimate", "--allow-large")
+    for pool in ("lots", "-1", "33", "nan"):
+        one_line_error(neuroscope(*index_args("--window-pool", pool)), "--window-pool", "auto or a number")
     assert not (tmp_path / "out").exists()  # no refused run leaves a folder behind
 
 
