@@ -82,6 +82,7 @@ def _throughput(spec: str, options: dict[str, Any], tokens: int, batch_size: int
                                  dtype=dtype, checkpoint_every=10**9, **options))
     with tempfile.TemporaryDirectory() as out:
         run = Run.open(cfg, Path(out))
+        run.size_memory(quiet=True)  # the window pool `neuroscope index` would choose
         bos = run.model.info.bos_token_id
         prepared = [make_batch(group, bos, run.device, run.ctx_len) for group in batches(iter(run.contexts), batch_size)]
         n_tokens = sum(b.n_text_tokens for b in prepared)

@@ -59,13 +59,7 @@ def index(cfg: IndexConfig, progress: bool = True) -> Path:
             raise ConfigError("--dask jobs run through indexer.scaleout.job.index_on_dask (as `neuroscope index --dask` does)")
         with failed_writes_explained(out, "indexing"):
             run = Run.open(cfg, out)
-            estimate = check_memory(
-                cfg, sum(s.n_features for s in run.plan), run.ctx_len, quiet=not progress,
-                largest_site=max((s.n_features for s in run.plan), default=0),
-                model_bytes=sum(p.numel() * p.element_size() for p in run.model.bridge.parameters()),
-                heads=run.model.info.n_heads if any(s.name == "heads" for s in run.plan) else 0,
-                on_cpu=all(d == "cpu" for d in run.site_device.values()))
-            run.pool_per_sample = estimate["pool_per_sample"]  # a resumed run keeps its checkpoint's pool
+            run.size_memory(quiet=not progress)
             if checkpoint is not None:
                 run.restore(checkpoint)
             else:
@@ -137,6 +131,20 @@ class Run:
             **stream_options(cfg, model),
         )
         return cls(cfg, out, model, plan, ctx_len, device, stream)
+
+    def size_memory(self, quiet: bool = False) -> dict[str, Any]:
+        """The memory estimate (printed unless ``quiet``; ConfigError past the memory available)
+        and the sample-window pool it chooses for fresh recorders (a resumed run keeps its
+        checkpoint's)."""
+        plan = self.plan
+        estimate = check_memory(
+            self.cfg, sum(s.n_features for s in plan), self.ctx_len, quiet=quiet,
+            largest_site=max((s.n_features for s in plan), default=0),
+            model_bytes=sum(p.numel() * p.element_size() for p in self.model.bridge.parameters()),
+            heads=self.model.info.n_heads if any(s.name == "heads" for s in plan) else 0,
+            on_cpu=all(d == "cpu" for d in self.site_device.values()))
+        self.pool_per_sample = estimate["pool_per_sample"]
+        return estimate
 
     # --- starting points -------------------------------------------------------------------
 
