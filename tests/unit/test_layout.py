@@ -137,3 +137,31 @@ def test_memory_estimate_covers_the_recorder_state_with_windows():
                                       max_len=ctx_len)
         per_copy = safety.memory_estimate(cfg, 3, ctx_len, largest_site=0)["recorders"]  # no checkpoint copy
         assert rec.nbytes() <= per_copy <= 1.1 * rec.nbytes()
+
+
+def test_window_pool_auto_grows_the_pool_only_into_spare_memory():
+    """--window-pool auto: 6 entries per sample where the whole estimate at 6 stays under half
+    the memory available, 2.7 where even that one does not, a tenth-rounded value between
+    them otherwise, 2.7 on an accelerator or where the memory is unknown; a number is kept;
+    the estimate and the recorders agree on the bytes of the chosen pool."""
+    from indexer.config import IndexConfig
+    from indexer.recorders import FeatureRecorders
+    from indexer.run import safety
+
+    cfg = IndexConfig(model="x", corpus=["c"])
+    shape = dict(n_features=37_440, ctx_len=1024, largest_site=3072, model_bytes=500 << 20, heads=12)
+    at = {p: safety.memory_estimate(cfg, pool=p, **shape)["total"] for p in (2.7, 6.0)}
+    assert safety.choose_pool(cfg, 2 * at[6.0], **shape) == 6.0
+    assert safety.choose_pool(cfg, 2 * at[2.7], **shape) == 2.7
+    between = safety.choose_pool(cfg, at[2.7] + at[6.0], **shape)
+    assert 2.7 < between < 6.0 and round(between, 1) == between
+    assert safety.memory_estimate(cfg, pool=between, **shape)["total"] <= (at[2.7] + at[6.0]) / 2
+    assert safety.choose_pool(cfg, 100 * at[6.0], on_cpu=False, **shape) == 2.7
+    assert safety.choose_pool(cfg, None, **shape) == 2.7
+    fixed = IndexConfig(model="x", corpus=["c"], window_pool="4")
+    assert safety.choose_pool(fixed, 100 * at[6.0], **shape) == 4.0
+    for pool in (0.0, 6.0):
+        rec = FeatureRecorders.create(3, cfg.quantiles, cfg.top_k, cfg.per_bin, 0, "numba", window=(48, 8),
+                                      max_len=1024, pool_per_sample=pool)
+        est = safety.memory_estimate(cfg, 3, 1024, largest_site=0, pool=pool)
+        assert rec.nbytes() <= est["recorders"] <= 1.1 * rec.nbytes()
