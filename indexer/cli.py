@@ -134,7 +134,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
     result = bench(args.model, tokens=args.tokens, batch_size=args.batch_size, dtype=args.dtype,
-                   memory=not args.no_memory, configs=tuple(args.config) if args.config else None, rounds=args.rounds)
+                   memory=not args.no_memory, configs=tuple(args.config) if args.config else None, rounds=args.rounds,
+                   naive=not args.no_naive)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -365,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time only this configuration (repeatable; default: all; mlp+sae: toy-1l's neurons and its embedded SAE)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per pass; the fastest is kept")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs at N and 4N tokens")
+    p.add_argument("--no-naive", action="store_true",
+                   help="skip the naive indexer (no vs_naive): it caches every site's activations and patterns, "
+                        "slow at tens of thousands of features")
     p.set_defaults(run=cmd_bench)
     return parser
 

@@ -133,9 +133,10 @@ class FeatureRecorders:
                 part.merge(other.parts()[name])
         self.windows.merge_with(other.windows, self.samples)  # needs the merged samples
 
-    def state(self) -> dict[str, np.ndarray]:
-        """The parts' states, keys prefixed 'topk/', 'samples/', 'stats/'."""
-        return {f"{name}/{k}": v for name, part in self.parts().items() for k, v in part.state().items()}
+    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """The parts' states, keys prefixed 'topk/', 'samples/', 'stats/' (``copy=False``:
+        ``Recorder.state``)."""
+        return {f"{name}/{k}": v for name, part in self.parts().items() for k, v in part.state(copy).items()}
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray], backend: str | None = None,

@@ -146,6 +146,10 @@ class Recorder:
         a = getattr(self, name)
         return a.copy() if isinstance(a, np.ndarray) else a.detach().cpu().numpy()
 
+    def _view(self, name: str) -> np.ndarray:
+        a = getattr(self, name)
+        return a if isinstance(a, np.ndarray) else a.detach().cpu().numpy()
+
     def config(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -169,11 +173,12 @@ class Recorder:
             with torch.no_grad():
                 self._merge_torch({k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()})
 
-    def state(self) -> dict[str, np.ndarray]:
-        """Config (as 0-d / n-d arrays) and state arrays, all plain numpy."""
+    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """Config (as 0-d / n-d arrays) and state arrays, all plain numpy; with ``copy=False``
+        the arrays may be the recorder's own (a checkpoint written before the next update)."""
         out = {"kind": np.array(self.kind)}
         out.update({k: np.asarray(v) for k, v in self.config().items()})
-        out.update({name: self._numpy(name) for name in self.arrays})
+        out.update({name: self._numpy(name) if copy else self._view(name) for name in self.arrays})
         return out
 
     @classmethod

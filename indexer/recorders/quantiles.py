@@ -159,8 +159,9 @@ class QuantileSampler(Recorder):
 
     # --- state: sparse counts and the canonical kept set ---------------------------------
 
-    def state(self) -> dict[str, np.ndarray]:
-        """Config, the non-zero fine counts and the kept tokens, as flat indices and values."""
+    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """Config, the non-zero fine counts and the kept tokens, as flat indices and values
+        (always fresh arrays, whatever ``copy``)."""
         out = {"kind": np.array(self.kind), **{k: np.asarray(v) for k, v in self.config().items()}}
         counts = self._read("fine_counts").ravel()
         nz = np.flatnonzero(counts)

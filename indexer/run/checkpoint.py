@@ -216,7 +216,7 @@ def state_arrays(recorders: dict[Site, FeatureRecorders],
     for key, value in (extra or {}).items():
         yield key, json_array(value)
     for site, rec in recorders.items():
-        for key, value in rec.state().items():
+        for key, value in rec.state(copy=False).items():  # written before the next update: no copy
             yield f"{site.key}/{key}", np.asarray(value)
 
 

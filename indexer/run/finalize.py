@@ -144,14 +144,13 @@ def _kept_contexts(run: Any, wanted: set[int] | None):
 
 
 def _write_head_scores(writer: IndexWriter, run: Any) -> None:
-    from indexer.forward.head_scores import head_scores
-
     from indexer.forward.head_composition import composition_scores
     from indexer.forward.head_scores import head_wiki
 
     layers = [s.layer for s in run.plan if s.name == "heads"]
-    writer.write(HeadScores, head_scores(run.model, layers))
-    writer.write(HeadWiki, head_wiki(run.model, layers))
+    wiki = head_wiki(run.model, layers)  # the head scores' columns too: one pass over the probe
+    writer.write(HeadScores, {name: wiki[name] for name in HeadScores.schema().names})
+    writer.write(HeadWiki, wiki)
     if len(layers) > 1:
         writer.write(HeadComposition, composition_scores(run.model.bridge, layers))
 

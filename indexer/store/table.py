@@ -79,6 +79,9 @@ class Table:
     ROW_GROUP_ROWS: ClassVar[int] = 65_536
     # Extra view columns: alias -> stored column (the view shows both names).
     ALIASES: ClassVar[dict[str, str]] = {}
+    # Columns written without a dictionary: text that seldom repeats, whose dictionary Parquet
+    # would build and then drop (a quarter of the time to write an examples file).
+    PLAIN_COLUMNS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def single_file(cls) -> bool:
@@ -175,6 +178,8 @@ class SlotColumns:
 @table
 class WhereColumns:
     """Where an example sits: the context, and the window of tokens shown around it."""
+
+    PLAIN_COLUMNS: ClassVar[tuple[str, ...]] = ("context_text",)
 
     corpus: str
     ctx_id: int

@@ -155,7 +155,8 @@ class IndexWriter:
     @staticmethod
     def _write_file(table_cls: type[Table], table: pa.Table, path: Path) -> Path:
         with atomic_open(path, point="parquet-write") as f:
-            pq.write_table(table, f, compression="zstd", row_group_size=table_cls.ROW_GROUP_ROWS)
+            pq.write_table(table, f, compression="zstd", row_group_size=table_cls.ROW_GROUP_ROWS,
+                           use_dictionary=[n for n in table.column_names if n not in table_cls.PLAIN_COLUMNS])
         return path
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> Path:

@@ -33,12 +33,14 @@ def test_bench_cli_times_only_the_chosen_configuration(tiny_model_dir, capsys):
     from indexer.cli import main
 
     args = ["bench", "--model", str(tiny_model_dir), "--tokens", "800", "--batch-size", "4",
-            "--config", "mlp", "--rounds", "1", "--no-memory"]
+            "--config", "mlp", "--rounds", "1", "--no-memory", "--no-naive"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["rounds"] == 1 and "mlp" in result
     assert "mlp+heads" not in result and "peak_rss_mb" not in result
     assert result["mlp"]["job"]["phases_s"]["total"] > 0
+    assert set(result["mlp"]["tokens_per_s"]) == {"forward", "stream", "job"}  # --no-naive: no naive pass
+    assert "vs_naive" not in result["mlp"] and "vs_naive" not in result["mlp"]["job"]
 
 
 def test_bench_cli_refuses_zero_rounds(tiny_model_dir, capsys):

@@ -139,6 +139,16 @@ def test_row_groups_are_bounded(tmp_path):
     assert meta.num_rows == n and meta.row_group(0).column(0).compression == "ZSTD"
 
 
+def test_free_text_is_written_without_a_dictionary(index_dir):
+    """context_text seldom repeats: no dictionary page for it; the key columns keep theirs."""
+    path = schema.Examples.files(index_dir)[0]
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)}
+    assert schema.Examples.PLAIN_COLUMNS == ("context_text",)
+    assert not any("DICTIONARY" in e for e in encodings["context_text"])
+    assert any("DICTIONARY" in e for e in encodings["token_str"])
+
+
 def test_manifest_round_trip_and_status(tmp_path):
     writer = IndexWriter(tmp_path)
     with pytest.raises(ValueError, match="status"):
