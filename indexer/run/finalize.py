@@ -60,13 +60,14 @@ def write_index(run: Any, progress: bool = True) -> Path:
             rec.drop_example_state()
     phases = {"examples": time.perf_counter() - started}
     kept = set().union(*(s.ctx_ids() for s in sets)) if sets else set()
-    rerun = set().union(*(s.uncaptured_ctx_ids() for s in sets)) if sets else set()
+    needs = {example_set.site: example_set.uncaptured_ctx_ids() for example_set in sets}
+    rerun = set().union(*needs.values())
     run.window_forward_contexts = len(rerun)
     rows_wanted = missing_rows(run, sets)  # head examples' attention rows: cut in the same re-runs
     run.attention_contexts = len(rows_wanted)
     rerun |= set(rows_wanted)
     wanted = None if run.cfg.store_contexts == "all" else kept
-    forward = SiteForward(run.model, run.plan, run.cfg.dtype)
+    forwards: dict[tuple[Site, ...], Any] = {}  # by the sites a batch of re-runs needs
     contexts = _ContextWriter(writer)
     bar = tqdm(total=len(kept), unit="ctx", desc="finalizing", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     pending: list = []  # contexts to run the model over, a batch at a time
@@ -75,6 +76,8 @@ def write_index(run: Any, progress: bool = True) -> Path:
 
     def run_pending() -> None:
         batch = make_batch(pending, run.model.info.bos_token_id, run.device, run.ctx_len)
+        plan = rerun_plan(run.plan, needs, rows_wanted, {c.ctx_id for c in pending})
+        forward = forwards.get(plan) or forwards.setdefault(plan, SiteForward(run.model, list(plan), run.cfg.dtype))
 
         def each(site: Site, features: Any, pattern: Any) -> None:
             by_site[site].fill_values(batch, features, before, after)
@@ -126,6 +129,17 @@ def write_index(run: Any, progress: bool = True) -> Path:
     if run.cfg.shard[1] == 1:
         remove_store(run.out)  # the contexts table holds what users query; a shard's store is merge's input
     return run.out
+
+
+def rerun_plan(plan: list[Site], needs: dict[Site, set[int]], rows_wanted: dict[int, list[tuple[int, int, int]]],
+               ctx_ids: set[int]) -> tuple[Site, ...]:
+    """The sites a re-run of contexts ``ctx_ids`` must read: those with examples there whose
+    window the stream did not capture (``needs``: site -> such ctx_ids), and the heads sites
+    of attention rows wanted there. The pass stops after the last of them and skips the other
+    sites' hooks; what it computes up to there is what the stream computed (hooks only read)."""
+    layers = {layer for c in ctx_ids for layer, _, _ in rows_wanted.get(c, ())}
+    return tuple(site for site in plan
+                 if needs.get(site, set()) & ctx_ids or (site.name == "heads" and site.layer in layers))
 
 
 def _kept_contexts(run: Any, wanted: set[int] | None):

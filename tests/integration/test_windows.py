@@ -91,3 +91,38 @@ def test_shards_keep_their_store_and_merge_reads_it(model_dir, tmp_path, monkeyp
         # (50 of 82 on this 2,500-token index with the compact 3-per-sample pools; 5-per-sample: < 16)
         assert ix.manifest["timing"]["window_forward_contexts"] < ix.manifest["counts"]["contexts"] * 0.7
     assert not any((tmp_path / "merged" / name).exists() for name in STORE_FILES)
+
+
+def test_re_runs_read_only_the_sites_that_missed_windows(model_dir, tmp_path, monkeypatch):
+    """When one site's pool missed windows, finalize's re-runs hook that site alone (the pass
+    stops after its layer), and the index still equals a brute-force finalize."""
+    cfg = base_config(model_dir, str(tmp_path / "captured"))
+    brute = replace(cfg, out=str(tmp_path / "brute"))
+    with monkeypatch.context() as m:
+        m.setattr(finalize, "FORWARD_ALL", True)
+        m.setattr(head_attention, "FORWARD_ALL", True)
+        index(brute, progress=False)
+    real_collect, real_plan = finalize.collect_examples, finalize.rerun_plan
+    lossy, plans = [], []
+
+    def lose_one_sites_windows(site, rec, bands=None, window=None):
+        examples = real_collect(site, rec, bands, window)
+        lossy.append(lossy[0] if lossy else site)
+        if site == lossy[0]:  # the plan's first site: as if its pool had missed every sample
+            lost = examples.kind == 1
+            examples.captured[lost] = False
+            examples.window_values[lost] = 0.0
+        return examples
+
+    def record(plan, *args):
+        plans.append((len(plan), real_plan(plan, *args)))
+        return plans[-1][1]
+
+    monkeypatch.setattr(finalize, "collect_examples", lose_one_sites_windows)
+    monkeypatch.setattr(finalize, "rerun_plan", record)
+    monkeypatch.setattr(finalize, "missing_rows", lambda run, sets: {})  # head rows: head_attention's own pass
+    index(cfg, progress=False)
+    assert_same_index(brute.out, cfg.out)
+    assert plans and all(n > 1 and plan == (lossy[0],) for n, plan in plans), (plans, lossy[0])
+    with Index.open(cfg.out) as ix:
+        assert ix.manifest["timing"]["window_forward_contexts"] > 0
