@@ -77,7 +77,9 @@ def write_index(run: Any, progress: bool = True) -> Path:
     def run_pending() -> None:
         batch = make_batch(pending, run.model.info.bos_token_id, run.device, run.ctx_len)
         plan = rerun_plan(run.plan, needs, rows_wanted, {c.ctx_id for c in pending})
-        forward = forwards.get(plan) or forwards.setdefault(plan, SiteForward(run.model, list(plan), run.cfg.dtype))
+        if plan not in forwards:
+            forwards[plan] = SiteForward(run.model, list(plan), run.cfg.dtype)
+        forward = forwards[plan]
 
         def each(site: Site, features: Any, pattern: Any) -> None:
             by_site[site].fill_values(batch, features, before, after)
