@@ -36,7 +36,7 @@ from indexer.run.context_store import ContextStore
 from indexer.run.checkpoint import load_states, site_salt, state_arrays, write_checkpoint
 from indexer.run.outdir import claimed_out_dir
 from indexer.run.resume import resume_checkpoint, resumed_config
-from indexer.run.safety import POOL_PER_SAMPLE, check_memory, failed_writes_explained
+from indexer.run.safety import POOL_PER_SAMPLE, accelerators, check_memory, failed_writes_explained
 from indexer.store.killpoint import kill_point
 from indexer.store.manifest import FORMAT_VERSION
 
@@ -133,16 +133,17 @@ class Run:
         return cls(cfg, out, model, plan, ctx_len, device, stream)
 
     def size_memory(self, quiet: bool = False) -> dict[str, Any]:
-        """The memory estimate (printed unless ``quiet``; ConfigError past the memory available)
-        and the sample-window pool it chooses for fresh recorders (a resumed run keeps its
-        checkpoint's)."""
-        plan = self.plan
+        """The memory estimate (printed unless ``quiet``; ConfigError past the memory available,
+        or past an accelerator's free memory for the recorders on it) and the sample-window
+        pool it chooses for fresh recorders (a resumed run keeps its checkpoint's)."""
+        plan, n_heads = self.plan, self.model.info.n_heads
         estimate = check_memory(
             self.cfg, sum(s.n_features for s in plan), self.ctx_len, quiet=quiet,
             largest_site=max((s.n_features for s in plan), default=0),
             model_bytes=sum(p.numel() * p.element_size() for p in self.model.bridge.parameters()),
-            heads=self.model.info.n_heads if any(s.name == "heads" for s in plan) else 0,
-            on_cpu=all(d == "cpu" for d in self.site_device.values()))
+            heads=n_heads if any(s.name == "heads" for s in plan) else 0,
+            on_cpu=all(d == "cpu" for d in self.site_device.values()),
+            devices=accelerators([(self.site_device[s], s.n_features, n_heads * (s.name == "heads")) for s in plan]))
         self.pool_per_sample = estimate["pool_per_sample"]
         return estimate
 

@@ -7,7 +7,10 @@ plus the widest site's again, for the copy a checkpoint makes while writing it),
 the examples' windows at finalize (``window_before + window_after + 1`` values and token ids
 per example), and the activations of one batch. It is an estimate of the index's own memory,
 not of the model's; it is printed at start-up and a run whose estimate exceeds the memory
-available is refused unless ``--allow-large`` is given.
+available is refused unless ``--allow-large`` is given. Recorders on an accelerator are
+checked there too: each device's recorder states and one batch against what the loaded
+model left free on it. The sample-window pool grows into spare memory, the host's or, on
+accelerators, theirs (choose_pool).
 """
 
 from __future__ import annotations
@@ -43,21 +46,60 @@ def pool_per_sample(cfg: IndexConfig) -> float:
     return POOL_PER_SAMPLE if cfg.window_pool == "auto" else float(cfg.window_pool)
 
 
-def choose_pool(cfg: IndexConfig, available: int | None, on_cpu: bool = True, **shape: Any) -> float:
+def choose_pool(cfg: IndexConfig, available: int | None, on_cpu: bool = True,
+                devices: dict[str, tuple[int, dict[str, int]]] | None = None, **shape: Any) -> float:
     """Entries per sample for the run: ``--window-pool`` if a number; auto: the largest from
-    POOL_PER_SAMPLE to AUTO_POOL_MAX (in tenths) whose whole estimate (``shape``: as
-    memory_estimate takes it) stays under AUTO_POOL_SHARE of ``available``; the floor where
-    the memory is unknown or the recorders live on an accelerator (whose memory the model needs)."""
-    if cfg.window_pool != "auto" or available is None or not on_cpu:
+    POOL_PER_SAMPLE to AUTO_POOL_MAX, in tenths, that leaves room, the floor where the memory
+    is unknown. Room: on the CPU, the whole estimate (``shape``: as memory_estimate takes it)
+    under AUTO_POOL_SHARE of ``available``; where the recorders live on accelerators,
+    ``devices`` (device -> (bytes free after the model, the shape of its sites as
+    device_need takes it)): each device's need under AUTO_POOL_SHARE of its free bytes."""
+    if cfg.window_pool != "auto":
         return pool_per_sample(cfg)
-    budget = AUTO_POOL_SHARE * available
-    lo = memory_estimate(cfg, pool=POOL_PER_SAMPLE, **shape)["total"]
-    hi = memory_estimate(cfg, pool=AUTO_POOL_MAX, **shape)["total"]
-    if hi <= budget:
-        return AUTO_POOL_MAX
-    if lo >= budget:
+    if on_cpu and available is not None:
+        def fits(pool: float) -> bool:
+            return memory_estimate(cfg, pool=pool, **shape)["total"] <= AUTO_POOL_SHARE * available
+    elif not on_cpu and devices:
+        def fits(pool: float) -> bool:
+            return all(device_need(cfg, shape["ctx_len"], pool=pool, **sites) <= AUTO_POOL_SHARE * free
+                       for free, sites in devices.values())
+    else:
         return POOL_PER_SAMPLE
-    return math.floor(10 * (POOL_PER_SAMPLE + (AUTO_POOL_MAX - POOL_PER_SAMPLE) * (budget - lo) / (hi - lo))) / 10
+    tenths = range(round(10 * AUTO_POOL_MAX), round(10 * POOL_PER_SAMPLE), -1)
+    return next((t / 10 for t in tenths if fits(t / 10)), POOL_PER_SAMPLE)
+
+
+def device_need(cfg: IndexConfig, ctx_len: int, n_features: int, largest_site: int, heads: int = 0,
+                pool: float | None = None) -> int:
+    """Bytes an accelerator holds for the sites on it, besides the model's weights: their
+    recorder states (a checkpoint copies to the host) and the transients of one batch of its
+    widest site (``heads``: as memory_estimate takes it)."""
+    est = memory_estimate(cfg, n_features, ctx_len, largest_site=largest_site, heads=heads, pool=pool)
+    return n_features * est["per_feature"] + est["batch"]
+
+
+def accelerators(placed: list[tuple[str, int, int]]) -> dict[str, tuple[int, dict[str, int]]]:
+    """Sites placed as (device, features, heads whose pattern it reads: 0 if none), grouped
+    by accelerator: device -> (bytes free there now, its sites' shape as device_need takes
+    it); devices whose free memory is unknown (the CPU) are left out."""
+    devices: dict[str, tuple[int, dict[str, int]]] = {}
+    for device, n_features, heads in placed:
+        free = devices[device][0] if device in devices else device_free_memory(device)
+        if free is not None:
+            sites = devices.setdefault(device, (free, {"n_features": 0, "largest_site": 0, "heads": 0}))[1]
+            sites["n_features"] += n_features
+            sites["largest_site"] = max(sites["largest_site"], n_features)
+            sites["heads"] = max(sites["heads"], heads)
+    return devices
+
+
+def device_free_memory(device: str) -> int | None:
+    """Bytes free on an accelerator now (the model loaded), or None where unknown."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return None
 
 
 def memory_estimate(cfg: IndexConfig, n_features: int, ctx_len: int, largest_site: int | None = None,
@@ -122,22 +164,34 @@ def available_memory() -> int | None:
 
 def check_memory(cfg: IndexConfig, n_features: int, ctx_len: int, available: int | None = None,
                  quiet: bool = False, largest_site: int | None = None, model_bytes: int = 0,
-                 heads: int = 0, on_cpu: bool = True) -> dict[str, Any]:
+                 heads: int = 0, on_cpu: bool = True,
+                 devices: dict[str, tuple[int, dict[str, int]]] | None = None) -> dict[str, Any]:
     """Choose the sample-window pool (choose_pool) and print the estimate with it; ConfigError
-    (with it) if it exceeds the memory available. ``estimate["pool_per_sample"]``: the choice."""
+    (with it) if it exceeds the memory available, or an accelerator's need (``devices``: as
+    choose_pool takes them) its free bytes. ``estimate["pool_per_sample"]``: the choice."""
     available = available_memory() if available is None else available
     shape = dict(n_features=n_features, ctx_len=ctx_len, largest_site=largest_site, model_bytes=model_bytes,
                  heads=heads)
-    estimate = memory_estimate(cfg, **shape, pool=choose_pool(cfg, available, on_cpu, **shape))
+    estimate = memory_estimate(cfg, **shape, pool=choose_pool(cfg, available, on_cpu, devices, **shape))
     text = (f"memory estimate {estimate_text(estimate)}; {n_features} features, {estimate['per_feature'] / 1024:.1f} KB "
             f"each (window pool: {estimate['pool_per_sample']:g} entries per sample)")
     if not quiet:
         print(f"neuroscope: {text}; {size_text(available) if available else 'unknown'} available", file=sys.stderr)
-    if available is not None and estimate["total"] > available and not getattr(cfg, "allow_large", False):
+    large = getattr(cfg, "allow_large", False)
+    if available is not None and estimate["total"] > available and not large:
         raise ConfigError(
             f"{text} exceeds the {size_text(available)} available; lower --top-k, --per-bin, --window-before/after, "
             "--window-pool or --batch-size, or pass --allow-large"
         )
+    for device, (free, sites) in sorted((devices or {}).items()):
+        need = device_need(cfg, ctx_len, pool=estimate["pool_per_sample"], **sites)
+        line = (f"{device}: recorders and one batch {size_text(need)} for {sites['n_features']} features, "
+                f"{size_text(free)} free after the model")
+        if not quiet:
+            print(f"neuroscope: {line}", file=sys.stderr)
+        if need > free and not large:
+            raise ConfigError(f"{line}: lower --top-k, --per-bin, --window-before/after, --window-pool or "
+                              "--batch-size, spread the model with --device-map, or pass --allow-large")
     return estimate
 
 

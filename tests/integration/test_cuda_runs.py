@@ -46,3 +46,15 @@ def test_gpu_index_agrees_with_the_cpu_index(tiny_model_dir, gpu_run, tmp_path):
     stats = "SELECT layer, neuron, mean FROM neurons WHERE site = 'mlp_post' ORDER BY layer, neuron"
     np.testing.assert_allclose(Index.open(gpu_run).sql(stats)["mean"], Index.open(cpu.out).sql(stats)["mean"],
                                rtol=1e-4, atol=1e-6)
+
+
+def test_the_gpu_run_grows_its_window_pool_into_the_gpus_free_memory(gpu_run):
+    """A tiny model leaves the GPU nearly free: auto takes the largest pool, 6 entries per sample."""
+    import json
+    from pathlib import Path
+
+    from indexer.recorders.sample_windows import pool_size
+
+    manifest = json.loads((Path(gpu_run) / "manifest.json").read_text())
+    cfg = base_config("x", "y")
+    assert manifest["timing"]["window_pool_entries"] == pool_size(len(cfg.quantiles), cfg.per_bin, 6.0)

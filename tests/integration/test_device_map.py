@@ -38,3 +38,32 @@ def test_device_map_mistakes_are_one_line(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="--dask"):
         IndexConfig.parse(dict(model="toy-1l", corpus=["code"], out=str(tmp_path / "o"), device_map="auto",
                                dask="local:2")).validate()
+
+
+def test_recorders_on_accelerators_are_sized_and_checked_against_each_devices_free_memory(
+        tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A run whose sites live on two accelerators (placed here by hand, as a model split over
+    two GPUs places them; the free memory of each is what the model left there) grows the
+    sample-window pool into their spare memory, prints each device's figures, and refuses in
+    one line naming the device whose recorders do not fit."""
+    from indexer.run import safety
+    from indexer.run.engine import Run
+
+    cfg = base_config(str(tiny_model_dir), str(tmp_path / "x"), device="cpu")
+    run = Run.open(cfg, tmp_path / "x")
+    run.site_device = {site: f"cuda:{site.layer}" for site in run.plan}
+    free = {"cuda:0": 1 << 40, "cuda:1": 1 << 40}
+    monkeypatch.setattr(safety, "device_free_memory", lambda device: free[device])
+    assert run.size_memory()["pool_per_sample"] == 6.0 == run.pool_per_sample
+    err = capsys.readouterr().err
+    for layer in (0, 1):
+        n = sum(s.n_features for s in run.plan if s.layer == layer)
+        assert f"cuda:{layer}: recorders and one batch" in err and f"for {n} features, 1.0 TB free" in err
+    free["cuda:1"] = 100_000
+    with pytest.raises(ConfigError, match=r"^cuda:1: recorders and one batch .* 97.7 KB free after the model"):
+        run.size_memory(quiet=True)
+    monkeypatch.setattr(safety, "device_free_memory", lambda device: None)  # the CPU: the host's check alone
+    run.site_device = {site: "cpu" for site in run.plan}
+    run.size_memory()
+    assert "recorders and one batch" not in capsys.readouterr().err
+

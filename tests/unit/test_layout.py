@@ -165,3 +165,48 @@ def test_window_pool_auto_grows_the_pool_only_into_spare_memory():
                                       max_len=1024, pool_per_sample=pool)
         est = safety.memory_estimate(cfg, 3, 1024, largest_site=0, pool=pool)
         assert rec.nbytes() <= est["recorders"] <= 1.1 * rec.nbytes()
+
+
+def test_window_pool_auto_on_accelerators_grows_into_each_devices_free_memory():
+    """On accelerators auto sizes the pool from each device's own need (its recorders and one
+    batch of its widest site) against what the model left free there: the largest tenth whose
+    need stays under half of every device's free bytes; check_memory refuses, in one line
+    naming the device, a need past its free bytes, and prints each device's figures."""
+    import pytest
+
+    from indexer.config import IndexConfig
+    from indexer.errors import ConfigError
+    from indexer.run import safety
+
+    cfg = IndexConfig(model="x", corpus=["c"])
+    mlp, heads = dict(n_features=6 * 3072, largest_site=3072), dict(n_features=3072 + 6 * 12, largest_site=3072, heads=12)
+    need = {p: {name: safety.device_need(cfg, 1024, pool=p, **sites) for name, sites in (("mlp", mlp), ("heads", heads))}
+            for p in (2.7, 4.0, 6.0)}
+    assert need[2.7]["mlp"] < need[4.0]["mlp"] < need[6.0]["mlp"] and need[6.0]["heads"] > need[6.0]["mlp"] / 6
+    shape = dict(n_features=mlp["n_features"] + heads["n_features"], ctx_len=1024, largest_site=3072, heads=12)
+
+    def devices(free0, free1):
+        return {"cuda:0": (free0, mlp), "cuda:1": (free1, heads)}
+
+    roomy = devices(2 * need[6.0]["mlp"], 2 * need[6.0]["heads"])
+    assert safety.choose_pool(cfg, None, on_cpu=False, devices=roomy, **shape) == 6.0
+    # the tighter device decides: room for 4.0 on cuda:1, for 6 on cuda:0
+    tight = devices(2 * need[6.0]["mlp"], 2 * need[4.0]["heads"])
+    chosen = safety.choose_pool(cfg, None, on_cpu=False, devices=tight, **shape)
+    assert 4.0 <= chosen < 6.0 and round(chosen, 1) == chosen
+    assert safety.device_need(cfg, 1024, pool=chosen, **heads) <= need[4.0]["heads"] < \
+        safety.device_need(cfg, 1024, pool=chosen + 0.1, **heads)
+    assert safety.choose_pool(cfg, None, on_cpu=False, devices=devices(need[2.7]["mlp"], 1 << 40), **shape) == 2.7
+    fixed = IndexConfig(model="x", corpus=["c"], window_pool="3")
+    assert safety.choose_pool(fixed, None, on_cpu=False, devices=roomy, **shape) == 3.0
+
+    est = safety.check_memory(cfg, available=1 << 50, on_cpu=False, devices=roomy, **shape)
+    assert est["pool_per_sample"] == 6.0
+    with pytest.raises(ConfigError, match=r"^cuda:1: recorders and one batch .* free after the model: lower") as e:
+        safety.check_memory(cfg, available=1 << 50, on_cpu=False, quiet=True,
+                            devices=devices(1 << 40, need[2.7]["heads"] - 1), **shape)
+    assert "\n" not in str(e.value)
+    large = IndexConfig(model="x", corpus=["c"], allow_large=True)
+    assert safety.check_memory(large, available=1 << 50, on_cpu=False, quiet=True,
+                               devices=devices(1 << 40, need[2.7]["heads"] - 1), **shape)["pool_per_sample"] == 2.7
+
