@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -l 2 > "$OUT/gpu-memory-mib.log" 2>&1 &
 smi=$!
 $PY -c "import torch, transformers, numba, pyarrow, transformer_lens; print('torch', torch.__version__, 'transformers', transformers.__version__, 'numba', numba.__version__, 'pyarrow', pyarrow.__version__)"
-step tests 110 $PY -m pytest -q -p no:cacheprovider -x tests/unit/test_cuda.py tests/integration/test_cuda_runs.py tests/unit/test_recorders.py tests/unit/test_sample_windows.py
+step tests 150 $PY -m pytest -q -p no:cacheprovider -x tests/unit/test_cuda.py tests/integration/test_cuda_runs.py tests/unit/test_recorders.py tests/unit/test_sample_windows.py tests/unit/test_torch_syncs.py
 TAIL=40 step llama 250 $PY scripts/gpu_llama.py --tokens "${1:-1000000}"
 TAIL=60 step bench 120 $PY -m indexer.cli bench --model gpt2-small-random --dtype bfloat16 --tokens 65536 --rounds 2 --no-memory
 TAIL=70 step profile 60 $PY scripts/gpu_profile.py --tokens 32768

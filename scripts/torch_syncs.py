@@ -4,10 +4,15 @@ boolean assignment, which call it, ``.item()`` and ``bool()`` of a tensor, ``uni
 ``masked_select``), by recorder file and line (JSON).
 
     .venv/bin/python scripts/torch_syncs.py [--features 512] [--batch 2] [--tokens 64] [--batches 2]
+    .venv/bin/python scripts/torch_syncs.py --model toy-1l [--corpus code]
+
+With ``--model``: a whole index of that model on the torch recorders
+(NEUROSCOPE_RECORDER_BACKEND=torch), counting inside each streamed batch: the forward pass,
+its hooks, the head metrics and the recorders (the last batch's figures; finalize not counted).
 
 The ops are caught by a TorchDispatchMode, so the count is the same on the CPU as on a GPU,
-except the batch checks (``recorders/common.check_batch``), which run only on host tensors
-and are left out. README, Performance, "On a GPU", says what the figures mean.
+except in ``recorders/common.py`` (the batch checks, the token count), which reads host
+tensors only and is left out. README, Performance, "On a GPU", says what the figures mean.
 """
 
 from __future__ import annotations
@@ -15,55 +20,61 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import traceback
+import sys
+from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from indexer.recorders.bundle import FeatureRecorders
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
+from helpers.syncs import SyncCounter  # noqa: E402
 
-SYNCING = {"nonzero", "_local_scalar_dense", "unique", "_unique2", "unique_dim", "unique_consecutive",
-           "masked_select", "is_nonzero", "equal"}
-INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
-HOST_ONLY = ("recorders/common.py",)  # the batch checks: host tensors only
+from indexer.recorders.bundle import FeatureRecorders  # noqa: E402
 
+def index_batches(model: str, corpus: str) -> SyncCounter:
+    """The counter of the last streamed batch of a small index of ``model`` on ``corpus``."""
+    import os
+    import tempfile
 
-class SyncCounter(TorchDispatchMode):
-    """Counts the syncing ops dispatched while active, by (file, line) of the innermost
-    indexer frame."""
+    os.environ["NEUROSCOPE_RECORDER_BACKEND"] = "torch"
+    from indexer.config import IndexConfig
+    from indexer.forward.runner import SiteForward
+    from indexer.run.engine import index
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_line: collections.Counter = collections.Counter()
+    last = [SyncCounter()]
+    call = SiteForward.__call__
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name.split("::")[1]
-        syncs = name in SYNCING or (name in INDEXING and any(
-            t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1]))
-        if syncs:
-            frames = [f for f in traceback.extract_stack() if "/indexer/" in f.filename]
-            if frames:
-                where = f"{frames[-1].filename.split('/indexer/')[1]}:{frames[-1].lineno}"
-                if not where.startswith(HOST_ONLY):
-                    self.by_line[where] += 1
-        return func(*args, **(kwargs or {}))
+    def counted(self, *args, **kwargs):
+        last[0] = SyncCounter()
+        with last[0]:
+            return call(self, *args, **kwargs)
+
+    SiteForward.__call__ = counted
+    with tempfile.TemporaryDirectory() as out:
+        cfg = IndexConfig(model=model, corpus=[corpus], out=f"{out}/idx", tokens=4096, ctx_len=128, batch_size=8)
+        index(cfg, progress=False)
+    return last[0]
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--model", help="count a whole index's streamed batches (e.g. toy-1l)")
+    p.add_argument("--corpus", default="code")
     p.add_argument("--features", type=int, default=512)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--batches", type=int, default=2, help="the last batch is counted")
     args = p.parse_args()
-    torch.manual_seed(0)
-    rec = FeatureRecorders.create(args.features, backend="torch", window=(8, 4), max_len=args.tokens)
-    for i in range(args.batches):
-        acts = torch.randn(args.batch, args.tokens, args.features)
-        lengths, ctx_ids = torch.full((args.batch,), args.tokens), torch.arange(args.batch) + args.batch * i
-        counter = SyncCounter()
-        with counter:
-            rec.update(acts, lengths, ctx_ids)
+    if args.model:
+        counter = index_batches(args.model, args.corpus)
+    else:
+        torch.manual_seed(0)
+        rec = FeatureRecorders.create(args.features, backend="torch", window=(8, 4), max_len=args.tokens)
+        for i in range(args.batches):
+            acts = torch.randn(args.batch, args.tokens, args.features)
+            lengths, ctx_ids = torch.full((args.batch,), args.tokens), torch.arange(args.batch) + args.batch * i
+            counter = SyncCounter()
+            with counter:
+                rec.update(acts, lengths, ctx_ids)
     by_file: collections.Counter = collections.Counter()
     for where, n in counter.by_line.items():
         by_file[where.split(":")[0]] += n

@@ -17,7 +17,7 @@ import torch
 
 from indexer.recorders import exactsum
 from indexer.recorders.common import (
-    SHORT_CONTEXT, RecorderError, check_batch, default_backend, feature_chunk, numpy_batch, torch_batch,
+    SHORT_CONTEXT, RecorderError, check_batch, default_backend, feature_chunk, host_tokens, numpy_batch, torch_batch,
 )
 from indexer.recorders.fused import fused_update
 from indexer.recorders.quantiles import QuantileSampler
@@ -69,17 +69,21 @@ class FeatureRecorders:
     def parts(self) -> dict[str, Any]:
         return {"topk": self.topk, "samples": self.samples, "stats": self.stats, "windows": self.windows}
 
-    def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor, skip_zeros: bool = False) -> None:
+    def update(self, acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor, skip_zeros: bool = False,
+               n_tokens: int | None = None) -> None:
         """Record one batch: acts [batch, pos, feat], lengths [batch], ctx_ids [batch].
 
         ``skip_zeros`` (a sparse site: SAE latents): a token where a feature is exactly zero is
         counted by the stats (n_tokens, mean, std, frac_active: over every token) and in the
         histogram's zero bin, but not binned, sampled or windowed: the quantile bins partition
-        the tokens where the feature fires, and the work per zero is a compare."""
+        the tokens where the feature fires, and the work per zero is a compare. ``n_tokens``:
+        the batch's recorded tokens (lengths - 1 each), where the caller counted them on the host:
+        counting lengths that live on an accelerator would sync it."""
         check_batch(acts, lengths, ctx_ids, self.n_features, self.samples.max_len)
         refresh = self._updates in (0, 1, 3) or self._updates % SWEEP_EVERY == SWEEP_EVERY - 1
         self._updates += 1
         if self.backend != "numba":
+            n_tokens = host_tokens(lengths) if n_tokens is None else n_tokens
             batch = torch_batch(acts, lengths, ctx_ids, self.device)  # one float32 copy for all parts
             if skip_zeros:
                 batch = (batch[0] + 0.0, *batch[1:])  # -0.0 -> +0.0, as the sparse kernel reads every zero
@@ -87,7 +91,7 @@ class FeatureRecorders:
             self.stats.update(*batch)
             with torch.no_grad():
                 capture = self.windows.capturer(*batch, self.samples)  # refreshed every batch (see there)
-            self.samples.update(*batch, offered=capture, skip_zeros=skip_zeros)
+            self.samples.update(*batch, offered=capture, skip_zeros=skip_zeros, n_tokens=n_tokens)
             return
         acts, lengths, ctx_ids = numpy_batch(acts, lengths, ctx_ids)
         tk, qs, st, sw = self.topk, self.samples, self.stats, self.windows

@@ -95,6 +95,12 @@ def check_batch(acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor
         raise RecorderError(f"ctx_id {int(ctx_ids.max())} but one index holds at most {MAX_CONTEXTS} contexts")
 
 
+def host_tokens(lengths: torch.Tensor) -> int | None:
+    """A batch's recorded tokens (lengths - 1 each, BOS not), counted where the lengths live on
+    the host; None on an accelerator, where counting would sync it."""
+    return int(torch.clamp(lengths - 1, min=0).sum()) if lengths.device.type == "cpu" else None
+
+
 def numpy_batch(acts: torch.Tensor, lengths: torch.Tensor, ctx_ids: torch.Tensor):
     """The batch as numpy views for the numba kernels (copies only if needed)."""
     acts = acts.detach()

@@ -18,11 +18,12 @@ recomputes the feature's band edges and caps (``edges`` [feat, Q, 5], ``band_cap
 and frees entries whose priority is now above their cap. The pool never grows past ``pool``
 entries per feature; a token met while it is full is not captured.
 
-The torch backend (an accelerator's) does the same on the device, vectorised (``capturer``):
-the candidates are the tokens that entered its sampler's pool, a step of the batch at a
-time; caps are refreshed before every batch (``_refresh_torch``), because noticing a full
-pool, as the numba kernel does, would sync the device; candidates fill a feature's free
-entries in token order.
+The torch backend (an accelerator's) does the same on the device, vectorised and without a
+host sync (``capturer``): caps are refreshed before every batch (``_refresh_torch``), because
+noticing a full pool, as the numba kernel does, would sync the device; after the batch the
+candidates are the tokens that entered the sampler's kept pool in it, and each feature keeps
+the pool's worth of its entries and candidates most likely to end a sample (``_place``: a
+sort per feature, no compaction).
 
 Exactness does not depend on what is captured: an entry's window is the token's true window,
 and finalize runs the model over the contexts of final samples without one. Which entries
@@ -42,7 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.recorders.common import SHORT_CONTEXT, Recorder, RecorderError, position_dtype, state_max_len
+from indexer.recorders.common import (
+    SHORT_CONTEXT, Recorder, RecorderError, position_dtype, state_max_len, step_elements,
+)
 from indexer.recorders.finebins import fine_bins_t
 from indexer.recorders.hashing import token_priority_t
 from indexer.recorders.sample_window_kernels import (
@@ -56,6 +59,7 @@ from indexer.recorders.sample_window_kernels import (
 # 2.7 keeps the state at the defaults under 48 KB. With many features nearly every context holds
 # a missed sample at 2.7 (the GPT-2-small shape: 0.26% of samples); 6 misses few (README).
 POOL_PER_SAMPLE = 2.7
+WINDOW_ELEMENTS = 1 << 22  # torch backend: window values per step of a placement (bounds its temporaries)
 
 
 def pool_size(n_quantiles: int, per_bin: int, per_sample: float = POOL_PER_SAMPLE) -> int:
@@ -154,29 +158,32 @@ class SampleWindows(Recorder):
 
     def capturer(self, acts, lengths, ctx_ids, samples: Any):
         """Torch backend, before ``samples`` folds this batch (a torch batch on this device):
-        new caps and a sweep from the counts so far, then a function the sampler calls with
-        each step's offered tokens (batch row b, position t, feature f), which captures those
-        under their bin's cap into free entries of their feature; None
-        without a pool."""
+        new caps and a sweep from the counts so far, then a function the sampler calls after
+        folding the batch with ``rows`` int64 [feat, capacity] (for each of its kept-pool
+        entries, the batch row of the token that entered it in this batch, -1 for the others),
+        which captures those under their bin's cap (_place); None without a pool."""
         if self.pool == 0:
             return None
         self._refresh_torch(samples)
 
-        def capture(b, t, f) -> None:
-            c = ctx_ids[b]
-            q = fine_bins_t(acts[b, t, f])
-            prio = token_priority_t(samples.seed, c, t, samples.keys[f])
-            keep = prio < self._cap_of(q, f)
-            b, t, f, c, q, prio = (a[keep] for a in (b, t, f, c, q, prio))
-            self._place(f, prio, c, t, q, _windows_t(acts, lengths, b, t, f, self.before, self.width), samples)
+        def capture(rows: torch.Tensor) -> None:
+            ctx, pos = samples.kctx.to(torch.int64), samples.kpos.to(torch.int64)
+            q = fine_bins_t(samples.kval)
+            prio = token_priority_t(samples.seed, ctx, pos, samples.keys[:, None])
+            fresh = (rows >= 0) & (prio < self._cap_of(q))
+            feat = torch.arange(self.n_features, device=self.device)[:, None]
+
+            def windows(col: torch.Tensor, at: slice) -> torch.Tensor:  # the windows of columns col of features at
+                return _windows_t(acts, lengths, rows[at].gather(1, col).clamp(min=0), pos[at].gather(1, col), feat[at],
+                                  self.before, self.width)
+
+            self._place(fresh, prio, q, ctx, pos, windows, samples)
 
         return capture
 
-    def _cap_of(self, q: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
-        """int64 caps (refresh_feature's cap[f, q]) of fine bins q[i] of features f[i], or,
-        without f, of q [feat, m] row by row."""
-        edges = self.edges[f] if f is not None else self.edges[:, None]  # [n, Q, 5] or [feat, 1, Q, 5]
-        caps = self.band_cap[f] if f is not None else self.band_cap[:, None, :]
+    def _cap_of(self, q: torch.Tensor) -> torch.Tensor:
+        """int64 caps (refresh_feature's cap[f, q]) of fine bins q [feat, m], row f of feature f."""
+        edges, caps = self.edges[:, None], self.band_cap[:, None, :]  # [feat, 1, Q, 5], [feat, 1, Q+1]
         band = (edges[..., 0] <= q[..., None]).sum(-1)
         cap = caps.expand(*band.shape, -1).gather(-1, band[..., None])[..., 0]
         for j in range(edges.shape[-2]):  # edges still move: in one's zone, also the cap of the band it would join
@@ -213,12 +220,12 @@ class SampleWindows(Recorder):
         self.edges = torch.stack([mids, lo, hi, caps(n[:, 1:] + gain_up), caps(n[:, :-1] + gain_down)], dim=-1)
         self._clear(~self._wanted(self.ctx, self.pos, self.vals, samples)[0])
 
-    def _entry_keys(self, ctx, pos, vals, samples: Any, f: torch.Tensor | None = None):
-        """int64 (priority, fine bin) of entries (ctx, pos [..], vals [.., W]) of features f
-        (default: row f of feature f), recomputed from their tokens and windows."""
-        keys = samples.keys[f] if f is not None else samples.keys[:, None]
+    def _entry_keys(self, ctx, pos, vals, samples: Any):
+        """int64 (priority, fine bin) of entries (ctx, pos [feat, m], vals [feat, m, W]), row f
+        of feature f, recomputed from their tokens and windows."""
         at = pos.to(torch.int64).clamp(min=0, max=self.before)  # a window starts at max(pos - before, 0)
-        return token_priority_t(samples.seed, ctx, pos, keys), fine_bins_t(vals.gather(-1, at[..., None])[..., 0])
+        return (token_priority_t(samples.seed, ctx, pos, samples.keys[:, None]),
+                fine_bins_t(vals.gather(-1, at[..., None])[..., 0]))
 
     def _wanted(self, ctx, pos, vals, samples: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """bool [feat, m]: which of these entries (each [feat, m], row f of feature f) are in
@@ -227,46 +234,41 @@ class SampleWindows(Recorder):
         return (ctx >= 0) & (prio < self._cap_of(q)), prio, q
 
     def _clear(self, drop: torch.Tensor) -> None:
-        self.ctx[drop], self.pos[drop] = -1, -1
-        self.vals[drop] = 0
+        self.ctx.masked_fill_(drop, -1)
+        self.pos.masked_fill_(drop, -1)
+        self.vals.masked_fill_(drop[..., None], 0)
 
-    def _place(self, f, prio, ctx, pos, q, vals, samples: Any) -> None:
-        """Candidates (feature f, ...) into their feature's entries: where a feature has fewer
-        free entries than candidates, its entries and candidates most likely to end a sample
-        (smallest priority relative to their cap; ties: entries first, then the order given)
-        are kept, as the numba kernel's eviction does one at a time."""
-        if f.numel() == 0:
-            return
+    def _place(self, fresh, prio, q, ctx, pos, windows, samples: Any) -> None:
+        """Candidates into the pool, vectorised, with no host sync: ``fresh`` bool [feat, m]
+        marks them among m columns of priorities, fine bins, ctx ids and positions (int64
+        [feat, m] each), and ``windows(col, at)`` gives the windows [n, pool, W] of columns
+        col [n, pool] of the features in slice ``at``. Per feature, the pool's worth of its entries and candidates most likely
+        to end a sample (smallest priority relative to their cap; ties: entries first, then
+        the columns in order) is kept, as the numba kernel's eviction does one at a time;
+        the rest is freed."""
         used = self.ctx >= 0
-        ef, eslot = used.nonzero(as_tuple=True)
-        all_f = torch.cat([ef, f])
-        e_prio, e_q = self._entry_keys(self.ctx[ef, eslot], self.pos[ef, eslot], self.vals[ef, eslot], samples, ef)
-        ratio = torch.cat([self._ratio(e_prio, e_q, ef), self._ratio(prio, q, f)])
-        order = torch.sort(ratio, stable=True).indices
-        order = order[torch.sort(all_f[order], stable=True).indices]  # by feature, then ratio
-        rank = torch.empty_like(order)
-        sorted_f = all_f[order]
-        rank[order] = torch.arange(order.numel(), device=f.device) - torch.searchsorted(sorted_f, sorted_f)
-        keep = rank < self.pool
-        n_old = ef.numel()
-        drop = ~keep[:n_old]
-        self._clear_entries(ef[drop], eslot[drop])
-        new = keep[n_old:]
-        f, ctx, pos, vals = (a[new] for a in (f, ctx, pos, vals))
-        order = torch.sort(f, stable=True).indices
-        f, ctx, pos, vals = (a[order] for a in (f, ctx, pos, vals))
-        rank = torch.arange(f.numel(), device=f.device) - torch.searchsorted(f, f)
-        free_first = torch.sort((self.ctx >= 0).to(torch.int16), dim=1, stable=True).indices  # free entries first
-        slot = free_first[f, rank]
-        self.vals[f, slot], self.ctx[f, slot], self.pos[f, slot] = vals, ctx.to(self.ctx.dtype), pos.to(self.pos.dtype)
+        e_prio, e_q = self._entry_keys(self.ctx, self.pos, self.vals, samples)
+        ratio = torch.cat([torch.where(used, self._ratio(e_prio, e_q), torch.inf),
+                           torch.where(fresh, self._ratio(prio, q), torch.inf)], 1)
+        order = torch.sort(ratio, dim=1, stable=True).indices[:, :self.pool]  # [feat, pool]
+        taken = ratio.gather(1, order) < torch.inf
+        mine = order < self.pool
+        e, col = order.clamp(max=self.pool - 1), (order - self.pool).clamp(min=0)
+        chunk = max(1, step_elements(WINDOW_ELEMENTS, self.device) // max(1, self.pool * self.width))
+        for f0 in range(0, self.n_features, chunk):  # in place, a chunk of features at a time (bounded memory)
+            at = slice(f0, f0 + chunk)
+            self.vals[at] = torch.where(mine[at, :, None], self.vals[at].gather(1, e[at, :, None].expand(-1, -1, self.width)),
+                                        windows(col[at], at))
+        self.vals.masked_fill_(~taken[..., None], 0)
+        ctx = torch.where(mine, self.ctx.gather(1, e).to(torch.int64), ctx.gather(1, col))
+        pos = torch.where(mine, self.pos.gather(1, e).to(torch.int64), pos.gather(1, col))
+        self.ctx = ctx.masked_fill_(~taken, -1).to(self.ctx.dtype)
+        self.pos = pos.masked_fill_(~taken, -1).to(self.pos.dtype)
 
-    def _ratio(self, prio, q, f) -> torch.Tensor:
-        """float64: priority over the cap of its fine bin (below 1: under the cap)."""
-        return prio.double() / self._cap_of(q, f).clamp(min=1).double()
-
-    def _clear_entries(self, f, slot) -> None:
-        self.ctx[f, slot], self.pos[f, slot] = -1, -1
-        self.vals[f, slot] = 0
+    def _ratio(self, prio, q) -> torch.Tensor:
+        """float64 [feat, m]: priorities over the caps of their fine bins, row f of feature f
+        (below 1: under the cap)."""
+        return prio.double() / self._cap_of(q).clamp(min=1).double()
 
     def merge(self, other: "SampleWindows") -> None:
         raise RecorderError("a sample-window pool merges with its sampler: merge_with(other, samples)")
@@ -289,7 +291,6 @@ class SampleWindows(Recorder):
 
     def _merge_torch(self, other, samples: Any) -> None:
         """Other's entries into free entries: those under their bin's cap, not already here."""
-        f = torch.arange(self.n_features, device=self.device)[:, None].expand_as(other["ctx"])
         keep, prio, q = self._wanted(other["ctx"], other["pos"], other["vals"], samples)
         step = max(1, 2**24 // max(1, self.pool * other["ctx"].shape[1]))
         for f0 in range(0, self.n_features, step):  # not already here (bounded memory)
@@ -297,16 +298,18 @@ class SampleWindows(Recorder):
             same = ((self.ctx[mine][:, None, :] == other["ctx"][theirs])
                     & (self.pos[mine][:, None, :] == other["pos"][theirs]))
             keep[mine] &= ~same.any(2)
-        self._place(f[keep], prio[keep], other["ctx"][keep], other["pos"][keep], q[keep], other["vals"][keep], samples)
+        vals = other["vals"]
+        self._place(keep, prio, q, other["ctx"].to(torch.int64), other["pos"].to(torch.int64),
+                    lambda col, at: vals[at].gather(1, col[..., None].expand(-1, -1, self.width)), samples)
 
 
 def _windows_t(acts, lengths, b, t, f, before: int, width: int) -> torch.Tensor:
-    """float32 [n, W]: feature f[i]'s values around position t[i] of batch row b[i], as
-    topk_kernels.window_into cuts them (from max(t - before, 0), zero-padded)."""
+    """float32 [..., W]: feature f's values around position t of batch row b (int64, broadcast
+    alike), as topk_kernels.window_into cuts them (from max(t - before, 0), zero-padded)."""
     start = (t - before).clamp(min=0)
-    cols = start[:, None] + torch.arange(width, device=acts.device)
-    inside = cols < torch.minimum(t + (width - before), lengths[b])[:, None]
-    got = acts[b[:, None], cols.clamp(max=acts.shape[1] - 1), f[:, None]]
+    cols = start[..., None] + torch.arange(width, device=acts.device)
+    inside = cols < torch.minimum(t + (width - before), lengths[b])[..., None]
+    got = acts[b[..., None], cols.clamp(max=acts.shape[1] - 1), f[..., None]]
     return got.masked_fill(~inside, 0)
 
 

@@ -71,11 +71,14 @@ class Stats(Recorder):
         exactsum.normalise_nb(self.total_sq)
 
     def _update_torch(self, acts, lengths, ctx_ids) -> None:
-        rows = acts[valid_tokens(lengths, acts.shape[1])]  # [tokens, feat]
+        """Every position of the batch, those not recorded (BOS, padding) masked as unseen:
+        steps by shape, not by data, so a GPU never waits for a count (no host sync)."""
+        rows = acts.reshape(-1, self.n_features)  # [batch * pos, feat]
+        recorded = valid_tokens(lengths, acts.shape[1]).reshape(-1, 1)
         step = max(1, step_elements(ROWS_PER_STEP, acts.device) // max(1, self.n_features))
         for r in range(0, rows.shape[0], step):
             x = rows[r:r + step]
-            unseen = torch.isnan(x)
+            unseen = torch.isnan(x) | ~recorded[r:r + step]
             self.count += (~unseen).sum(0)
             d = x.double().masked_fill(unseen, 0.0)
             small = d.abs() < exactsum.BOUND
@@ -83,7 +86,7 @@ class Stats(Recorder):
             exactsum.add_t(self.total_sq, d * d, small)
             self.lo = torch.fmin(self.lo, x.masked_fill(unseen, float("inf")).amin(0))
             self.hi = torch.fmax(self.hi, x.masked_fill(unseen, float("-inf")).amax(0))
-            self.n_active += (x > 0).sum(0)
+            self.n_active += ((x > 0) & ~unseen).sum(0)
 
     def _merge_numba(self, other: dict[str, np.ndarray]) -> None:
         for name in ADDITIVE:

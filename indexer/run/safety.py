@@ -38,6 +38,8 @@ KEPT_BYTES = 8  # a kept token: value f32 + ctx_id i32 (its priority is recomput
 SAMPLE_WINDOW_BYTES = 4  # a captured sample window: ctx_id i32 (priority and fine bin are recomputed), its
 # position and its window
 STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and x**2 (5 words each); min, max
+TORCH_STEP_ELEMENTS = (1 << 22) * 8  # recorders.quantiles.ELEMENTS_PER_STEP x common.ACCELERATOR_STEP_SCALE (tests check)
+TORCH_STEP_BYTES = 96  # the torch recorders' temporaries per element of a step, at their peak (93 measured)
 LIBRARIES = 400 << 20  # Python, torch, TransformerLens, transformers and the numba kernels, loaded (0.40 GB measured)
 
 
@@ -72,10 +74,11 @@ def choose_pool(cfg: IndexConfig, available: int | None, on_cpu: bool = True,
 def device_need(cfg: IndexConfig, ctx_len: int, n_features: int, largest_site: int, heads: int = 0,
                 pool: float | None = None) -> int:
     """Bytes an accelerator holds for the sites on it, besides the model's weights: their
-    recorder states (a checkpoint copies to the host) and the transients of one batch of its
-    widest site (``heads``: as memory_estimate takes it)."""
+    recorder states (a checkpoint copies to the host), the transients of one batch of its
+    widest site (``heads``: as memory_estimate takes it) and the torch recorders' of a step."""
     est = memory_estimate(cfg, n_features, ctx_len, largest_site=largest_site, heads=heads, pool=pool)
-    return n_features * est["per_feature"] + est["batch"]
+    step = min(cfg.batch_size * ctx_len * largest_site, TORCH_STEP_ELEMENTS) * TORCH_STEP_BYTES
+    return n_features * est["per_feature"] + est["batch"] + step
 
 
 def accelerators(placed: list[tuple[str, int, int]]) -> dict[str, tuple[int, dict[str, int]]]:

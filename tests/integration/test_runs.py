@@ -97,11 +97,28 @@ def test_resume_needs_a_checkpoint_and_out_must_be_empty(model_dir, single_run, 
         index(base_config(model_dir, str(tmp_path / "fresh"), resume=True), progress=False)
 
 
-def test_torch_backend_gives_the_same_index(model_dir, single_run, tmp_path, monkeypatch):
+def test_torch_backend_gives_the_same_index_and_never_syncs(model_dir, single_run, tmp_path, monkeypatch):
+    """The torch recorders' index equals the numba one, and no pass of the model (the
+    forward, its hooks, the head metrics, the recorders) dispatches an op that would make the
+    host wait for a GPU (helpers/syncs.py)."""
+    from indexer.forward.runner import SiteForward
+
+    from helpers.syncs import SyncCounter
+
     monkeypatch.setenv("NEUROSCOPE_RECORDER_BACKEND", "torch")
+    counters: list[SyncCounter] = []
+    call = SiteForward.__call__
+
+    def counted(self, *args, **kwargs):
+        counters.append(SyncCounter())
+        with counters[-1]:
+            return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(SiteForward, "__call__", counted)
     cfg = base_config(model_dir, str(tmp_path / "torch"))
     index(cfg, progress=False)
     assert_same_index(single_run, cfg.out)
+    assert len(counters) >= 5 and all(not c.by_line for c in counters), [dict(c.by_line) for c in counters]
 
 
 def _cli_args(cfg) -> list[str]:

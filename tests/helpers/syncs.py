@@ -1,0 +1,36 @@
+"""SyncCounter: the ops that would make the host wait for a CUDA device, counted on any
+machine (scripts/torch_syncs.py prints them; tests/unit/test_torch_syncs.py asserts none in a
+batch of the torch recorders)."""
+
+from __future__ import annotations
+
+import collections
+import traceback
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+SYNCING = {"nonzero", "_local_scalar_dense", "unique", "_unique2", "unique_dim", "unique_consecutive",
+           "masked_select", "is_nonzero", "equal"}
+INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
+HOST_ONLY = ("recorders/common.py",)  # the batch checks and token count: host tensors only
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the syncing ops dispatched while active, by (file, line) of the innermost
+    indexer frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_line: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[1]
+        syncs = name in SYNCING or (name in INDEXING and any(
+            t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1]))
+        if syncs:
+            frames = [f for f in traceback.extract_stack() if "/indexer/" in f.filename]
+            where = f"{frames[-1].filename.split('/indexer/')[1]}:{frames[-1].lineno}" if frames else "?"
+            if not where.startswith(HOST_ONLY):
+                self.by_line[where] += 1
+        return func(*args, **(kwargs or {}))
