@@ -50,7 +50,7 @@ def index_batches(model: str, corpus: str) -> SyncCounter:
 
     SiteForward.__call__ = counted
     with tempfile.TemporaryDirectory() as out:
-        cfg = IndexConfig(model=model, corpus=[corpus], out=f"{out}/idx", tokens=4096, ctx_len=128, batch_size=8)
+        cfg = IndexConfig(model=model, corpus=[corpus], out=f"{out}/idx", tokens=4096, ctx_len=None, batch_size=8)
         index(cfg, progress=False)
     return last[0]
 

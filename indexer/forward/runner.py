@@ -43,11 +43,21 @@ def make_batch(contexts: list[Context], pad_id: int, device: str, width: int) ->
     for row, ctx in enumerate(contexts):
         tokens[row, : len(ctx.token_ids)] = ctx.token_ids
     return Batch(
-        tokens=torch.from_numpy(tokens).to(device),
-        lengths=torch.tensor([len(c.token_ids) for c in contexts], dtype=torch.int64, device=device),
-        ctx_ids=torch.tensor([c.ctx_id for c in contexts], dtype=torch.int64, device=device),
+        tokens=_on_device(tokens, device),
+        lengths=_on_device(np.array([len(c.token_ids) for c in contexts], np.int64), device),
+        ctx_ids=_on_device(np.array([c.ctx_id for c in contexts], np.int64), device),
         contexts=contexts,
     )
+
+
+def _on_device(a: np.ndarray, device: str) -> torch.Tensor:
+    """A host array on ``device``; to a GPU from pinned memory, without waiting: a copy from
+    pageable memory would wait for the GPU to finish the last batch, where the host can
+    queue this one's kernels meanwhile (the batch loop has no other sync)."""
+    t = torch.from_numpy(a)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class SiteForward:
