@@ -293,5 +293,24 @@ def test_torch_backend_in_small_steps(monkeypatch):
     monkeypatch.setattr(stats, "ROWS_PER_STEP", 24 * 5)
     batches = make_batches(n_batches=3)
     edges = edges_for(batches)
-    for make_torch, make_numba in zip(makers("torch", edges)[1:3], makers("numba", edges)[1:3]):
+    for make_torch, make_numba in zip(makers("torch", edges)[1:], makers("numba", edges)[1:]):
         assert_same(run(make_torch, batches), run(make_numba, batches))
+    pool = run(makers("torch", edges)[3], batches).windows  # captured over several steps a batch: true windows
+    ctx, pos = pool._numpy("ctx"), pool._numpy("pos")
+    assert (ctx >= 0).sum() > 24
+    np.testing.assert_array_equal(pool._numpy("vals"), brute_windows(batches, ctx, pos, BEFORE, AFTER))
+
+
+def test_halvings_match_brute_force():
+    """The most halvings s with prio < limit >> s (the squeeze a kept token survives), -1 if
+    none, at the edges: limits of 0, 1, powers of two, 2**32, priorities next to them."""
+    from indexer.recorders.quantiles import _halvings
+
+    rng = np.random.default_rng(0)
+    special = [0, 1, 2, 3, 4, 5, 7, 8, 9, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32]
+    limit = np.concatenate([special, rng.integers(0, 2**32 + 1, 4000)])
+    prio = np.concatenate([[0, 0, 1, 2, 3, 4, 6, 7, 8, 2**15, 2**31 - 2, 2**30, 2**32 - 2, 0],
+                           rng.integers(0, 2**32, 2000), rng.integers(0, 2**20, 2000)])
+    got = _halvings(torch.from_numpy(prio), torch.from_numpy(limit)).numpy()
+    want = [max([-1] + [s for s in range(34) if p < (int(t) >> s)]) for p, t in zip(prio.tolist(), limit.tolist())]
+    np.testing.assert_array_equal(got, want)
