@@ -174,8 +174,8 @@ class SampleWindows(Recorder):
             feat = torch.arange(self.n_features, device=self.device)[:, None]
 
             def windows(col: torch.Tensor, at: slice) -> torch.Tensor:  # the windows of columns col of features at
-                return _windows_t(acts, lengths, rows[at].gather(1, col).clamp(min=0), pos[at].gather(1, col), feat[at],
-                                  self.before, self.width)
+                row = rows[at].gather(1, col).clamp(min=0)
+                return _windows_t(acts, lengths, row, pos[at].gather(1, col), feat[at], self.before, self.width)
 
             self._place(fresh, prio, q, ctx, pos, windows, samples)
 
@@ -242,10 +242,10 @@ class SampleWindows(Recorder):
         """Candidates into the pool, vectorised, with no host sync: ``fresh`` bool [feat, m]
         marks them among m columns of priorities, fine bins, ctx ids and positions (int64
         [feat, m] each), and ``windows(col, at)`` gives the windows [n, pool, W] of columns
-        col [n, pool] of the features in slice ``at``. Per feature, the pool's worth of its entries and candidates most likely
-        to end a sample (smallest priority relative to their cap; ties: entries first, then
-        the columns in order) is kept, as the numba kernel's eviction does one at a time;
-        the rest is freed."""
+        col [n, pool] of the features in slice ``at``. Per feature, the pool's worth of its
+        entries and candidates most likely to end a sample (smallest priority relative to
+        their cap; ties: entries first, then the columns in order) is kept, as the numba
+        kernel's eviction does one at a time; the rest is freed."""
         used = self.ctx >= 0
         e_prio, e_q = self._entry_keys(self.ctx, self.pos, self.vals, samples)
         ratio = torch.cat([torch.where(used, self._ratio(e_prio, e_q), torch.inf),
@@ -257,8 +257,8 @@ class SampleWindows(Recorder):
         chunk = max(1, step_elements(WINDOW_ELEMENTS, self.device) // max(1, self.pool * self.width))
         for f0 in range(0, self.n_features, chunk):  # in place, a chunk of features at a time (bounded memory)
             at = slice(f0, f0 + chunk)
-            self.vals[at] = torch.where(mine[at, :, None], self.vals[at].gather(1, e[at, :, None].expand(-1, -1, self.width)),
-                                        windows(col[at], at))
+            kept = self.vals[at].gather(1, e[at, :, None].expand(-1, -1, self.width))
+            self.vals[at] = torch.where(mine[at, :, None], kept, windows(col[at], at))
         self.vals.masked_fill_(~taken[..., None], 0)
         ctx = torch.where(mine, self.ctx.gather(1, e).to(torch.int64), ctx.gather(1, col))
         pos = torch.where(mine, self.pos.gather(1, e).to(torch.int64), pos.gather(1, col))
