@@ -141,8 +141,7 @@ class Run:
             self.cfg, sum(s.n_features for s in plan), self.ctx_len, quiet=quiet,
             largest_site=max((s.n_features for s in plan), default=0),
             model_bytes=sum(p.numel() * p.element_size() for p in self.model.bridge.parameters()),
-            heads=n_heads if any(s.name == "heads" for s in plan) else 0,
-            on_cpu=all(d == "cpu" for d in self.site_device.values()),
+            heads=n_heads if any(s.name == "heads" for s in plan) else 0, on_cpu=set(self.site_device.values()) <= {"cpu"},
             devices=accelerators([(self.site_device[s], s.n_features, n_heads * (s.name == "heads")) for s in plan]))
         self.pool_per_sample = estimate["pool_per_sample"]
         return estimate
@@ -250,6 +249,7 @@ class Run:
                 self.checkpoint()
                 last_checkpoint = time.perf_counter()
         bar.close()
+        self.attention_rows.flush()
         if self.tokens_done == 0:
             raise CorpusError(f"nothing to index: {what_was_read(self.contexts)}")
         self.checkpoint()
@@ -264,7 +264,7 @@ class Run:
             rec = self.recorders[site]
             rec.update(features, batch.lengths, batch.ctx_ids, skip_zeros=is_sae_site(site.name), n_tokens=n_tokens)
             if pattern is not None:
-                self.attention_rows.capture(site, rec, ctx_ids, pattern, self.recorders)
+                self.attention_rows.capture(site, rec, ctx_ids, pattern, self.recorders, batch.ctx_ids)
 
         return record
 

@@ -99,13 +99,14 @@ def test_resume_needs_a_checkpoint_and_out_must_be_empty(model_dir, single_run, 
 
 def test_torch_backend_gives_the_same_index_and_never_syncs(model_dir, single_run, tmp_path, monkeypatch):
     """The torch recorders' index equals the numba one, and no pass of the model (the
-    forward, its hooks, the head metrics, the recorders) dispatches an op that would make the
-    host wait for a GPU (helpers/syncs.py)."""
+    forward, its hooks, the head metrics, the recorders, the heads' attention rows cut as on
+    an accelerator) dispatches an op that would make the host wait for a GPU (helpers/syncs.py)."""
     from indexer.forward.runner import SiteForward
 
     from helpers.syncs import SyncCounter
 
     monkeypatch.setenv("NEUROSCOPE_RECORDER_BACKEND", "torch")
+    monkeypatch.setattr("indexer.run.attention_rows.CUT_ON_DEVICE", True)  # the heads' rows as on an accelerator
     counters: list[SyncCounter] = []
     call = SiteForward.__call__
 

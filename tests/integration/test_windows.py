@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+import indexer.run.attention_rows as attention_rows
 import indexer.run.finalize as finalize
 import indexer.run.head_attention as head_attention
 from indexer.api import Index
@@ -34,6 +35,7 @@ def _no_corpus(self, wanted=None):
 @pytest.mark.parametrize("store_contexts, backend", [("kept", "numba"), ("all", "numba"), ("kept", "torch")])
 def test_captured_windows_equal_a_brute_force_finalize(model_dir, tmp_path, monkeypatch, store_contexts, backend):
     monkeypatch.setenv("NEUROSCOPE_RECORDER_BACKEND", backend)  # torch: what an accelerator runs
+    monkeypatch.setattr(attention_rows, "CUT_ON_DEVICE", backend == "torch")  # rows cut as on an accelerator
     cfg = base_config(model_dir, str(tmp_path / "captured"), store_contexts=store_contexts)
     brute = replace(cfg, out=str(tmp_path / "brute"))
     with monkeypatch.context() as m:

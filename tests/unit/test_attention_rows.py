@@ -32,6 +32,34 @@ def test_sparse_rows_equal_a_per_row_brute_force():
     assert (count == MAX_SOURCES).any()  # the cap was met in the widest rows
 
 
+def test_rows_cut_as_on_an_accelerator_equal_sparse_rows():
+    """_cut_on_device (every entry's row gathered, a topk of (weight, source) keys) gives the
+    rows sparse_rows gives, ties included, and marks the entries of the batch's contexts."""
+    import torch
+
+    from indexer.run.attention_rows import _cut_on_device
+
+    rng = np.random.default_rng(1)
+    n_heads, width = 3, 40
+    pattern = rng.dirichlet(np.full(width, 0.3), size=(2, n_heads, width)).astype(np.float32)  # [batch, head, q, k]
+    pattern[:, :, :, ::7] = np.float32(0.02)
+    pattern[1, 2] = np.float32(1 / width)  # whole rows of ties
+    rec = FeatureRecorders.create(n_heads * 4, k=2, per_bin=1, backend="torch", max_len=width)
+    rec.topk.ctxs[:] = torch.as_tensor(rng.choice([-1, 7, 8, 9], size=tuple(rec.topk.ctxs.shape)))
+    rec.topk.poss[:] = torch.as_tensor(rng.integers(0, width, size=tuple(rec.topk.poss.shape)))
+    rec.windows.ctx[:] = torch.as_tensor(rng.choice([-1, 8, 9], size=tuple(rec.windows.ctx.shape)))
+    rec.windows.pos[:] = torch.as_tensor(rng.integers(0, width, size=tuple(rec.windows.pos.shape)))
+    event, host = _cut_on_device(rec, torch.tensor([9, 8]), torch.from_numpy(pattern))
+    assert event is None
+    in_batch, ctx, pos, src, weights, count = (t.numpy() for t in host)
+    assert (in_batch == np.isin(ctx, [8, 9])).all() and in_batch.sum() > 10
+    f, j = np.nonzero(in_batch)
+    rows = np.where(ctx[f, j] == 9, 0, 1)
+    want = sparse_rows(pattern[rows, f // 4, pos[f, j]], pos[f, j])
+    for got, expected in zip((src[f, j], weights[f, j], count[f, j]), want):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_the_store_keeps_rows_through_growth_and_prunes_to_the_live_entries():
     rows = AttentionRows(capacity=2)
     rng = np.random.default_rng(1)
