@@ -38,17 +38,26 @@ def index_batches(model: str, corpus: str) -> SyncCounter:
     os.environ["NEUROSCOPE_RECORDER_BACKEND"] = "torch"
     from indexer.config import IndexConfig
     from indexer.forward.runner import SiteForward
-    from indexer.run.engine import index
+    from indexer.run.engine import Run, index
 
-    last = [SyncCounter()]
-    call = SiteForward.__call__
+    last, streaming = [SyncCounter()], [False]
+    call, stream = SiteForward.__call__, Run._stream_batches
 
     def counted(self, *args, **kwargs):
+        if not streaming[0]:  # finalize's passes
+            return call(self, *args, **kwargs)
         last[0] = SyncCounter()
         with last[0]:
             return call(self, *args, **kwargs)
 
-    SiteForward.__call__ = counted
+    def streamed(self, *args, **kwargs):
+        streaming[0] = True
+        try:
+            return stream(self, *args, **kwargs)
+        finally:
+            streaming[0] = False
+
+    SiteForward.__call__, Run._stream_batches = counted, streamed
     with tempfile.TemporaryDirectory() as out:
         cfg = IndexConfig(model=model, corpus=[corpus], out=f"{out}/idx", tokens=4096, ctx_len=None, batch_size=8)
         index(cfg, progress=False)

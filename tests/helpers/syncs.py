@@ -10,8 +10,8 @@ import traceback
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-SYNCING = {"nonzero", "_local_scalar_dense", "unique", "_unique2", "unique_dim", "unique_consecutive",
-           "masked_select", "is_nonzero", "equal"}
+SYNCING = {"nonzero", "nonzero_numpy", "argwhere", "_local_scalar_dense", "unique", "_unique2", "unique_dim",
+           "unique_consecutive", "masked_select", "is_nonzero", "equal", "bincount"}
 INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
 HOST_ONLY = ("recorders/common.py",)  # the batch checks and token count: host tensors only
 
@@ -27,7 +27,9 @@ class SyncCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name.split("::")[1]
         syncs = name in SYNCING or (name in INDEXING and any(
-            t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1]))
+            t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1])) or (
+            name == "repeat_interleave" and isinstance(args[-1] if len(args) < 3 else args[1], torch.Tensor)
+            and (kwargs or {}).get("output_size") is None)  # repeats given as a tensor: the output's size is their sum
         if syncs:
             frames = [f for f in traceback.extract_stack() if "/indexer/" in f.filename]
             where = f"{frames[-1].filename.split('/indexer/')[1]}:{frames[-1].lineno}" if frames else "?"

@@ -19,8 +19,12 @@ def test_the_counter_catches_the_ops_that_sync():
     with counter:
         x[x > 2].sum()
         (x > 2).nonzero()
+        (x > 2).nonzero(as_tuple=True)
         float(x.max())
-    assert sum(counter.by_line.values()) == 3, counter.by_line
+        torch.bincount(x.long())
+        x.repeat_interleave(x.long())
+        x.repeat_interleave(2)  # a count known on the host: no wait
+    assert sum(counter.by_line.values()) == 6, counter.by_line
 
 
 def test_a_batch_of_the_torch_recorders_never_syncs():
