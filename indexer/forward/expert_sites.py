@@ -70,11 +70,17 @@ class ExpertNeurons:
         out = torch.full((flat.shape[0], self.n_features), float("nan"), dtype=torch.float32, device=hidden.device)
         routed = out[:, : self.n_experts * self.d_expert].view(-1, self.n_experts, self.d_expert)
         w = self.experts.gate_up_proj
-        for e in range(self.n_experts):
-            tokens = (chosen == e).any(dim=-1).nonzero(as_tuple=True)[0]
-            if tokens.numel():
+        # each expert's tokens, ascending, grouped by one sort; their counts are the one read
+        # from the device per layer (a selection per expert would wait for it once each)
+        choice = chosen.reshape(-1)
+        token = torch.argsort(choice, stable=True) // chosen.shape[-1]  # a token picks an expert at most once
+        start = 0
+        for e, n in enumerate(torch.bincount(choice, minlength=self.n_experts).tolist()):
+            if n:
+                tokens = token[start:start + n]
                 gate, up = F.linear(flat[tokens], w[e]).chunk(2, dim=-1)
                 routed[tokens, e] = (self.experts.act_fn(gate) * up).float()
+            start += n
         if self.shared is not None:
             mlp = self.shared
             out[:, self.n_experts * self.d_expert:] = (mlp.act_fn(mlp.gate_proj(flat)) * mlp.up_proj(flat)).float()
