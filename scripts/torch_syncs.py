@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
-from helpers.syncs import SyncCounter  # noqa: E402
+from helpers.syncs import SyncCounter, counted_passes  # noqa: E402
 
 from indexer.recorders.bundle import FeatureRecorders  # noqa: E402
 
@@ -37,31 +37,12 @@ def index_batches(model: str, corpus: str) -> SyncCounter:
 
     os.environ["NEUROSCOPE_RECORDER_BACKEND"] = "torch"
     from indexer.config import IndexConfig
-    from indexer.forward.runner import SiteForward
-    from indexer.run.engine import Run, index
+    from indexer.run.engine import index
 
-    last, streaming = [SyncCounter()], [False]
-    call, stream = SiteForward.__call__, Run._stream_batches
-
-    def counted(self, *args, **kwargs):
-        if not streaming[0]:  # finalize's passes
-            return call(self, *args, **kwargs)
-        last[0] = SyncCounter()
-        with last[0]:
-            return call(self, *args, **kwargs)
-
-    def streamed(self, *args, **kwargs):
-        streaming[0] = True
-        try:
-            return stream(self, *args, **kwargs)
-        finally:
-            streaming[0] = False
-
-    SiteForward.__call__, Run._stream_batches = counted, streamed
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, counted_passes(stream_only=True) as counters:
         cfg = IndexConfig(model=model, corpus=[corpus], out=f"{out}/idx", tokens=4096, ctx_len=None, batch_size=8)
         index(cfg, progress=False)
-    return last[0]
+    return counters[-1]
 
 
 def main() -> None:

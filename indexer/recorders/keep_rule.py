@@ -128,14 +128,15 @@ def thresholds_nb(counts_f, one_minus_lo, hi, share, ck, squeeze, out, slack=SLA
 
 
 def token_thresholds_t(group: torch.Tensor, counts: torch.Tensor, f: torch.Tensor, q: torch.Tensor,
-                       per_bin: int, squeeze: torch.Tensor) -> torch.Tensor:
+                       per_bin: int) -> torch.Tensor:
     """int64 [n]: the threshold of fine bin q[i] of feature f[i] (group: group_thresholds_t),
-    SLACK above fine_thresholds_np."""
+    SLACK above fine_thresholds_np, before any squeeze (quantiles_torch.halvings_under
+    counts the halvings a priority stays under)."""
     ck = MARGIN * per_bin
     n = counts[f, q].to(torch.float64)
     own = (torch.floor(ck * 4294967296.0 / n.clamp(min=1)).to(torch.int64) + SLACK).clamp(max=KEEP_ALL)
     own = torch.where(n <= ck, torch.full_like(own, KEEP_ALL), own)
-    return torch.minimum(group[f, q >> GROUP_BITS], own) >> squeeze[f]
+    return torch.minimum(group[f, q >> GROUP_BITS], own)
 
 
 def group_thresholds_t(counts: torch.Tensor, quantiles: np.ndarray, per_bin: int) -> torch.Tensor:

@@ -258,11 +258,11 @@ class Run:
         """The per-site step of the streaming pass: fold the site's features into its
         recorders and, for a heads site, cut its new entries' attention rows from the pattern."""
         ctx_ids = np.array([c.ctx_id for c in batch.contexts], np.int64)
-        n_tokens = sum(max(len(c.token_ids) - 1, 0) for c in batch.contexts)  # counted here: no device sync
 
         def record(site: Site, features, pattern) -> None:
             rec = self.recorders[site]
-            rec.update(features, batch.lengths, batch.ctx_ids, skip_zeros=is_sae_site(site.name), n_tokens=n_tokens)
+            rec.update(features, batch.lengths, batch.ctx_ids, skip_zeros=is_sae_site(site.name),
+                       n_tokens=batch.n_text_tokens)  # counted on the host: no device sync
             if pattern is not None:
                 self.attention_rows.capture(site, rec, ctx_ids, pattern, self.recorders, batch.ctx_ids)
 

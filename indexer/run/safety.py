@@ -38,8 +38,9 @@ KEPT_BYTES = 8  # a kept token: value f32 + ctx_id i32 (its priority is recomput
 SAMPLE_WINDOW_BYTES = 4  # a captured sample window: ctx_id i32 (priority and fine bin are recomputed), its
 # position and its window
 STATS_BYTES = 2 * 8 + 2 * 5 * 8 + 2 * 4  # count, n_active; exact sums of x and x**2 (5 words each); min, max
-TORCH_STEP_ELEMENTS = (1 << 22) * 8  # recorders.quantiles.ELEMENTS_PER_STEP x common.ACCELERATOR_STEP_SCALE (tests check)
+TORCH_STEP_ELEMENTS = (1 << 22) * 8  # recorders.quantiles_torch.ELEMENTS_PER_STEP x common.ACCELERATOR_STEP_SCALE (tests check)
 TORCH_STEP_BYTES = 96  # the torch recorders' temporaries per element of a step, at their peak (93 measured)
+LOWER = "lower --top-k, --per-bin, --window-before/after, --window-pool or --batch-size"  # what a refusal suggests
 LIBRARIES = 400 << 20  # Python, torch, TransformerLens, transformers and the numba kernels, loaded (0.40 GB measured)
 
 
@@ -183,8 +184,7 @@ def check_memory(cfg: IndexConfig, n_features: int, ctx_len: int, available: int
     large = getattr(cfg, "allow_large", False)
     if available is not None and estimate["total"] > available and not large:
         raise ConfigError(
-            f"{text} exceeds the {size_text(available)} available; lower --top-k, --per-bin, --window-before/after, "
-            "--window-pool or --batch-size, or pass --allow-large"
+            f"{text} exceeds the {size_text(available)} available; {LOWER}, or pass --allow-large"
         )
     for device, (free, sites) in sorted((devices or {}).items()):
         need = device_need(cfg, ctx_len, pool=estimate["pool_per_sample"], **sites)
@@ -193,8 +193,7 @@ def check_memory(cfg: IndexConfig, n_features: int, ctx_len: int, available: int
         if not quiet:
             print(f"neuroscope: {line}", file=sys.stderr)
         if need > free and not large:
-            raise ConfigError(f"{line}: lower --top-k, --per-bin, --window-before/after, --window-pool or "
-                              "--batch-size, spread the model with --device-map, or pass --allow-large")
+            raise ConfigError(f"{line}: {LOWER}, spread the model with --device-map, or pass --allow-large")
     return estimate
 
 

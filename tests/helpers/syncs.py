@@ -5,7 +5,9 @@ batch of the torch recorders)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import traceback
+from collections.abc import Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -36,3 +38,37 @@ class SyncCounter(TorchDispatchMode):
             if not where.startswith(HOST_ONLY):
                 self.by_line[where] += 1
         return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def counted_passes(stream_only: bool = False) -> Iterator[list[SyncCounter]]:
+    """Every model pass (``SiteForward.__call__``: the forward, its hooks and what they feed,
+    the recorders included) under a fresh SyncCounter, appended to the list yielded;
+    ``stream_only``: only the streaming pass's batches, not finalize's passes."""
+    from indexer.forward.runner import SiteForward
+    from indexer.run.engine import Run
+
+    counters: list[SyncCounter] = []
+    streaming = [not stream_only]
+    call, stream = SiteForward.__call__, Run._stream_batches
+
+    def counted(self, *args, **kwargs):
+        if not streaming[0]:
+            return call(self, *args, **kwargs)
+        counters.append(SyncCounter())
+        with counters[-1]:
+            return call(self, *args, **kwargs)
+
+    def streamed(self, *args, **kwargs):
+        streaming[0] = True
+        try:
+            return stream(self, *args, **kwargs)
+        finally:
+            streaming[0] = not stream_only
+
+    SiteForward.__call__, Run._stream_batches = counted, streamed
+    try:
+        yield counters
+    finally:
+        SiteForward.__call__, Run._stream_batches = call, stream
+

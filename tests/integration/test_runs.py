@@ -101,23 +101,13 @@ def test_torch_backend_gives_the_same_index_and_never_syncs(model_dir, single_ru
     """The torch recorders' index equals the numba one, and no pass of the model (the
     forward, its hooks, the head metrics, the recorders, the heads' attention rows cut as on
     an accelerator) dispatches an op that would make the host wait for a GPU (helpers/syncs.py)."""
-    from indexer.forward.runner import SiteForward
-
-    from helpers.syncs import SyncCounter
+    from helpers.syncs import counted_passes
 
     monkeypatch.setenv("NEUROSCOPE_RECORDER_BACKEND", "torch")
     monkeypatch.setattr("indexer.run.attention_rows.CUT_ON_DEVICE", True)  # the heads' rows as on an accelerator
-    counters: list[SyncCounter] = []
-    call = SiteForward.__call__
-
-    def counted(self, *args, **kwargs):
-        counters.append(SyncCounter())
-        with counters[-1]:
-            return call(self, *args, **kwargs)
-
-    monkeypatch.setattr(SiteForward, "__call__", counted)
     cfg = base_config(model_dir, str(tmp_path / "torch"))
-    index(cfg, progress=False)
+    with counted_passes() as counters:
+        index(cfg, progress=False)
     assert_same_index(single_run, cfg.out)
     assert len(counters) >= 5 and all(not c.by_line for c in counters), [dict(c.by_line) for c in counters]
 

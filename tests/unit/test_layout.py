@@ -125,7 +125,7 @@ def test_memory_estimate_constants_match_the_recorders():
     assert safety.QUEUED_SITES == queued_files // WRITE_THREADS + 1  # a site's examples: WRITE_THREADS part files
     assert all(safety.KEPT_PER_SAMPLE * per_bin == pool_capacity(per_bin) for per_bin in (1, 2, 5, 10))
     from indexer.recorders.common import ACCELERATOR_STEP_SCALE
-    from indexer.recorders.quantiles import ELEMENTS_PER_STEP
+    from indexer.recorders.quantiles_torch import ELEMENTS_PER_STEP
 
     assert safety.TORCH_STEP_ELEMENTS == ELEMENTS_PER_STEP * ACCELERATOR_STEP_SCALE
 

@@ -286,10 +286,10 @@ def test_bad_inputs_raise_recorder_error():
 
 
 def test_torch_backend_in_small_steps(monkeypatch):
-    import indexer.recorders.quantiles as quantiles
+    import indexer.recorders.quantiles_torch as quantiles_torch
     import indexer.recorders.stats as stats
 
-    monkeypatch.setattr(quantiles, "ELEMENTS_PER_STEP", 24 * 7)
+    monkeypatch.setattr(quantiles_torch, "ELEMENTS_PER_STEP", 24 * 7)
     monkeypatch.setattr(stats, "ROWS_PER_STEP", 24 * 5)
     batches = make_batches(n_batches=3)
     edges = edges_for(batches)
@@ -304,13 +304,13 @@ def test_torch_backend_in_small_steps(monkeypatch):
 def test_halvings_match_brute_force():
     """The most halvings s with prio < limit >> s (the squeeze a kept token survives), -1 if
     none, at the edges: limits of 0, 1, powers of two, 2**32, priorities next to them."""
-    from indexer.recorders.quantiles import _halvings
+    from indexer.recorders.quantiles_torch import halvings_under
 
     rng = np.random.default_rng(0)
     special = [0, 1, 2, 3, 4, 5, 7, 8, 9, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32]
     limit = np.concatenate([special, rng.integers(0, 2**32 + 1, 4000)])
     prio = np.concatenate([[0, 0, 1, 2, 3, 4, 6, 7, 8, 2**15, 2**31 - 2, 2**30, 2**32 - 2, 0],
                            rng.integers(0, 2**32, 2000), rng.integers(0, 2**20, 2000)])
-    got = _halvings(torch.from_numpy(prio), torch.from_numpy(limit)).numpy()
+    got = halvings_under(torch.from_numpy(prio), torch.from_numpy(limit)).numpy()
     want = [max([-1] + [s for s in range(34) if p < (int(t) >> s)]) for p, t in zip(prio.tolist(), limit.tolist())]
     np.testing.assert_array_equal(got, want)
