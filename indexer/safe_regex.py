@@ -109,6 +109,25 @@ def region_masks(pattern: str, token_strs: Sequence[Sequence[str]]) -> list[np.n
     return masks
 
 
+def region_hits(pattern: str, token_strs: Sequence[Sequence[str]], at: Sequence[int]) -> np.ndarray:
+    """bool [len(token_strs)]: ``region_masks(pattern, token_strs)[i][at[i]]`` for every i,
+    without the whole masks: one token per sequence is asked about (a top example's)."""
+    compiled = _compile_re2(pattern, anchored=False)
+    out = np.zeros(len(token_strs), bool)
+    for i, (tokens, k) in enumerate(zip(token_strs, at)):
+        start = sum(map(len, tokens[:k]))
+        end = start + len(tokens[k])
+        if end == start:
+            continue
+        for m in compiled.finditer("".join(tokens)):
+            if m.start() >= end:
+                break
+            if m.end() > start and m.end() > m.start():
+                out[i] = True
+                break
+    return out
+
+
 def compile_trusted(pattern: str):
     """A library pattern, compiled once for anchored-at-end matching (RE2; no time limit needed)."""
     return _compile_re2(pattern)

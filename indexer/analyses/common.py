@@ -67,6 +67,7 @@ class IndexContext:
             raise IndexDirError(f"{self.root}: the index is not complete (status {self.manifest.get('status')!r}); finish or resume it first")
         self.options = options or Options()
         self.conn = open_index(self.root)
+        self._forwards: dict[tuple[int, ...], tuple[Any, list]] = {}
 
     def sql(self, query: str, params: Any = None):
         """Rows of a read-only query as a DataFrame (no row cap, no time limit: our own SQL)."""
@@ -152,11 +153,10 @@ class IndexContext:
         while i < len(order):
             width = len(sequences[order[i]])
             rows = order[i : i + max(1, TOKENS_PER_BATCH // max(1, width))]
-            batch = self._batch([sequences[r] for r in rows], width)
+            batch = self._batch([sequences[r] for r in rows], width, last=True)
             feats = forward(batch) if embed_delta is None else self._shifted(forward, batch, embed_delta(rows, width))
-            last = np.array([len(sequences[r]) - 1 for r in rows])
             for site, acts in feats.items():
-                out[(site.name, site.layer)][rows] = acts[np.arange(len(rows)), last].cpu().numpy()
+                out[(site.name, site.layer)][rows] = acts[:, 0].cpu().numpy()
             i += len(rows)
             bar.update(len(rows))
         if own:
@@ -215,6 +215,14 @@ class IndexContext:
         bar.close()
 
     def _forward(self, layers: Sequence[int]):
+        """(SiteForward, plan) of the neuron sites of ``layers``, one per set of layers (its
+        check of the narrowed MLP is made once)."""
+        key = tuple(sorted(set(layers)))
+        if key not in self._forwards:
+            self._forwards[key] = self._new_forward(key)
+        return self._forwards[key]
+
+    def _new_forward(self, layers: Sequence[int]):
         from indexer.forward.manifest_plan import plan_from_manifest
         from indexer.forward.runner import SiteForward
 
@@ -224,7 +232,9 @@ class IndexContext:
             raise IndexDirError(f"{self.root}: no neuron site of layer(s) {sorted(set(layers))} was indexed")
         return SiteForward(self.model, plan, self.options.dtype), plan
 
-    def _batch(self, sequences: Sequence[np.ndarray], width: int):
+    def _batch(self, sequences: Sequence[np.ndarray], width: int, last: bool = False):
+        """The sequences padded with BOS to ``width``; ``last``: features wanted at each one's
+        last token only (computed only there)."""
         import torch
 
         from indexer.forward.runner import Batch
@@ -235,7 +245,8 @@ class IndexContext:
             tokens[row, : len(seq)] = seq
         device = str(next(self.model.bridge.parameters()).device)
         lengths = torch.tensor([len(s) for s in sequences])
-        return Batch(tokens=torch.from_numpy(tokens).to(device), lengths=lengths, ctx_ids=lengths * 0, contexts=[])
+        return Batch(tokens=torch.from_numpy(tokens).to(device), lengths=lengths, ctx_ids=lengths * 0, contexts=[],
+                     read_at=(lengths - 1).to(device) if last else None)
 
     def close(self) -> None:
         self.conn.close()

@@ -91,11 +91,12 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
     strong = ix.sql("""SELECT e.site, e.layer, e.neuron, e.corpus, e.token_str, e.window_token_ids
                        FROM examples e JOIN neurons n USING (site, layer, neuron)
                        WHERE e.activation >= 0.5 * n."max" AND n."max" > $eps""", {"eps": DEAD_EPS})
+    key_of = np.array([token_key(t) for t in ix.vocab], object)  # a token id's key, computed once
     for (site, layer, neuron), g in strong.groupby(["site", "layer", "neuron"]):
         if (site, layer, neuron) in skip:
             continue
         keys = [token_key(t) for t in g.token_str]
-        windows = [{token_key(t) for t in ix.vocab[np.asarray(w)]} for w in g.window_token_ids]
+        windows = [set(key_of[np.asarray(w, np.int64)].tolist()) for w in g.window_token_ids]
         group_of = _groups(keys, windows)
         result = _judge(list(g.corpus), [group_of[k] for k in keys], keys, windows)
         if result:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from indexer.analyses.common import IndexContext, Options
-from indexer.safe_regex import DEFAULT_TIME_LIMIT_S, compile_pattern, region_masks
+from indexer.safe_regex import DEFAULT_TIME_LIMIT_S, compile_pattern, region_hits, region_masks
 from indexer.errors import ConfigError
 from indexer.pattern_score import scores
 from indexer.store.schema import RegexScores
@@ -164,7 +164,7 @@ def _top_fractions(ix: IndexContext) -> dict[tuple[str, int, str], np.ndarray]:
     at = (df.pos - df.window_start).to_numpy()
     out = {}
     for name, pattern in PATTERNS.items():
-        hit = np.array([m[i] for m, i in zip(region_masks(pattern, windows), at)], np.float64)
+        hit = region_hits(pattern, windows, at).astype(np.float64)
         for (site, layer), g in df.assign(hit=hit).groupby(["site", "layer"]):
             share = g.groupby("neuron").hit.mean()
             arr = np.full(int(g.neuron.max()) + 1, np.nan)

@@ -105,6 +105,7 @@ class Corruption:
         self.method = method
         self.bos = ix.model.info.bos_token_id
         self.pool = frequent_tokens(ix) if method == "frequent" else np.arange(ix.model.info.d_vocab)
+        self._choices: dict[int, np.ndarray] = {}  # token -> the frequent pool without it and BOS
         if method == "noise":
             import torch
 
@@ -139,7 +140,11 @@ class Corruption:
     def _replacements(self, token: int, rng: np.random.Generator) -> list[int]:
         if self.method == "noise":
             return [token] * REPLACEMENTS
-        choices = self.pool[(self.pool != token) & (self.pool != self.bos)]
+        choices = self._choices.get(token)
+        if choices is None:
+            choices = self.pool[(self.pool != token) & (self.pool != self.bos)]
+            if self.method == "frequent":  # a pool of FREQUENT tokens; random's is the vocabulary
+                self._choices[token] = choices
         return list(rng.choice(choices, size=REPLACEMENTS, replace=len(choices) < REPLACEMENTS))
 
     def embed_delta(self, noise_at: np.ndarray):

@@ -19,18 +19,20 @@ import torch
 
 from indexer.inputs.contexts import Context
 from indexer.inputs.models import LoadedModel
-from indexer.forward.hooks import Stop, site_hooks
+from indexer.forward.hooks import Stop, narrowing_hook, site_hooks
 from indexer.forward.sites import Site
 
 
 @dataclass
 class Batch:
-    """A padded batch: tokens [batch, pos], lengths and ctx_ids [batch], on the model's device."""
+    """A padded batch: tokens [batch, pos], lengths and ctx_ids [batch], on the model's device;
+    ``read_at`` [batch]: where only one position per row is wanted, that position."""
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     ctx_ids: torch.Tensor
     contexts: list[Context]
+    read_at: torch.Tensor | None = None
 
     @property
     def n_text_tokens(self) -> int:
@@ -70,7 +72,19 @@ class SiteForward:
         self.autocast = dtype == "bfloat16"
         self._out: dict[Site, torch.Tensor] = {}
         self._each: Callable[[Site, torch.Tensor, torch.Tensor | None], None] | None = None
-        self._hooks = site_hooks(model.bridge, plan, self._sink)
+        self._read_at: torch.Tensor | None = None
+        self._hooks = site_hooks(model.bridge, plan, self._sink, self._pick)
+        # with read_at: the last layer's MLP run at the read positions only, once the first
+        # such batch showed it gives the full pass's features (else never)
+        self._narrow = narrowing_hook(model.bridge, plan, self._pick)
+        self._narrow_checked = False
+
+    def _pick(self, tensor: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, ...] -> [batch, 1, ...] at the batch's ``read_at``, if it has one and
+        the tensor is not narrowed yet."""
+        if self._read_at is None or tensor.shape[1] == 1:
+            return tensor
+        return tensor[torch.arange(len(tensor), device=tensor.device), self._read_at].unsqueeze(1)
 
     def _sink(self, site: Site, features: torch.Tensor, pattern: torch.Tensor | None) -> None:
         self._out[site] = features if self._each is None else None  # handed on, not held: one site's at a time
@@ -81,28 +95,54 @@ class SiteForward:
 
     def __call__(self, batch: Batch, each: Callable[[Site, torch.Tensor, torch.Tensor | None], None] | None = None
                  ) -> dict[Site, torch.Tensor]:
-        """Features per site, each [batch, pos, feat] float32 on the model's device. With
+        """Features per site, each [batch, pos, feat] float32 on the model's device ([batch, 1,
+        feat] at ``batch.read_at`` if set: only there are they computed, e.g. an SAE's). With
         ``each``, also ``each(site, features, pattern)`` from inside the pass as soon as a
         site's features exist (pattern: a heads site's attention pattern [batch, head, q, k],
         alive only then; None for other sites), and the features are not kept (the dict then
         maps each site to None): on a GPT-2-small shape all sites' features of one batch are
         1.2 GB."""
+        narrow = self._narrow is not None and batch.read_at is not None and each is None
+        if narrow and not self._narrow_checked:
+            self._narrow_checked = True
+            full = self._run(batch, None, [])
+            try:
+                narrowed = self._run(batch, None, [self._narrow])
+            except Exception:  # an MLP that is not position-wise in its input: the full pass, always
+                narrowed = None
+            if narrowed is None or not _same_features(full, narrowed, self.autocast):
+                self._narrow = None
+            return full
+        return self._run(batch, each, [self._narrow] if narrow else [])
+
+    def _run(self, batch: Batch, each: Callable | None, extra: list[tuple[str, Callable]]) -> dict[Site, torch.Tensor]:
         self._out.clear()
         self._each = each
+        self._read_at = batch.read_at
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         amp = torch.autocast(device_type, dtype=torch.bfloat16) if self.autocast else nullcontext()
         try:
-            with torch.inference_mode(), amp, self.model.bridge.hooks(fwd_hooks=self._hooks):
+            with torch.inference_mode(), amp, self.model.bridge.hooks(fwd_hooks=extra + self._hooks):
                 try:
                     self.model.bridge(batch.tokens)
                 except Stop:
                     pass
         finally:
-            self._each = None
+            self._each = self._read_at = None
         missing = [site.key for site in self.plan if site not in self._out]
         if missing:
             raise RuntimeError(f"hooks did not fire for {missing}")
         return dict(self._out)
+
+
+def _same_features(a: dict[Site, torch.Tensor], b: dict[Site, torch.Tensor], bf16: bool) -> bool:
+    """Every site's features of two passes equal, up to float rounding."""
+    rtol = 2e-2 if bf16 else 1e-4
+    return all(
+        a[s].shape == b[s].shape
+        and torch.allclose(a[s], b[s], rtol=rtol, atol=rtol * float(a[s].abs().max().clamp(min=1e-6)), equal_nan=True)
+        for s in a
+    )
 
 
 def resolve_device(device: str) -> str:

@@ -95,6 +95,32 @@ def test_every_stored_site_value_equals_the_transformers_reference(indexed):
     assert max(errors.values()) <= TOLERANCE, errors
 
 
+def test_features_read_at_one_token_equal_the_transformers_reference(indexed):
+    """What minimal, trigram and saliency re-run: every neuron site at each sequence's last
+    token only (Batch.read_at), the last layer's MLP run on those tokens alone where the
+    first batch shows that equals the full pass (every family of the matrix does)."""
+    from indexer.analyses.common import IndexContext, Options
+
+    name, _, out, refs, _ = indexed
+    ix = IndexContext(out, Options(progress=False))
+    try:
+        forward, plan = ix._forward(sorted({s["layer"] for s in ix.neuron_sites}))
+        contexts = ix.contexts()
+        at = [(c, p) for c in sorted(contexts)[:4] for p in range(1, len(contexts[c]), 4)]
+        batch = ix._batch([contexts[c][: p + 1] for c, p in at], max(p for _, p in at) + 1, last=True)
+        for _ in range(2):  # the first batch checks the narrowed MLP; the second runs it
+            got = forward(batch)
+        assert forward._narrow is not None, f"{name}: the last layer's MLP was not narrowed"
+        errors = {}
+        for site in plan:
+            want = np.stack([refs[c][(site.name, site.layer)][p] for c, p in at])
+            scale = np.abs(every_token(refs, site.name, site.layer)).max(axis=0)
+            errors[site.key] = relative_error(got[site][:, 0].numpy(), want, scale)
+    finally:
+        ix.close()
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
 def test_head_metrics_equal_the_eager_attention_weights(indexed):
     _, _, out, refs, _ = indexed
     with Index.open(out) as ix:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from indexer.safe_regex import RegexError, compile_pattern, token_masks, compile_trusted
+from indexer.safe_regex import RegexError, compile_pattern, compile_trusted, region_hits, region_masks, token_masks
 from indexer.store.query import resolve_params
 
 
@@ -43,6 +43,25 @@ def test_invalid_patterns_are_one_line_errors(bad):
 def test_a_match_counts_at_the_token_where_it_ends():
     (mask,) = token_masks(compile_trusted(r"[0-9]+"), [[" 2", "01", "9", " a"]])
     assert mask.tolist() == [True, True, True, False]
+
+
+def test_region_hits_are_the_region_masks_at_the_asked_token():
+    """The regex analysis asks one token per top example's window: the answer equals the
+    whole window's region mask read there, on random windows of tokens that make and break
+    matches (empty tokens, matches across tokens, runs cut by the window's ends)."""
+    import numpy as np
+
+    from indexer.analyses.regex import PATTERNS
+
+    rng = np.random.default_rng(0)
+    pieces = ["", " ", "a", "Zx", "AB", "0", "0x", "12", "3f", "/", "+", "=", "==", "://", "http", ".com", "@", "\n",
+              "\t", " def", "(", "]", "}", "'", "<a", ">", "QUJD", "ZGVm"]
+    windows = [[pieces[i] for i in rng.integers(len(pieces), size=rng.integers(1, 30))] for _ in range(400)]
+    at = [int(rng.integers(len(w))) for w in windows]
+    for pattern in PATTERNS.values():
+        want = np.array([m[k] for m, k in zip(region_masks(pattern, windows), at)])
+        assert want.any() and not want.all(), pattern  # the windows exercise both answers
+        assert np.array_equal(region_hits(pattern, windows, at), want), pattern
 
 
 def test_parametrised_canned_queries_bind_their_argument():
