@@ -29,6 +29,38 @@ HEAD_SITE = "heads"  # the one site that is not a neuron site (its features are 
 TOKENS_PER_BATCH = 8192  # padded tokens per forward pass of the short-sequence batches
 # (sequence rows of a batch, its width) -> float32 [rows, width, d_model] added to the token embeddings
 EmbedDelta = Callable[[np.ndarray, int], np.ndarray]
+Key = tuple[str, int]  # (site, layer)
+Handle = tuple[Key, int, int]  # what Reads.ask returns: (key, offset, count)
+
+
+class Reads:
+    """The values an analysis reads from re-run sequences: per example, a run of consecutive
+    sequences (its cuts, its corrupted copies) at the example's own feature. Only those are
+    computed into memory: the whole [sequence, feature] array of every site was 1.8 GB for the
+    demo's trigram test, and would be hundreds of GB for a GPT-2-small shape's."""
+
+    def __init__(self) -> None:
+        self._rows: dict[Key, list[np.ndarray]] = {}
+        self._features: dict[Key, list[np.ndarray]] = {}
+        self._size: dict[Key, int] = {}
+
+    def ask(self, key: Key, start: int, count: int, feature: int) -> Handle:
+        """Ask for feature ``feature`` of site ``key`` at sequences start .. start + count - 1."""
+        at = self._size.get(key, 0)
+        self._rows.setdefault(key, []).append(np.arange(start, start + count, dtype=np.int64))
+        self._features.setdefault(key, []).append(np.full(count, feature, np.int64))
+        self._size[key] = at + count
+        return key, at, count
+
+    def pairs(self) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+        """Per site: (sequence, feature) of every value asked, in the order asked."""
+        return {k: (np.concatenate(self._rows[k]), np.concatenate(self._features[k])) for k in self._rows}
+
+    @staticmethod
+    def of(values: dict[Key, np.ndarray], handle: Handle) -> np.ndarray:
+        """The values one ``ask`` got, from what last_token_acts returned for ``pairs()``."""
+        key, at, count = handle
+        return values[key][at : at + count]
 
 
 @dataclass
@@ -138,15 +170,24 @@ class IndexContext:
         return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr,
                     disable=not self.options.progress, smoothing=0.05)
 
-    def last_token_acts(self, sequences: Sequence[np.ndarray], layers: Sequence[int], desc: str,
-                        bar: Any = None, embed_delta: EmbedDelta | None = None) -> dict[tuple[str, int], np.ndarray]:
-        """Each neuron site of ``layers`` read at the last token of every sequence:
-        (site, layer) -> [sequence, neuron] float32. Sequences are batched by length.
-        ``bar``: a progress bar to advance (else one of its own); ``embed_delta(rows, width)``:
-        float32 [len(rows), width, d_model] added to those sequences' token embeddings."""
-        forward, plan = self._forward(layers)
+    def last_token_acts(self, sequences: Sequence[np.ndarray], wanted: dict[Key, tuple[np.ndarray, np.ndarray]],
+                        desc: str, bar: Any = None, embed_delta: EmbedDelta | None = None) -> dict[Key, np.ndarray]:
+        """The neuron sites read at the last token of every sequence, the values ``wanted``
+        only (Reads.pairs: per site, (sequence, feature) pairs): site -> float32 [pairs].
+        Sequences are batched by length. ``bar``: a progress bar to advance (else one of its
+        own); ``embed_delta(rows, width)``: float32 [len(rows), width, d_model] added to those
+        sequences' token embeddings."""
+        import torch
+
+        forward, _ = self._forward(sorted({layer for _, layer in wanted}))
         order = np.argsort([-len(s) for s in sequences], kind="stable")  # longest first: width = first row
-        out = {(s.name, s.layer): np.zeros((len(sequences), s.n_features), np.float32) for s in plan}
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        ranked = {}  # site -> the pairs by their sequence's place in ``order``: (rank, feature, where asked)
+        for key, (rows, features) in wanted.items():
+            at = np.argsort(rank[rows], kind="stable")
+            ranked[key] = (rank[rows][at], features[at], at)
+        out = {key: np.zeros(len(rows), np.float32) for key, (rows, _) in wanted.items()}
         own = bar is None
         bar = self.bar(len(sequences), desc) if own else bar
         i = 0
@@ -156,7 +197,12 @@ class IndexContext:
             batch = self._batch([sequences[r] for r in rows], width, last=True)
             feats = forward(batch) if embed_delta is None else self._shifted(forward, batch, embed_delta(rows, width))
             for site, acts in feats.items():
-                out[(site.name, site.layer)][rows] = acts[:, 0].cpu().numpy()
+                if (site.name, site.layer) not in ranked:
+                    continue
+                r, f, at = ranked[(site.name, site.layer)]
+                lo, hi = np.searchsorted(r, [i, i + len(rows)])
+                pick = (torch.from_numpy(r[lo:hi] - i).to(acts.device), torch.from_numpy(f[lo:hi]).to(acts.device))
+                out[(site.name, site.layer)][at[lo:hi]] = acts[:, 0][pick].cpu().numpy()
             i += len(rows)
             bar.update(len(rows))
         if own:
@@ -175,24 +221,29 @@ class IndexContext:
         with self.model.bridge.hooks(fwd_hooks=[("hook_embed", add)]):
             return forward(batch)
 
-    def resumable_last_token_acts(self, name: str, sequences: Sequence[np.ndarray], layers: Sequence[int],
-                                  desc: str, chunk: int = 16384) -> dict[tuple[str, int], np.ndarray]:
-        """``last_token_acts`` in chunks, each saved under ``analyses/_partial/NAME/`` as it
-        finishes, so a killed analysis resumes where it stopped (the runner clears the folder)."""
-        parts: list[dict[tuple[str, int], np.ndarray]] = []
+    def resumable_last_token_acts(self, name: str, sequences: Sequence[np.ndarray], reads: Reads,
+                                  desc: str, chunk: int = 16384) -> dict[Key, np.ndarray]:
+        """``last_token_acts`` of ``reads.pairs()`` in chunks of sequences, each saved under
+        ``analyses/_partial/NAME/`` as it finishes, so a killed analysis resumes where it
+        stopped (the runner clears the folder)."""
+        wanted = reads.pairs()
+        out = {key: np.zeros(len(rows), np.float32) for key, (rows, _) in wanted.items()}
         total = -(-len(sequences) // chunk)
         for n, start in enumerate(range(0, len(sequences), chunk)):
             part = sequences[start : start + chunk]
+            inside = {key: np.flatnonzero((rows >= start) & (rows < start + chunk)) for key, (rows, _) in wanted.items()}
+            asked = {key: (wanted[key][0][at] - start, wanted[key][1][at]) for key, at in inside.items() if len(at)}
+            salt = b"".join(f"{k}".encode() + r.tobytes() + f.tobytes() for k, (r, f) in sorted(asked.items()))
 
-            def compute(part=part, n=n) -> dict[str, np.ndarray]:
-                acts = self.last_token_acts(part, layers, f"{desc} {n + 1}/{total}")
+            def compute(part=part, n=n, asked=asked) -> dict[str, np.ndarray]:
+                acts = self.last_token_acts(part, asked, f"{desc} {n + 1}/{total}") if asked else {}
                 return {f"{site}/{layer}": a for (site, layer), a in acts.items()}
 
-            saved = self.saved_chunk(name, n, sequence_digest(part), compute)
-            parts.append({(k.split("/")[0], int(k.split("/")[1])): a for k, a in saved.items()})
-        if not parts:
-            return {}
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+            saved = self.saved_chunk(name, n, sequence_digest(part, salt), compute)
+            for k, values in saved.items():
+                site, layer = k.rsplit("/", 1)
+                out[(site, int(layer))][inside[(site, int(layer))]] = values
+        return out
 
     def saved_chunk(self, name: str, n: int, digest: str, compute: Callable[[], dict[str, np.ndarray]]
                     ) -> dict[str, np.ndarray]:

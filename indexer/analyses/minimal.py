@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.analyses.common import IndexContext, top_examples
+from indexer.analyses.common import IndexContext, Reads, top_examples
 from indexer.store.schema import MinimalExamples, MinimalSummary
 
 NAME = "minimal"
@@ -51,15 +51,16 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
         first[(c, p)] = len(sequences)
         lengths[(c, p)], seqs = cuts(contexts[c], p, bos)
         sequences += seqs
-    layers = sorted(set(ex.layer.tolist()))
-    acts = ix.resumable_last_token_acts(NAME, sequences, layers, "minimal examples") if sequences else {}
-    rows: dict[str, list] = {c: [] for c in MinimalExamples.columns()}
+    reads, asked = Reads(), []
     for r in ex.itertuples(index=False):
         key = (r.ctx_id, r.pos)
-        if key not in first:
-            continue
-        tried = lengths[key]
-        values = acts[(r.site, r.layer)][first[key] : first[key] + len(tried), r.neuron]
+        if key in first:
+            asked.append((r, reads.ask((r.site, r.layer), first[key], len(lengths[key]), r.neuron)))
+    acts = ix.resumable_last_token_acts(NAME, sequences, reads, "minimal examples") if sequences else {}
+    rows: dict[str, list] = {c: [] for c in MinimalExamples.columns()}
+    for r, handle in asked:
+        tried = lengths[(r.ctx_id, r.pos)]
+        values = Reads.of(acts, handle)
         kept = values / r.activation
         ok = np.flatnonzero(kept >= ix.options.keep_fraction)
         i = int(ok[0]) if len(ok) else len(tried) - 1

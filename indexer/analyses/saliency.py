@@ -25,7 +25,7 @@ that a finding does not hinge on the corruption.
 
 Examples whose window baseline is not positive are left out (the window lost what made the
 feature fire). Batched: the windows of every (context, position) shared by any feature are run
-together, sorted by length, in chunks of about ``CHUNK_VALUES`` activations; each chunk's drops
+together, sorted by length, in chunks of about ``CHUNK_SEQUENCES`` sequences; each chunk's drops
 are saved under ``analyses/_partial/saliency/`` as it finishes, so a killed run resumes there.
 Table ``token_saliency``: one row per (feature, top example, window token).
 """
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.analyses.common import IndexContext, top_examples
+from indexer.analyses.common import IndexContext, Reads, top_examples
 from indexer.analyses.trigram import frequent_tokens
 from indexer.errors import ConfigError
 from indexer.store.chunks import sequence_digest
@@ -48,7 +48,7 @@ METHODS = ("frequent", "random", "noise")
 WINDOW = 20
 REPLACEMENTS = 2
 NOISE_SCALE = 3.0
-CHUNK_VALUES = 1 << 25  # activations held per chunk (128 MB of float32)
+CHUNK_SEQUENCES = 1 << 14  # sequences re-run per saved chunk
 
 
 def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
@@ -63,9 +63,7 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
         return {TokenSaliency: {c: [] for c in TokenSaliency.columns()}}
     corrupt = Corruption(ix, method)
     windows = {key: window(contexts[key[0]], key[1], ix.model.info.bos_token_id) for key in items}
-    layers = sorted(set(ex.layer.tolist()))
-    width = sum(s["n_features"] for s in ix.neuron_sites if s["layer"] in layers)
-    per_chunk = max(1, CHUNK_VALUES // max(1, width * (1 + WINDOW * REPLACEMENTS)))
+    per_chunk = max(1, CHUNK_SEQUENCES // (1 + WINDOW * REPLACEMENTS))  # items
     records = list(ex.itertuples(index=False))
     by_item: dict[tuple[int, int], list[int]] = {}
     for i, r in enumerate(records):
@@ -80,9 +78,13 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
         def compute(chunk=chunk, seqs=seqs, first=first, noise_at=noise_at) -> dict[str, np.ndarray]:
             ran.append(True)
             delta = corrupt.embed_delta(noise_at) if method == "noise" else None
-            acts = ix.last_token_acts(seqs, layers, "token saliency", bar=bar, embed_delta=delta)
             rows = [i for key in chunk for i in by_item[key]]
-            return _chunk_drops(records, rows, acts, first, {k: len(windows[k]) - 1 for k in chunk})
+            reads = Reads()  # per example: its window and every corrupted copy, at its feature
+            handles = [reads.ask((records[i].site, int(records[i].layer)), first[(records[i].ctx_id, records[i].pos)],
+                                 1 + (len(windows[(records[i].ctx_id, records[i].pos)]) - 1) * REPLACEMENTS,
+                                 int(records[i].neuron)) for i in rows]
+            acts = ix.last_token_acts(seqs, reads.pairs(), "token saliency", bar=bar, embed_delta=delta)
+            return _chunk_drops(rows, [Reads.of(acts, h) for h in handles])
 
         saved = ix.saved_chunk(NAME, n, sequence_digest(seqs, method.encode()), compute)
         if not ran:
@@ -161,28 +163,25 @@ class Corruption:
         return delta
 
 
-def _chunk_drops(records: list, rows: list[int], acts: dict, first: dict, n_tokens: dict) -> dict[str, np.ndarray]:
-    """Per example row of the chunk: its baseline then the drop of each window token, packed
-    as (rows, starts, ends, values) so a chunk saves as plain arrays."""
-    out_rows, starts, ends, values = [], [], [], []
+def _chunk_drops(rows: list[int], values: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per example row of the chunk (``values``: its window's activation, then its corrupted
+    copies', REPLACEMENTS per window token): its baseline then the drop of each window token,
+    packed as (rows, starts, ends, values) so a chunk saves as plain arrays."""
+    out_rows, starts, ends, drops = [], [], [], []
     at = 0
-    for i in rows:
-        r = records[i]
-        key = (r.ctx_id, r.pos)
-        a = acts[(r.site, int(r.layer))][:, int(r.neuron)]
-        b, n = first[key], n_tokens[key]
-        base = a[b]
+    for i, a in zip(rows, values):
+        base = a[0]
         if not base > 0:
             continue
-        replaced = a[b + 1 : b + 1 + n * REPLACEMENTS].reshape(n, REPLACEMENTS).mean(axis=1)
+        replaced = a[1:].reshape(-1, REPLACEMENTS).mean(axis=1)
         out_rows.append(i)
         starts.append(at)
-        values.append(np.concatenate([[base], base - replaced]))
-        at += n + 1
+        drops.append(np.concatenate([[base], base - replaced]))
+        at += len(replaced) + 1
         ends.append(at)
     return {"rows": np.array(out_rows, np.int64), "starts": np.array(starts, np.int64),
             "ends": np.array(ends, np.int64),
-            "values": np.concatenate(values).astype(np.float64) if values else np.zeros(0)}
+            "values": np.concatenate(drops).astype(np.float64) if drops else np.zeros(0)}
 
 
 def _rows(ix: IndexContext, records: list, drops: dict[int, np.ndarray], contexts: dict, method: str) -> dict[str, list]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.analyses.common import IndexContext, top_examples
+from indexer.analyses.common import IndexContext, Reads, top_examples
 from indexer.store.schema import TrigramScores
 
 NAME = "trigram"
@@ -59,7 +59,8 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
         if c not in contexts or not 1 <= p < len(contexts[c]):
             continue
         window = np.concatenate([[bos], contexts[c][max(1, p - WINDOW + 1) : p + 1]])
-        index[(c, p)] = {"base": len(sequences)}
+        start = len(sequences)  # the window, then its copies: one run of sequences per item
+        where = index[(c, p)] = {}  # test -> its copies' offsets in the run
         sequences.append(window)
         rng = np.random.default_rng([c, p])
         for name, back in OFFSETS.items():
@@ -67,26 +68,29 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
             if at < 1:
                 continue
             choices = pool[pool != window[at]]
-            index[(c, p)][name] = len(sequences)
+            first = len(sequences) - start
             for token in rng.choice(choices, size=min(REPLACEMENTS, len(choices)), replace=False):
                 variant = window.copy()
                 variant[at] = token
                 sequences.append(variant)
-    layers = sorted(set(ex.layer.tolist()))
-    acts = ix.resumable_last_token_acts(NAME, sequences, layers, "trigram test") if sequences else {}
-    survival: dict[tuple, dict[str, list]] = {}
+            where[name] = slice(first, len(sequences) - start)
+        where["run"] = (start, len(sequences) - start)
+    reads, asked = Reads(), []
     for r in ex.itertuples(index=False):
         where = index.get((r.ctx_id, r.pos))
-        if where is None:
-            continue
-        a = acts[(r.site, r.layer)][:, r.neuron]
-        base = a[where["base"]]
+        if where is not None:
+            asked.append((r, where, reads.ask((r.site, r.layer), *where["run"], r.neuron)))
+    acts = ix.resumable_last_token_acts(NAME, sequences, reads, "trigram test") if sequences else {}
+    survival: dict[tuple, dict[str, list]] = {}
+    for r, where, handle in asked:
+        a = Reads.of(acts, handle)
+        base = a[0]
         if base <= 0:
             continue
         got = survival.setdefault((r.site, r.layer, r.neuron), {k: [] for k in OFFSETS})
         for name in OFFSETS:
             if name in where:
-                got[name].append(float(np.clip(a[where[name] : where[name] + REPLACEMENTS] / base, 0, 1).mean()))
+                got[name].append(float(np.clip(a[where[name]] / base, 0, 1).mean()))
     return {TrigramScores: _rows(every, survival)}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import planted
 from indexer.analyses import runner
-from indexer.analyses.common import IndexContext, Options
+from indexer.analyses.common import IndexContext, Options, Reads
 from indexer.cli import main
 from indexer.store.query import run_sql
 
@@ -121,21 +121,23 @@ def test_rerun_skips_done_analyses_and_force_redoes_them(planted_index):
 def test_a_killed_analysis_resumes_from_its_finished_chunks(planted_index, monkeypatch):
     ix = IndexContext(planted_index, Options(device="cpu", progress=False))
     seqs = [np.array([0, 6457])] * 5 + [np.array([0, 8192, 8193])] * 5
+    reads = Reads()
+    token, trigram = reads.ask(("mlp_post", 0), 0, 5, N["token"]), reads.ask(("mlp_post", 0), 5, 5, N["trigram"])
     calls = []
     real = IndexContext.last_token_acts
 
-    def dies_on_second(self, sequences, layers, desc):
+    def dies_on_second(self, sequences, wanted, desc):
         calls.append(len(sequences))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, sequences, layers, desc)
+        return real(self, sequences, wanted, desc)
 
     monkeypatch.setattr(IndexContext, "last_token_acts", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
-        ix.resumable_last_token_acts("test", seqs, [0], "t", chunk=5)
+        ix.resumable_last_token_acts("test", seqs, reads, "t", chunk=5)
     monkeypatch.setattr(IndexContext, "last_token_acts", real)
-    acts = ix.resumable_last_token_acts("test", seqs, [0], "t", chunk=5)[("mlp_post", 0)]
-    assert calls == [5, 5] and acts[:5, N["token"]].tolist() == [1.0] * 5 and acts[5:, N["trigram"]].tolist() == [2.0] * 5
+    acts = ix.resumable_last_token_acts("test", seqs, reads, "t", chunk=5)
+    assert calls == [5, 5] and Reads.of(acts, token).tolist() == [1.0] * 5 and Reads.of(acts, trigram).tolist() == [2.0] * 5
     ix.close()
 
 

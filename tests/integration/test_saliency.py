@@ -87,7 +87,7 @@ def test_other_corruptions_and_a_killed_run_resumed(index_dir, monkeypatch):
     runner.analyze(index_dir, only="saliency", force=True, options=options)
     rnd, _ = run_sql(index_dir, f"SELECT * FROM token_saliency WHERE neuron = {N['token']} AND salience_rank = 0", limit=None)
     assert set(rnd.token_str) == {" dog"} and set(rnd.method) == {"random"}
-    monkeypatch.setattr(saliency, "CHUNK_VALUES", 4000)  # several chunks
+    monkeypatch.setattr(saliency, "CHUNK_SEQUENCES", 100)  # two examples' windows per chunk: several chunks
     calls = []
     real = IndexContext.last_token_acts
 
