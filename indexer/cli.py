@@ -163,7 +163,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_analyses(out: Path) -> None:
-    """Run every analysis on the demo index (about half a minute for toy-1l at 1M tokens), so
+    """Run every analysis on the demo index (about 3 minutes for toy-1l and its SAE at 1M tokens on 2 cores), so
     the viewer's flags, logit effects, minimal examples and regex sections have content."""
     from indexer.analyses.runner import analyze
 
