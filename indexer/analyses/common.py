@@ -100,6 +100,7 @@ class IndexContext:
         self.options = options or Options()
         self.conn = open_index(self.root)
         self._forwards: dict[tuple[int, ...], tuple[Any, list]] = {}
+        self._fused: list[int] | None = None  # the layers whose attention runs fused, once set
 
     def sql(self, query: str, params: Any = None):
         """Rows of a read-only query as a DataFrame (no row cap, no time limit: our own SQL)."""
@@ -274,10 +275,17 @@ class IndexContext:
         return self._forwards[key]
 
     def _new_forward(self, layers: Sequence[int]):
+        from indexer.forward.fast_attention import use_fused_attention
         from indexer.forward.manifest_plan import plan_from_manifest
         from indexer.forward.runner import SiteForward
+        from indexer.forward.sites import Site
 
         stored = self.random_directions if any(s["name"] == RANDOM_SITE for s in self.neuron_sites) else None
+        if self._fused is None:  # the attention the index ran with: fused where none of its sites reads it
+            heads = [Site(s["name"], s["layer"], s["n_features"]) for s in self.manifest.get("sites", [])
+                     if s["name"] == HEAD_SITE]
+            every = plan_from_manifest(self.model, self.manifest, None, self.sae_sites, stored)
+            self._fused = use_fused_attention(self.model.bridge, heads + every)
         plan = plan_from_manifest(self.model, self.manifest, layers, self.sae_sites, stored)
         if not plan:
             raise IndexDirError(f"{self.root}: no neuron site of layer(s) {sorted(set(layers))} was indexed")

@@ -35,3 +35,30 @@ def test_fused_attention_only_where_no_site_reads_the_pattern(tmp_path):
         err = np.abs(got[layer] - ref).max() / np.abs(ref).max()
         assert err <= 1e-5, (layer, err)
     assert all(getattr(block.attn, "_pattern", None) is None for block in model.bridge.blocks)  # no pattern made
+
+
+def test_the_analyses_run_the_attention_the_index_ran(tmp_path):
+    """An MLP-only index ran fused attention in every layer, so its analyses do too; an index
+    of every layer's heads ran none. Either way the analyses' values at the top examples are
+    the index's own (the cut that keeps the whole prefix keeps the whole activation)."""
+    from indexer import cli
+    from indexer.analyses.common import IndexContext, Options, Reads
+
+    folder = build("gpt2", tmp_path / "gpt2")
+    for sites, fused in (("mlp_post", list(range(N_LAYERS))), ("all", [])):
+        out = tmp_path / sites
+        assert cli.main(["index", "--model", str(folder), "--corpus", "code", "--out", str(out), "--tokens", "400",
+                         "--ctx-len", "32", "--sites", sites, "--quiet"]) == 0
+        ix = IndexContext(out, Options(device="cpu", progress=False))
+        try:
+            ex = ix.sql("SELECT site, layer, neuron, activation, ctx_id, pos FROM examples "
+                        "WHERE kind = 'top' AND rank = 0 AND site = 'mlp_post'")
+            contexts = ix.contexts(ex.ctx_id)
+            reads = Reads()
+            asked = [reads.ask((r.site, int(r.layer)), i, 1, int(r.neuron)) for i, r in enumerate(ex.itertuples())]
+            acts = ix.last_token_acts([contexts[c][: p + 1] for c, p in zip(ex.ctx_id, ex.pos)], reads.pairs(), "t")
+            assert ix._fused == fused
+            got = np.array([Reads.of(acts, h)[0] for h in asked])
+            assert np.abs(got - ex.activation.to_numpy()).max() <= 1e-5 * np.abs(ex.activation).max()
+        finally:
+            ix.close()
