@@ -100,7 +100,7 @@ class IndexContext:
         self.options = options or Options()
         self.conn = open_index(self.root)
         self._forwards: dict[tuple[int, ...], tuple[Any, list]] = {}
-        self._fused: list[int] | None = None  # the layers whose attention runs fused, once set
+        self._fused: list[int] | None = None  # the layers whose attention runs fused, once _plan is built
 
     def sql(self, query: str, params: Any = None):
         """Rows of a read-only query as a DataFrame (no row cap, no time limit: our own SQL)."""
@@ -186,8 +186,9 @@ class IndexContext:
         rank[order] = np.arange(len(order))
         ranked = {}  # site -> the pairs by their sequence's place in ``order``: (rank, feature, where asked)
         for key, (rows, features) in wanted.items():
-            at = np.argsort(rank[rows], kind="stable")
-            ranked[key] = (rank[rows][at], features[at], at)
+            places = rank[rows]
+            at = np.argsort(places, kind="stable")
+            ranked[key] = (places[at], features[at], at)
         out = {key: np.zeros(len(rows), np.float32) for key, (rows, _) in wanted.items()}
         own = bar is None
         bar = self.bar(len(sequences), desc) if own else bar
@@ -274,19 +275,25 @@ class IndexContext:
             self._forwards[key] = self._new_forward(key)
         return self._forwards[key]
 
-    def _new_forward(self, layers: Sequence[int]):
+    @cached_property
+    def _plan(self) -> list:
+        """The index's neuron sites on the model, every layer, built once; and the attention the
+        index ran set up on the model (``_fused``): fused where none of its sites reads it."""
         from indexer.forward.fast_attention import use_fused_attention
         from indexer.forward.manifest_plan import plan_from_manifest
-        from indexer.forward.runner import SiteForward
         from indexer.forward.sites import Site
 
         stored = self.random_directions if any(s["name"] == RANDOM_SITE for s in self.neuron_sites) else None
-        if self._fused is None:  # the attention the index ran with: fused where none of its sites reads it
-            heads = [Site(s["name"], s["layer"], s["n_features"]) for s in self.manifest.get("sites", [])
-                     if s["name"] == HEAD_SITE]
-            every = plan_from_manifest(self.model, self.manifest, None, self.sae_sites, stored)
-            self._fused = use_fused_attention(self.model.bridge, heads + every)
-        plan = plan_from_manifest(self.model, self.manifest, layers, self.sae_sites, stored)
+        every = plan_from_manifest(self.model, self.manifest, None, self.sae_sites, stored)
+        heads = [Site(s["name"], s["layer"], s["n_features"]) for s in self.manifest.get("sites", [])
+                 if s["name"] == HEAD_SITE]
+        self._fused = use_fused_attention(self.model.bridge, heads + every)
+        return every
+
+    def _new_forward(self, layers: Sequence[int]):
+        from indexer.forward.runner import SiteForward
+
+        plan = [site for site in self._plan if site.layer in layers]
         if not plan:
             raise IndexDirError(f"{self.root}: no neuron site of layer(s) {sorted(set(layers))} was indexed")
         return SiteForward(self.model, plan, self.options.dtype), plan

@@ -79,10 +79,11 @@ def run(ix: IndexContext) -> dict[type, dict[str, Any]]:
             ran.append(True)
             delta = corrupt.embed_delta(noise_at) if method == "noise" else None
             rows = [i for key in chunk for i in by_item[key]]
-            reads = Reads()  # per example: its window and every corrupted copy, at its feature
-            handles = [reads.ask((records[i].site, int(records[i].layer)), first[(records[i].ctx_id, records[i].pos)],
-                                 1 + (len(windows[(records[i].ctx_id, records[i].pos)]) - 1) * REPLACEMENTS,
-                                 int(records[i].neuron)) for i in rows]
+            reads, handles = Reads(), []  # per example: its window and every corrupted copy, at its feature
+            for i in rows:
+                r, key = records[i], (records[i].ctx_id, records[i].pos)
+                count = 1 + (len(windows[key]) - 1) * REPLACEMENTS
+                handles.append(reads.ask((r.site, int(r.layer)), first[key], count, int(r.neuron)))
             acts = ix.last_token_acts(seqs, reads.pairs(), "token saliency", bar=bar, embed_delta=delta)
             return _chunk_drops(rows, [Reads.of(acts, h) for h in handles])
 
